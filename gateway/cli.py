@@ -1,0 +1,146 @@
+"""``python -m gateway serve | check | explain | keys new``."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import os
+import secrets
+import sys
+from dataclasses import replace
+
+from gateway.config.parse import ConfigError, check
+from gateway.settings import Settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m gateway", description="An OpenAI-compatible LLM gateway.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the gateway")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--workers", type=int)
+    _config_args(serve)
+    serve.add_argument("--log-level", default=os.environ.get("GATEWAY_LOG_LEVEL", "info"))
+
+    chk = sub.add_parser("check", help="validate routes.yaml and budgets.yaml")
+    _config_args(chk)
+
+    exp = sub.add_parser("explain", help="show the route and ordered plan for a request")
+    _config_args(exp)
+    exp.add_argument("--model", required=True)
+    exp.add_argument("--task")
+    exp.add_argument("--key-id")
+
+    keys = sub.add_parser("keys", help="key management")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    new = keys_sub.add_parser("new", help="issue a new secret and print the YAML to paste")
+    new.add_argument("--tenant", required=True)
+    new.add_argument("--id", required=True)
+    new.add_argument("--role", default="user", choices=["user", "admin", "reviewer"])
+
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        return _serve(args)
+    if args.command == "check":
+        return _check(_settings(args))
+    if args.command == "explain":
+        return _explain(_settings(args), args.model, args.task, args.key_id)
+    return _keys_new(args.tenant, args.id, args.role)
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--routes", help="routes.yaml path (env GATEWAY_ROUTES)")
+    p.add_argument("--budgets", help="budgets.yaml path (env GATEWAY_BUDGETS)")
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    s = Settings.from_env()
+    if args.routes:
+        s = replace(s, routes_path=args.routes)
+    if args.budgets:
+        s = replace(s, budgets_path=args.budgets)
+    for name in ("host", "port", "workers"):
+        value = getattr(args, name, None)
+        if value is not None:
+            s = replace(s, **{name: value})
+    return s
+
+
+def _check(settings: Settings) -> int:
+    errors, warnings = check(settings.routes_path, settings.budgets_path)
+    for line in warnings:
+        print(f"warning: {line}", file=sys.stderr)
+    for line in errors:
+        print(line)
+    if errors:
+        return 1
+    print(f"ok: {settings.routes_path} and {settings.budgets_path} are valid")
+    return 0
+
+
+def _explain(settings: Settings, model: str, task: str | None, key_id: str | None) -> int:
+    from gateway.explain import explain
+    from gateway.pipeline.auth import Principal
+    from gateway.reload import load
+
+    try:
+        routes, budgets = load(settings.routes_path, settings.budgets_path)
+    except ConfigError as exc:
+        print("\n".join(exc.errors), file=sys.stderr)
+        return 1
+    principal = None
+    if key_id is not None:
+        found = [(t, k) for t in budgets.tenants.values() for k in t.keys if k.id == key_id]
+        if not found:
+            print(f"unknown key id {key_id!r}", file=sys.stderr)
+            return 1
+        tenant, key = found[0]
+        principal = Principal(tenant=tenant.name, key_id=key.id, role=key.role, models=tenant.models)
+    print("\n".join(explain(routes, model, task, principal)))
+    return 0
+
+
+def _keys_new(tenant: str, key_id: str, role: str) -> int:
+    secret = "sk-gw-" + secrets.token_urlsafe(32)
+    digest = hashlib.sha256(secret.encode()).hexdigest()
+    print(f"secret: {secret}")
+    print(f"# paste under tenants.{tenant}.keys in budgets.yaml; the secret is not stored anywhere")
+    print(f"      - id: {key_id}")
+    print(f'        sha256: "{digest}"')
+    print(f"        role: {role}")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    settings = _settings(args)
+    if settings.workers > 1 and not settings.redis_url:
+        print(
+            "error: --workers > 1 needs GATEWAY_REDIS_URL: without Redis each worker would keep its own "
+            "limits and budgets, so they would multiply by the number of workers.",
+            file=sys.stderr,
+        )
+        return 2
+    errors, _ = check(settings.routes_path, settings.budgets_path)
+    if errors:
+        print("\n".join(errors), file=sys.stderr)
+        return 1
+    os.environ.update(settings.to_env())
+    logging.basicConfig(level=args.log_level.upper(), format="%(message)s")
+    uvicorn.run(
+        "gateway.app:app_from_env",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers if settings.workers > 1 else None,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        log_level=args.log_level,
+        timeout_graceful_shutdown=30,
+    )
+    return 0

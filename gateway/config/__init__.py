@@ -1,0 +1,1 @@
+"""routes.yaml and budgets.yaml: parsed once into frozen objects, validated with paths."""

@@ -1,0 +1,157 @@
+"""Frozen configuration objects: what routes.yaml and budgets.yaml mean once parsed."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+Period = Literal["daily", "weekly", "monthly", "total"]
+Role = Literal["user", "admin", "reviewer"]
+ROLES: tuple[Role, ...] = ("user", "admin", "reviewer")
+PERIODS: tuple[Period, ...] = ("daily", "weekly", "monthly", "total")
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderConfig:
+    name: str
+    type: str
+    base_url: str = ""
+    api_key: str = ""
+    headers: Mapping[str, str] = field(default_factory=dict)
+    timeout_s: float | None = None
+    api_version: str = ""
+    """Azure's api-version query parameter."""
+    options: Mapping[str, object] = field(default_factory=dict)
+    """Type-specific settings (the mock's latency_ms, fault, fault_rate)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    input_per_mtok: float = 0.0
+    output_per_mtok: float = 0.0
+    cached_input_per_mtok: float | None = None
+    cache_write_per_mtok: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ModelConfig:
+    """A deployment: a routes.yaml ``models:`` entry."""
+
+    name: str
+    provider: str
+    upstream: str
+    price: Price = field(default_factory=Price)
+    context_window: int | None = None
+    max_output_tokens: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    model: str
+    weight: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    task: str | None = None
+    model: str | None = None
+    tenant: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CachePolicy:
+    ttl_s: int
+    mode: Literal["deterministic", "always"] = "deterministic"
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    attempts: int = 3
+    backoff_initial_s: float = 0.25
+    backoff_max_s: float = 8.0
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerPolicy:
+    failures: int = 5
+    reset_s: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    name: str
+    match: Match
+    targets: tuple[Target, ...]
+    fallbacks: tuple[str, ...] = ()
+    cache: CachePolicy | None = None
+    plugins: tuple[str, ...] = ()
+    timeout_s: float | None = None
+    retry: RetryPolicy | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PluginConfig:
+    name: str
+    url: str
+    timeout_s: float = 1.0
+    on_error: Literal["open", "closed"] = "open"
+
+
+@dataclass(frozen=True, slots=True)
+class Defaults:
+    timeout_s: float = 60.0
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    breaker: BreakerPolicy = field(default_factory=BreakerPolicy)
+    max_body_bytes: int = 10 * 1024 * 1024
+    store_failure: Literal["closed", "open"] = "closed"
+    estimate_margin: float = 0.10
+
+
+@dataclass(frozen=True, slots=True)
+class RoutesConfig:
+    providers: Mapping[str, ProviderConfig]
+    models: Mapping[str, ModelConfig]
+    routes: tuple[Route, ...]
+    defaults: Defaults = field(default_factory=Defaults)
+    plugins: Mapping[str, PluginConfig] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    usd: float
+    period: Period
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    rpm: int | None = None
+    tpm: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class KeyConfig:
+    id: str
+    tenant: str
+    sha256: str
+    role: Role = "user"
+    budget: Budget | None = None
+    limits: Limits = field(default_factory=Limits)
+
+
+@dataclass(frozen=True, slots=True)
+class TenantConfig:
+    name: str
+    budget: Budget | None = None
+    limits: Limits = field(default_factory=Limits)
+    models: tuple[str, ...] | None = None
+    """Globs over deployment names; None = every deployment."""
+    keys: tuple[KeyConfig, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetsConfig:
+    tenants: Mapping[str, TenantConfig]
+
+    def keys_by_hash(self) -> dict[str, KeyConfig]:
+        return {k.sha256: k for t in self.tenants.values() for k in t.keys}

@@ -1,0 +1,55 @@
+"""One request's record as it moves through the pipeline: what headers, metrics and the log read."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from gateway.pipeline.auth import Principal
+from gateway.pipeline.dispatch import Attempts
+from gateway.pipeline.route import Plan
+from gateway.providers.base import Usage
+
+
+@dataclass(slots=True)
+class Exchange:
+    request_id: str = field(default_factory=lambda: "req_" + uuid.uuid4().hex)
+    started: float = field(default_factory=time.perf_counter)
+    endpoint: str = ""
+    model_requested: str = ""
+    stream: bool = False
+    principal: Principal | None = None
+    plan: Plan | None = None
+    attempts: Attempts = field(default_factory=Attempts)
+    cache: str = "miss"
+    usage: Usage | None = None
+    cost: Decimal = Decimal(0)
+    status: int = 200
+    error_code: str | None = None
+    ttft_s: float | None = None
+    trace: str | None = None
+
+    @property
+    def tenant(self) -> str:
+        return self.principal.tenant if self.principal else "none"
+
+    @property
+    def route(self) -> str:
+        return self.plan.route if self.plan else "none"
+
+    @property
+    def model(self) -> str:
+        d = self.attempts.deployment
+        return d.name if d else "none"
+
+    def response_headers(self) -> dict[str, str]:
+        headers = {"x-request-id": self.request_id}
+        if self.plan is not None:
+            headers["x-gateway-route"] = self.plan.route
+        if self.attempts.deployment is not None:
+            headers["x-gateway-model"] = self.attempts.deployment.name
+            headers["x-gateway-attempts"] = str(self.attempts.count)
+            headers["x-gateway-cache"] = self.cache
+        return headers

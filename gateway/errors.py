@@ -1,0 +1,206 @@
+"""The gateway's typed errors and the one place they become HTTP responses.
+
+Exception tree::
+
+    GatewayError                      status, OpenAI type, code
+    ├── ClientError                   the caller's request is at fault (4xx)
+    │   ├── BadRequest                400 invalid_request_error
+    │   ├── AuthenticationFailed      401 invalid_api_key
+    │   ├── PermissionDenied          403 model or route not allowed
+    │   ├── NotFound                  404 model_not_found / not_found
+    │   ├── PayloadTooLarge           413
+    │   ├── RateLimited               429 rate_limit_exceeded (retry-after)
+    │   └── BudgetExceeded            429 insufficient_quota (x-should-retry: false)
+    └── ServerError                   the gateway or an upstream is at fault (5xx, upstream 429)
+        ├── UpstreamStatusError       an upstream answered non-2xx (4xx passed through as said)
+        ├── UpstreamUnavailable       502 connect/reset/malformed after every attempt
+        ├── NoHealthyDeployment       503
+        ├── StoreUnavailable          503
+        └── DeadlineExceeded          504
+
+Lower-layer exceptions (httpx, redis) are mapped to these at one boundary per layer;
+``render_openai`` and ``render_anthropic`` are the only functions that turn one into a body.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+
+class GatewayError(Exception):
+    status: int = 500
+    type: str = "server_error"
+    code: str | None = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        status: int | None = None,
+        type: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+        if status is not None:
+            self.status = status
+        if type is not None:
+            self.type = type
+        self.headers: dict[str, str] = dict(headers or {})
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+class ClientError(GatewayError):
+    status = 400
+    type = "invalid_request_error"
+
+
+class BadRequest(ClientError):
+    status = 400
+    code = "invalid_request"
+
+
+class AuthenticationFailed(ClientError):
+    status = 401
+    code = "invalid_api_key"
+
+
+class PermissionDenied(ClientError):
+    status = 403
+    type = "permission_error"
+    code = "model_not_allowed"
+
+
+class NotFound(ClientError):
+    status = 404
+    code = "not_found"
+
+
+class PayloadTooLarge(ClientError):
+    status = 413
+    code = "request_too_large"
+
+
+class RateLimited(ClientError):
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+
+class BudgetExceeded(ClientError):
+    status = 429
+    type = "insufficient_quota"
+    code = "budget_exceeded"
+
+    def __init__(self, message: str, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.headers.setdefault("x-should-retry", "false")
+
+
+class ServerError(GatewayError):
+    status = 500
+    type = "server_error"
+
+
+class UpstreamStatusError(ServerError):
+    """An upstream answered with a non-2xx status; ``status`` is the upstream's."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str | None = None,
+        code: str | None = None,
+        param: str | None = None,
+        retry_after: str | None = None,
+    ) -> None:
+        headers = {"retry-after": retry_after} if retry_after else None
+        super().__init__(
+            message,
+            status=status,
+            type=type or _default_type(status),
+            code=code,
+            param=param,
+            headers=headers,
+        )
+        self.retry_after = retry_after
+
+    @property
+    def retryable(self) -> bool:
+        return self.status in (408, 409, 429) or self.status >= 500
+
+
+class UpstreamUnavailable(ServerError):
+    status = 502
+    type = "server_error"
+    code = "upstream_error"
+
+
+class NoHealthyDeployment(ServerError):
+    status = 503
+    code = "no_healthy_deployment"
+
+
+class StoreUnavailable(ServerError):
+    status = 503
+    code = "store_unavailable"
+
+
+class DeadlineExceeded(ServerError):
+    status = 504
+    type = "timeout"
+    code = "deadline_exceeded"
+
+
+def _default_type(status: int) -> str:
+    if status == 401:
+        return "authentication_error"
+    if status == 403:
+        return "permission_error"
+    if status == 429:
+        return "rate_limit_error"
+    if status < 500:
+        return "invalid_request_error"
+    return "server_error"
+
+
+def render_openai(err: GatewayError) -> bytes:
+    return orjson.dumps(err.body())
+
+
+# Anthropic's error types by status, as its SDK maps them.
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    529: "overloaded_error",
+}
+
+
+def anthropic_error_type(status: int) -> str:
+    return _ANTHROPIC_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
+
+
+def render_anthropic(err: GatewayError) -> bytes:
+    return orjson.dumps(
+        {"type": "error", "error": {"type": anthropic_error_type(err.status), "message": err.message}}
+    )
+
+
+def stream_error_payload(err: GatewayError) -> bytes:
+    """The body of the SSE frame that ends a stream which failed after its first byte."""
+    return orjson.dumps({"error": {"message": err.message, "type": err.type, "param": err.param, "code": err.code}})

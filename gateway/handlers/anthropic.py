@@ -1,0 +1,62 @@
+"""Anthropic's ``POST /v1/messages``: Anthropic format in, any provider out, Anthropic format back."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gateway.errors import GatewayError, render_anthropic
+from gateway.ingress.anthropic import StreamTranslator, to_anthropic_response, to_openai_request
+from gateway.providers.base import Operation, UpstreamResponse, UpstreamStream
+from gateway.state import GatewayState
+
+FORWARDED = ("anthropic-version", "anthropic-beta")
+
+
+class AnthropicIngress:
+    def __init__(self) -> None:
+        self.model = ""
+
+    def request(self, body: dict[str, Any]) -> dict[str, Any]:
+        self.model = str(body.get("model") or "")
+        return to_openai_request(body)
+
+    def forward_headers(self, request: Request) -> dict[str, str]:
+        return {h: v for h in FORWARDED if (v := request.headers.get(h))}
+
+    def response(self, upstream: UpstreamResponse) -> bytes:
+        return orjson.dumps(to_anthropic_response(orjson.loads(upstream.body), model=self.model))
+
+    async def stream(self, upstream: UpstreamStream, include_usage: bool) -> AsyncIterator[bytes]:
+        translator = StreamTranslator(model=self.model, message_id="msg_" + uuid.uuid4().hex[:24])
+        async for frame in upstream:
+            for out in translator.feed(_chunk(frame)):
+                yield out
+        if upstream.usage_frame is not None:
+            for out in translator.feed(_chunk(upstream.usage_frame)):
+                yield out
+        for out in translator.finish():
+            yield out
+
+    def error(self, err: GatewayError) -> bytes:
+        return render_anthropic(err)
+
+    def stream_error(self, err: GatewayError) -> bytes:
+        return StreamTranslator.error_frame(err.message, err.status)
+
+
+def _chunk(frame: bytes) -> dict[str, Any]:
+    """An OpenAI SSE frame (``data: {...}\\n\\n``) back to its chunk object."""
+    payload = frame[frame.index(b":") + 1 :].strip()
+    chunk = orjson.loads(payload)
+    return chunk if isinstance(chunk, dict) else {}
+
+
+async def messages(request: Request) -> Response:
+    state: GatewayState = request.app.state.gateway
+    return await state.pipeline.handle(request, Operation.CHAT, AnthropicIngress())

@@ -1,0 +1,114 @@
+"""Stage 1, parse: body size limit, JSON, and the few fields the gateway needs.
+
+The body is never validated against a closed schema: apps add fields with ``extra_body`` and they
+must reach the upstream untouched. Only what routing, admission and streaming read is checked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+
+from gateway.errors import BadRequest, PayloadTooLarge
+from gateway.providers.base import Operation
+
+
+@dataclass(slots=True)
+class ParsedRequest:
+    operation: Operation
+    body: dict[str, Any]
+    model: str
+    stream: bool
+    include_usage: bool
+    task: str | None
+
+
+async def read_json(request: Request, limit: int) -> dict[str, Any]:
+    """Read at most ``limit`` bytes of a JSON object body, or raise 413/400."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"Request body is larger than the limit of {limit} bytes.")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"Request body is larger than the limit of {limit} bytes.")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    if not raw.strip():
+        raise BadRequest("The request body is empty; expected a JSON object.")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"The request body is not valid JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise BadRequest("The request body must be a JSON object.")
+    return body
+
+
+def parse(operation: Operation, body: dict[str, Any], headers: Mapping[str, str]) -> ParsedRequest:
+    model = body.get("model")
+    if model is None:
+        raise _field("model", "", missing=True)
+    if not isinstance(model, str) or not model:
+        raise _field("model", "must be a non-empty string")
+    if operation is Operation.CHAT:
+        _chat_fields(body)
+    elif operation is Operation.COMPLETIONS:
+        _require(body, "prompt", (str, list))
+    else:
+        _require(body, "input", (str, list))
+        if body["input"] == [] or body["input"] == "":
+            raise _field("input", "must not be empty")
+    stream = body.get("stream", False)
+    if stream is not None and not isinstance(stream, bool):
+        raise _field("stream", "must be a boolean")
+    if operation is Operation.EMBEDDINGS and stream:
+        raise _field("stream", "embeddings cannot be streamed")
+    options = body.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise _field("stream_options", "must be an object")
+    include_usage = bool(stream) and isinstance(options, dict) and options.get("include_usage") is True
+    for name in ("max_tokens", "max_completion_tokens", "n", "seed"):
+        value = body.get(name)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+            raise _field(name, "must be an integer")
+    temperature = body.get("temperature")
+    if temperature is not None and (not isinstance(temperature, int | float) or isinstance(temperature, bool)):
+        raise _field("temperature", "must be a number")
+    task = headers.get("x-gateway-task") or None
+    return ParsedRequest(operation, body, model, bool(stream), include_usage, task)
+
+
+def _chat_fields(body: dict[str, Any]) -> None:
+    messages = _require(body, "messages", (list,))
+    if not messages:
+        raise _field("messages", "must contain at least one message")
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise _field(f"messages[{i}]", "must be an object")
+        if not isinstance(message.get("role"), str):
+            raise _field(f"messages[{i}].role", "is required and must be a string")
+    tools = body.get("tools")
+    if tools is not None and not isinstance(tools, list):
+        raise _field("tools", "must be an array")
+
+
+def _require(body: dict[str, Any], name: str, types: tuple[type, ...]) -> Any:
+    if name not in body or body[name] is None:
+        raise _field(name, "is a required property", missing=True)
+    value = body[name]
+    if not isinstance(value, types):
+        kinds = " or ".join("a string" if t is str else "an array" for t in types)
+        raise _field(name, f"must be {kinds}")
+    return value
+
+
+def _field(param: str, problem: str, *, missing: bool = False) -> BadRequest:
+    message = f"Missing required parameter: '{param}'." if missing else f"Invalid '{param}': {problem}."
+    return BadRequest(message, param=param, code="missing_required_parameter" if missing else "invalid_value")

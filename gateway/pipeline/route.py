@@ -1,0 +1,100 @@
+"""Stage 3, route: (requested model, task, tenant) becomes a plan of candidate deployments.
+
+First matching route wins; its targets are ordered by a weighted draw without replacement, then its
+fallbacks in order. A request matching no route goes to the deployment it names. Deployments outside
+the key's allow-list are dropped; if none remain the request is refused.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import random
+from dataclasses import dataclass
+
+from gateway.config.model import CachePolicy, ModelConfig, RetryPolicy, Route, RoutesConfig
+from gateway.errors import NotFound, PermissionDenied
+from gateway.pipeline.auth import Principal
+
+DEFAULT_ROUTE = "default"
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    route: str
+    candidates: tuple[ModelConfig, ...]
+    timeout_s: float
+    retry: RetryPolicy
+    cache: CachePolicy | None
+    plugins: tuple[str, ...]
+
+
+class Router:
+    def __init__(self, config: RoutesConfig, rng: random.Random | None = None) -> None:
+        self._config = config
+        self._rng = rng or random.Random()
+
+    def match(self, model: str, task: str | None, tenant: str | None) -> Route | None:
+        for route in self._config.routes:
+            m = route.match
+            if m.task is not None and m.task != task:
+                continue
+            if m.tenant is not None and m.tenant != tenant:
+                continue
+            if m.model is not None and not fnmatch.fnmatchcase(model, m.model):
+                continue
+            return route
+        return None
+
+    def plan(self, model: str, task: str | None, principal: Principal | None) -> Plan:
+        tenant = principal.tenant if principal else None
+        route = self.match(model, task, tenant)
+        defaults = self._config.defaults
+        if route is None:
+            deployment = self._config.models.get(model)
+            if deployment is None:
+                raise NotFound(f"The model '{model}' does not exist.", param="model", code="model_not_found")
+            names: list[str] = [model]
+            name, cache, plugins, timeout, retry = DEFAULT_ROUTE, None, (), defaults.timeout_s, defaults.retry
+        else:
+            names = self._ordered_targets(route) + [f for f in route.fallbacks]
+            name, cache, plugins = route.name, route.cache, route.plugins
+            timeout = route.timeout_s or defaults.timeout_s
+            retry = route.retry or defaults.retry
+        seen: set[str] = set()
+        candidates = []
+        for n in names:
+            if n in seen or (principal is not None and not principal.may_use(n)):
+                continue
+            seen.add(n)
+            candidates.append(self._config.models[n])
+        if not candidates:
+            raise PermissionDenied(f"This key is not allowed to use the model '{model}'.", param="model")
+        return Plan(name, tuple(candidates), timeout, retry, cache, plugins)
+
+    def _ordered_targets(self, route: Route) -> list[str]:
+        pool = list(route.targets)
+        if len(pool) == 1:
+            return [pool[0].model]
+        ordered: list[str] = []
+        while pool:
+            pick = self._rng.choices(range(len(pool)), weights=[t.weight for t in pool])[0]
+            ordered.append(pool.pop(pick).model)
+        return ordered
+
+    def reachable(self, principal: Principal) -> dict[str, list[str]]:
+        """Client-visible model names → the deployments they lead to, for ``/v1/models``."""
+        out: dict[str, list[str]] = {}
+        for name in self._config.models:
+            if principal.may_use(name):
+                out[name] = [name]
+        for route in self._config.routes:
+            m = route.match
+            if m.model is None or any(ch in m.model for ch in "*?[") or m.task is not None:
+                continue
+            if m.tenant is not None and m.tenant != principal.tenant:
+                continue
+            targets = [t.model for t in route.targets] + list(route.fallbacks)
+            allowed = [t for t in targets if principal.may_use(t)]
+            if allowed and m.model not in out:
+                out[m.model] = allowed
+        return out

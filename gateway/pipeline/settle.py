@@ -1,0 +1,97 @@
+"""Stage 9, settle: real usage becomes tokens and cost; metrics and one structured log line.
+
+Costs are Decimals so the ``x-gateway-cost-usd`` header and recorded spend carry the exact
+price × tokens product, not a float's approximation of it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from decimal import Decimal
+
+import orjson
+
+from gateway.config.model import Price
+from gateway.context import Exchange
+from gateway.metrics import Metrics
+from gateway.providers.base import Usage
+
+log = logging.getLogger("gateway.access")
+MTOK = Decimal(1_000_000)
+
+
+def cost_of(usage: Usage, price: Price) -> Decimal:
+    cached = min(usage.cached_tokens, usage.prompt_tokens)
+    written = min(usage.cache_write_tokens, usage.prompt_tokens - cached)
+    fresh = usage.prompt_tokens - cached - written
+    p_in = Decimal(str(price.input_per_mtok))
+    p_cached = Decimal(str(price.cached_input_per_mtok)) if price.cached_input_per_mtok is not None else p_in
+    p_write = Decimal(str(price.cache_write_per_mtok)) if price.cache_write_per_mtok is not None else p_in
+    p_out = Decimal(str(price.output_per_mtok))
+    total = fresh * p_in + cached * p_cached + written * p_write + usage.completion_tokens * p_out
+    return total / MTOK
+
+
+def format_usd(amount: Decimal) -> str:
+    text = format(amount.normalize(), "f")
+    return text if text != "-0" else "0"
+
+
+def price_usage(ex: Exchange) -> None:
+    """Fill ``ex.cost`` from the usage the upstream reported (or that was counted)."""
+    deployment = ex.attempts.deployment
+    if ex.usage is not None and deployment is not None:
+        ex.cost = cost_of(ex.usage, deployment.price)
+
+
+def settle(ex: Exchange, metrics: Metrics) -> None:
+    price_usage(ex)
+    tenant, model = ex.tenant, ex.model
+    metrics.requests.labels(tenant, ex.route, model, str(ex.status)).inc()
+    elapsed = time.perf_counter() - ex.started
+    metrics.request_duration.observe(elapsed)
+    if ex.attempts.count:
+        metrics.upstream_duration.observe(ex.attempts.upstream_s)
+        metrics.overhead.observe(max(elapsed - ex.attempts.upstream_s, 0.0))
+    if ex.attempts.fallbacks:
+        metrics.fallbacks.inc(ex.attempts.fallbacks)
+    if ex.ttft_s is not None:
+        metrics.ttft.observe(ex.ttft_s)
+    usage = ex.usage
+    if usage is not None:
+        cached = usage.cached_tokens
+        metrics.tokens.labels(tenant, model, "input").inc(usage.prompt_tokens - cached)
+        metrics.tokens.labels(tenant, model, "cached").inc(cached)
+        metrics.tokens.labels(tenant, model, "output").inc(usage.completion_tokens)
+        metrics.cost.labels(tenant, model).inc(float(ex.cost))
+    if log.isEnabledFor(logging.INFO):
+        log.info(orjson.dumps(_log_record(ex, elapsed)).decode())
+
+
+def _log_record(ex: Exchange, elapsed: float) -> dict[str, object]:
+    usage = ex.usage
+    return {
+        "request_id": ex.request_id,
+        "trace": ex.trace,
+        "endpoint": ex.endpoint,
+        "tenant": ex.tenant,
+        "key_id": ex.principal.key_id if ex.principal else None,
+        "route": ex.route,
+        "model_requested": ex.model_requested,
+        "model": ex.model,
+        "provider": ex.attempts.deployment.provider if ex.attempts.deployment else None,
+        "stream": ex.stream,
+        "attempts": ex.attempts.count,
+        "cache": ex.cache,
+        "input_tokens": usage.prompt_tokens if usage else None,
+        "output_tokens": usage.completion_tokens if usage else None,
+        "cached_tokens": usage.cached_tokens if usage else None,
+        "cost_usd": format_usd(ex.cost),
+        "status": ex.status,
+        "error_code": ex.error_code,
+        "latency_ms": round(elapsed * 1000, 3),
+        "upstream_ms": round(ex.attempts.upstream_s * 1000, 3),
+        "gateway_ms": round(max(elapsed - ex.attempts.upstream_s, 0.0) * 1000, 3),
+        "ttft_ms": round(ex.ttft_s * 1000, 3) if ex.ttft_s is not None else None,
+    }

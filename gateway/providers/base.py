@@ -1,0 +1,108 @@
+"""The one interface every provider adapter implements.
+
+The gateway speaks OpenAI's wire format internally: an ``UpstreamRequest`` carries an OpenAI-format
+body (chat, completions or embeddings) whose ``model`` is already the provider's model name, and an
+adapter returns OpenAI-format bytes. Streams yield complete OpenAI SSE frames (``data: {...}\\n\\n``)
+and never the terminal ``[DONE]`` nor the usage-only chunk: the adapter keeps the latter in
+``usage_frame`` so the core decides whether the client gets it.
+
+Adapters raise only ``gateway.errors`` types: ``UpstreamStatusError`` for a non-2xx answer (the message
+taken from the upstream's error body), ``UpstreamUnavailable`` for connect errors, resets and malformed
+bodies, ``DeadlineExceeded`` for timeouts, ``BadRequest`` for what the provider cannot express.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+class Operation(enum.Enum):
+    CHAT = "chat"
+    COMPLETIONS = "completions"
+    EMBEDDINGS = "embeddings"
+
+
+@dataclass(slots=True)
+class Usage:
+    """Token counts in OpenAI's sense: ``prompt_tokens`` includes cached and cache-write tokens."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    cache_write_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    @classmethod
+    def from_openai(cls, usage: Mapping[str, Any] | None) -> Usage | None:
+        if not isinstance(usage, Mapping):
+            return None
+        details = usage.get("prompt_tokens_details")
+        cached = details.get("cached_tokens") if isinstance(details, Mapping) else None
+        return cls(
+            prompt_tokens=int(usage.get("prompt_tokens") or 0),
+            completion_tokens=int(usage.get("completion_tokens") or 0),
+            cached_tokens=int(cached or 0),
+        )
+
+    def to_openai(self) -> dict[str, Any]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.total_tokens,
+            "prompt_tokens_details": {"cached_tokens": self.cached_tokens},
+        }
+
+
+@dataclass(slots=True)
+class UpstreamRequest:
+    operation: Operation
+    body: dict[str, Any]
+    """OpenAI-format request body; ``model`` is the provider's model name."""
+    timeout_s: float
+    """Time left for this attempt, connect to last byte of headers (streams) or body."""
+    headers: dict[str, str] = field(default_factory=dict)
+    """Client headers an adapter may forward (e.g. ``anthropic-version``); never auth or x-gateway-*."""
+
+    @property
+    def stream(self) -> bool:
+        return bool(self.body.get("stream"))
+
+
+@dataclass(slots=True)
+class UpstreamResponse:
+    body: bytes
+    """OpenAI-format JSON body, ready to send to the client."""
+    usage: Usage | None
+    status: int = 200
+
+
+class UpstreamStream(Protocol):
+    """An open upstream stream: iterate for OpenAI SSE frames; always ``aclose`` it."""
+
+    usage: Usage | None
+    usage_frame: bytes | None
+    """The usage-only chunk (``choices: []``) as an SSE frame, when the upstream sent usage."""
+
+    def __aiter__(self) -> AsyncIterator[bytes]: ...
+
+    async def aclose(self) -> None: ...
+
+
+class Provider(Protocol):
+    """A configured upstream: one instance per provider entry in routes.yaml."""
+
+    name: str
+
+    async def send(self, request: UpstreamRequest) -> UpstreamResponse:
+        """Send a non-streaming request; return the OpenAI-format answer."""
+        ...
+
+    async def open_stream(self, request: UpstreamRequest) -> UpstreamStream:
+        """Send a streaming request and return once the upstream accepted it (2xx headers)."""
+        ...

@@ -1,0 +1,109 @@
+"""The HTTP plumbing adapters share: send JSON, open a stream, map httpx's errors once."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import httpx
+import orjson
+
+from gateway.errors import DeadlineExceeded, GatewayError, UpstreamStatusError, UpstreamUnavailable
+
+ErrorMapper = Callable[[int, bytes, Mapping[str, str]], UpstreamStatusError]
+
+
+def map_transport_error(exc: httpx.HTTPError, provider: str) -> GatewayError:
+    """The one boundary where httpx exceptions become gateway errors."""
+    if isinstance(exc, httpx.TimeoutException):
+        return DeadlineExceeded(f"upstream '{provider}' timed out")
+    return UpstreamUnavailable(f"upstream '{provider}' failed: {type(exc).__name__}")
+
+
+def openai_error(status: int, body: bytes, headers: Mapping[str, str]) -> UpstreamStatusError:
+    """An OpenAI-format error body becomes an error that renders the same way, message intact."""
+    message, etype, code, param = f"upstream returned HTTP {status}", None, None, None
+    try:
+        data = orjson.loads(body) if body else None
+    except orjson.JSONDecodeError:
+        data = None
+    err = data.get("error") if isinstance(data, dict) else None
+    if isinstance(err, dict):
+        message = str(err.get("message") or message)
+        etype = err.get("type") if isinstance(err.get("type"), str) else None
+        code = err.get("code") if isinstance(err.get("code"), str) else None
+        param = err.get("param") if isinstance(err.get("param"), str) else None
+    elif isinstance(err, str):
+        message = err
+    elif body and data is None:
+        message = f"{message}: {body[:200].decode('utf-8', 'replace')}"
+    return UpstreamStatusError(
+        status, message, type=etype, code=code, param=param, retry_after=retry_after_of(headers)
+    )
+
+
+def retry_after_of(headers: Mapping[str, str]) -> str | None:
+    ms = headers.get("retry-after-ms")
+    if ms:
+        try:
+            return f"{max(float(ms) / 1000.0, 0):g}"
+        except ValueError:
+            return headers.get("retry-after")  # a malformed hint is no hint
+    return headers.get("retry-after")
+
+
+async def post_json(
+    client: httpx.AsyncClient,
+    provider: str,
+    url: str,
+    *,
+    body: Mapping[str, Any],
+    headers: Mapping[str, str],
+    timeout_s: float,
+    on_error: ErrorMapper = openai_error,
+) -> tuple[bytes, Any]:
+    """POST a JSON body and return (raw bytes, parsed JSON) of a 2xx answer."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            resp = await client.post(url, content=orjson.dumps(body), headers=headers, timeout=timeout_s)
+    except TimeoutError as exc:
+        raise DeadlineExceeded(f"upstream '{provider}' timed out") from exc
+    except httpx.HTTPError as exc:
+        raise map_transport_error(exc, provider) from exc
+    if resp.status_code // 100 != 2:
+        raise on_error(resp.status_code, resp.content, resp.headers)
+    try:
+        return resp.content, orjson.loads(resp.content)
+    except orjson.JSONDecodeError as exc:
+        raise UpstreamUnavailable(f"upstream '{provider}' sent a malformed body") from exc
+
+
+async def open_stream(
+    client: httpx.AsyncClient,
+    provider: str,
+    url: str,
+    *,
+    body: Mapping[str, Any],
+    headers: Mapping[str, str],
+    timeout_s: float,
+    on_error: ErrorMapper = openai_error,
+) -> httpx.Response:
+    """Send a streaming request; return the open 2xx response (the caller must close it)."""
+    request = client.build_request("POST", url, content=orjson.dumps(body), headers=headers, timeout=timeout_s)
+    try:
+        async with asyncio.timeout(timeout_s):
+            resp = await client.send(request, stream=True)
+    except TimeoutError as exc:
+        raise DeadlineExceeded(f"upstream '{provider}' timed out") from exc
+    except httpx.HTTPError as exc:
+        raise map_transport_error(exc, provider) from exc
+    if resp.status_code // 100 != 2:
+        try:
+            content = await resp.aread()
+        except httpx.HTTPError as exc:
+            raise map_transport_error(exc, provider) from exc
+        finally:
+            await resp.aclose()
+        raise on_error(resp.status_code, content, resp.headers)
+    return resp

@@ -1,0 +1,243 @@
+"""The built-in mock provider: deterministic answers and embeddings with no network.
+
+It makes the shipped config answer with no API keys, and injects faults for drills:
+``{type: mock, latency_ms: 0, fault: none|429|500|503|timeout|disconnect, fault_rate: 1.0}``.
+
+Answers: chat echoes the last user message (``"Mock reply: <text>"``); when the request offers
+tools and the last message is the user's (and ``tool_choice`` is not ``none``) it calls the named or
+first tool with ``{}``; with ``response_format`` json it answers a JSON object. Embeddings are unit
+vectors derived from sha256 of each input (``dimensions`` long, default 16).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import random
+import struct
+import time
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import httpx
+import orjson
+
+from gateway.config.model import ProviderConfig
+from gateway.errors import DeadlineExceeded, UpstreamStatusError, UpstreamUnavailable
+from gateway.providers.base import Operation, UpstreamRequest, UpstreamResponse, Usage
+from gateway.sse import data_frame
+
+
+class MockProvider:
+    def __init__(self, config: ProviderConfig, client: httpx.AsyncClient | None = None) -> None:
+        self.name = config.name
+        self._latency_s = float(_number(config.options.get("latency_ms"), 0.0)) / 1000.0
+        self._fault = str(config.options.get("fault") or "none")
+        self._fault_rate = float(_number(config.options.get("fault_rate"), 1.0))
+        self._rng = random.Random()
+
+    async def send(self, request: UpstreamRequest) -> UpstreamResponse:
+        await self._before(request)
+        if self._faulty() and self._fault == "disconnect":
+            raise UpstreamUnavailable(f"upstream '{self.name}' disconnected")
+        if request.operation is Operation.EMBEDDINGS:
+            body, usage = embeddings(request.body)
+        elif request.operation is Operation.COMPLETIONS:
+            body, usage = completion(request.body)
+        else:
+            body, usage = chat(request.body)
+        return UpstreamResponse(orjson.dumps(body), usage)
+
+    async def open_stream(self, request: UpstreamRequest) -> MockStream:
+        await self._before(request)
+        if request.operation is Operation.EMBEDDINGS:
+            raise UpstreamStatusError(400, "embeddings cannot be streamed", param="stream")
+        disconnect = self._faulty() and self._fault == "disconnect"
+        return MockStream(request, disconnect_after=1 if disconnect else None, name=self.name)
+
+    async def _before(self, request: UpstreamRequest) -> None:
+        if self._latency_s:
+            await asyncio.sleep(self._latency_s)
+        if self._fault in ("none", "disconnect") or not self._faulty():
+            return
+        if self._fault == "timeout":
+            await asyncio.sleep(request.timeout_s)
+            raise DeadlineExceeded(f"upstream '{self.name}' timed out")
+        status = int(self._fault)
+        retry_after = "1" if status == 429 else None
+        raise UpstreamStatusError(status, f"mock fault {status}", retry_after=retry_after)
+
+    def _faulty(self) -> bool:
+        return self._fault != "none" and self._rng.random() < self._fault_rate
+
+
+class MockStream:
+    def __init__(self, request: UpstreamRequest, *, disconnect_after: int | None, name: str) -> None:
+        self._request = request
+        self._disconnect_after = disconnect_after
+        self._name = name
+        self.usage: Usage | None = None
+        self.usage_frame: bytes | None = None
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        body = self._request.body
+        if self._request.operation is Operation.COMPLETIONS:
+            answer, usage = completion(body)
+        else:
+            answer, usage = chat(body)
+        base = {k: answer[k] for k in ("id", "created", "model")}
+        obj = "text_completion" if self._request.operation is Operation.COMPLETIONS else "chat.completion.chunk"
+        for n, delta in enumerate(_deltas(answer, self._request.operation)):
+            if self._disconnect_after is not None and n >= self._disconnect_after:
+                raise UpstreamUnavailable(f"upstream '{self._name}' disconnected mid-stream")
+            yield data_frame(orjson.dumps({**base, "object": obj, "choices": [delta], "usage": None}))
+            await asyncio.sleep(0)
+        self.usage = usage
+        self.usage_frame = data_frame(
+            orjson.dumps({**base, "object": obj, "choices": [], "usage": usage.to_openai()})
+        )
+
+    async def aclose(self) -> None:
+        return None
+
+
+def _deltas(answer: Mapping[str, Any], operation: Operation) -> list[dict[str, Any]]:
+    choice = answer["choices"][0]
+    if operation is Operation.COMPLETIONS:
+        words = _split(choice["text"])
+        out: list[dict[str, Any]] = [
+            {"index": 0, "text": w, "logprobs": None, "finish_reason": None} for w in words
+        ]
+        out.append({"index": 0, "text": "", "logprobs": None, "finish_reason": choice["finish_reason"]})
+        return out
+    message = choice["message"]
+    deltas: list[dict[str, Any]] = [{"index": 0, "delta": {"role": "assistant", "content": ""}}]
+    for word in _split(message.get("content") or ""):
+        deltas.append({"index": 0, "delta": {"content": word}})
+    for i, call in enumerate(message.get("tool_calls") or []):
+        fn = call["function"]
+        first = {"index": i, "id": call["id"], "type": "function", "function": {"name": fn["name"], "arguments": ""}}
+        deltas.append({"index": 0, "delta": {"tool_calls": [first]}})
+        deltas.append({"index": 0, "delta": {"tool_calls": [{"index": i, "function": {"arguments": fn["arguments"]}}]}})
+    deltas.append({"index": 0, "delta": {}, "finish_reason": choice["finish_reason"]})
+    for d in deltas:
+        d.setdefault("finish_reason", None)
+        d["logprobs"] = None
+    return deltas
+
+
+def _split(text: str) -> list[str]:
+    words = text.split(" ")
+    return [w if i == len(words) - 1 else w + " " for i, w in enumerate(words)] if text else []
+
+
+def _id(prefix: str, body: Mapping[str, Any]) -> str:
+    return prefix + hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()[:24]
+
+
+def _text_of(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict) and p.get("type") == "text")
+    return ""
+
+
+def _count(text: str) -> int:
+    return max(1, (len(text) + 3) // 4) if text else 0
+
+
+def chat(body: Mapping[str, Any]) -> tuple[dict[str, Any], Usage]:
+    messages = [m for m in body.get("messages") or [] if isinstance(m, dict)]
+    last = messages[-1] if messages else {}
+    prompt_tokens = sum(3 + _count(_text_of(m.get("content"))) for m in messages) + 3
+    message: dict[str, Any] = {"role": "assistant", "content": None, "refusal": None}
+    tools = body.get("tools") or []
+    choice = body.get("tool_choice", "auto")
+    finish = "stop"
+    if tools and choice != "none" and last.get("role") == "user":
+        name = _tool_name(tools, choice)
+        call_id = _id("call_", {"m": messages, "t": name})
+        message["tool_calls"] = [{"id": call_id, "type": "function", "function": {"name": name, "arguments": "{}"}}]
+        finish = "tool_calls"
+        text = ""
+    else:
+        text = "Mock reply: " + _text_of(last.get("content"))
+        fmt = body.get("response_format")
+        if isinstance(fmt, dict) and fmt.get("type") in ("json_object", "json_schema"):
+            text = orjson.dumps({"reply": text}).decode()
+        message["content"] = text
+    usage = Usage(prompt_tokens=prompt_tokens, completion_tokens=_count(text) + (5 if finish == "tool_calls" else 0))
+    answer = {
+        "id": _id("chatcmpl-mock-", body),
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": body.get("model", ""),
+        "choices": [{"index": 0, "message": message, "finish_reason": finish, "logprobs": None}],
+        "usage": usage.to_openai(),
+    }
+    return answer, usage
+
+
+def _tool_name(tools: list[Any], choice: Any) -> str:
+    if isinstance(choice, dict):
+        fn = choice.get("function")
+        if isinstance(fn, dict) and isinstance(fn.get("name"), str):
+            return fn["name"]
+    first = tools[0] if isinstance(tools[0], dict) else {}
+    fn = first.get("function") if isinstance(first.get("function"), dict) else {}
+    return str(fn.get("name", "tool"))
+
+
+def completion(body: Mapping[str, Any]) -> tuple[dict[str, Any], Usage]:
+    prompt = body.get("prompt")
+    text_in = prompt if isinstance(prompt, str) else " ".join(str(p) for p in prompt or [])
+    text = "Mock completion: " + text_in
+    usage = Usage(prompt_tokens=_count(text_in), completion_tokens=_count(text))
+    answer = {
+        "id": _id("cmpl-mock-", body),
+        "object": "text_completion",
+        "created": int(time.time()),
+        "model": body.get("model", ""),
+        "choices": [{"index": 0, "text": text, "finish_reason": "stop", "logprobs": None}],
+        "usage": usage.to_openai(),
+    }
+    return answer, usage
+
+
+def embeddings(body: Mapping[str, Any]) -> tuple[dict[str, Any], Usage]:
+    raw = body.get("input")
+    inputs = [raw] if isinstance(raw, str) else list(raw or [])
+    dims = int(_number(body.get("dimensions"), 16))
+    as_base64 = body.get("encoding_format") == "base64"
+    data = []
+    for i, item in enumerate(inputs):
+        vector = _vector(orjson.dumps(item), dims)
+        packed = base64.b64encode(struct.pack(f"<{dims}f", *vector)).decode() if as_base64 else vector
+        data.append({"object": "embedding", "index": i, "embedding": packed})
+    tokens = sum(_count(x) if isinstance(x, str) else len(x) if isinstance(x, list) else 1 for x in inputs)
+    usage = Usage(prompt_tokens=tokens)
+    answer = {
+        "object": "list",
+        "data": data,
+        "model": body.get("model", ""),
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }
+    return answer, usage
+
+
+def _vector(seed: bytes, dims: int) -> list[float]:
+    values: list[float] = []
+    counter = 0
+    while len(values) < dims:
+        digest = hashlib.sha256(seed + counter.to_bytes(4, "little")).digest()
+        values.extend((b - 127.5) / 127.5 for b in digest)
+        counter += 1
+    values = values[:dims]
+    norm = sum(v * v for v in values) ** 0.5 or 1.0
+    return [v / norm for v in values]
+
+
+def _number(value: object, default: float) -> float:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else default

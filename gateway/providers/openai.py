@@ -1,0 +1,131 @@
+"""OpenAI and every OpenAI-compatible server (vLLM, Ollama, Together, Groq, LM Studio, ...).
+
+Bodies pass through untouched apart from ``model`` (already the upstream name) and, for streams,
+``stream_options.include_usage`` which the gateway always asks for so it can bill the stream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import orjson
+
+from gateway.config.model import ProviderConfig
+from gateway.errors import UpstreamStatusError, UpstreamUnavailable
+from gateway.providers import http
+from gateway.providers.base import Operation, UpstreamRequest, UpstreamResponse, Usage
+from gateway.sse import SSEParser, data_frame
+
+PATHS = {
+    Operation.CHAT: "/chat/completions",
+    Operation.COMPLETIONS: "/completions",
+    Operation.EMBEDDINGS: "/embeddings",
+}
+
+
+class OpenAIProvider:
+    def __init__(self, config: ProviderConfig, client: httpx.AsyncClient) -> None:
+        self.name = config.name
+        self._client = client
+        self._base = config.base_url.rstrip("/")
+        self._headers = {"content-type": "application/json", **self._auth_headers(config), **config.headers}
+
+    def _auth_headers(self, config: ProviderConfig) -> dict[str, str]:
+        return {"authorization": f"Bearer {config.api_key}"} if config.api_key else {}
+
+    def url(self, request: UpstreamRequest) -> str:
+        return self._base + PATHS[request.operation]
+
+    def upstream_body(self, request: UpstreamRequest) -> dict[str, Any]:
+        body = request.body
+        if request.stream and request.operation is not Operation.EMBEDDINGS:
+            options = body.get("stream_options")
+            if not (isinstance(options, dict) and options.get("include_usage") is True):
+                options = dict(options) if isinstance(options, dict) else {}
+                options["include_usage"] = True
+                body = {**body, "stream_options": options}
+        return body
+
+    async def send(self, request: UpstreamRequest) -> UpstreamResponse:
+        raw, data = await http.post_json(
+            self._client,
+            self.name,
+            self.url(request),
+            body=self.upstream_body(request),
+            headers=self._headers,
+            timeout_s=request.timeout_s,
+        )
+        if not isinstance(data, dict):
+            raise UpstreamUnavailable(f"upstream '{self.name}' sent a malformed body")
+        return UpstreamResponse(raw, Usage.from_openai(data.get("usage")))
+
+    async def open_stream(self, request: UpstreamRequest) -> OpenAIStream:
+        response = await http.open_stream(
+            self._client,
+            self.name,
+            self.url(request),
+            body=self.upstream_body(request),
+            headers=self._headers,
+            timeout_s=request.timeout_s,
+        )
+        return OpenAIStream(self.name, response)
+
+
+class OpenAIStream:
+    """Forwards OpenAI SSE frames as they arrive; keeps the usage chunk aside for the core."""
+
+    def __init__(self, provider: str, response: httpx.Response) -> None:
+        self._provider = provider
+        self._response = response
+        self.usage: Usage | None = None
+        self.usage_frame: bytes | None = None
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        parser = SSEParser()
+        try:
+            async for raw in self._response.aiter_bytes():
+                for event in parser.feed(raw):
+                    data = event.data
+                    if data == b"[DONE]":
+                        return
+                    frame = self._frame(event.event, data)
+                    if frame is not None:
+                        yield frame
+        except httpx.HTTPError as exc:
+            raise http.map_transport_error(exc, self._provider) from exc
+        finally:
+            await self._response.aclose()
+        raise UpstreamUnavailable(f"upstream '{self._provider}' stream ended before [DONE]")
+
+    def _frame(self, event: str | None, data: bytes) -> bytes | None:
+        if event == "error" or data.startswith(b'{"error"'):
+            raise _stream_error(data)
+        # Parse only chunks that carry usage; every other chunk passes through as bytes.
+        at = data.rfind(b'"usage"')
+        if at >= 0 and not data[at + 7 :].lstrip(b" :").startswith(b"null"):
+            try:
+                chunk = orjson.loads(data)
+            except orjson.JSONDecodeError as exc:
+                raise UpstreamUnavailable(f"upstream '{self._provider}' sent a malformed chunk") from exc
+            usage = Usage.from_openai(chunk.get("usage")) if isinstance(chunk, dict) else None
+            if usage is not None:
+                self.usage = usage
+                if not chunk.get("choices"):
+                    self.usage_frame = data_frame(data)
+                    return None
+        return data_frame(data)
+
+    async def aclose(self) -> None:
+        await self._response.aclose()
+
+
+def _stream_error(data: bytes) -> UpstreamStatusError:
+    try:
+        payload = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        payload = None
+    err = payload.get("error") if isinstance(payload, dict) else None
+    message = str(err.get("message")) if isinstance(err, dict) else data[:200].decode("utf-8", "replace")
+    return UpstreamStatusError(502, f"upstream stream failed: {message}", type="server_error")

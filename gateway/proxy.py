@@ -1,0 +1,134 @@
+"""The request pipeline, its stages in the one order DESIGN.md gives them.
+
+    parse → authenticate → route → admit → plugins (pre) → cache → dispatch → plugins (post) → settle
+
+An ``Ingress`` adapts the pipeline to a wire format: OpenAI's endpoints use it as is, Anthropic's
+``/v1/messages`` translates its body in and the answers (JSON, stream, errors) back out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any, Protocol
+
+from starlette.background import BackgroundTask
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gateway.context import Exchange
+from gateway.errors import GatewayError, ServerError
+from gateway.metrics import Metrics
+from gateway.pipeline.auth import authenticate
+from gateway.pipeline.dispatch import Dispatcher
+from gateway.pipeline.parse import parse, read_json
+from gateway.pipeline.settle import format_usd, price_usage, settle
+from gateway.providers.base import Operation, UpstreamResponse, UpstreamStream
+from gateway.responses import SSEResponse, json_response
+from gateway.runtime import Runtime
+
+log = logging.getLogger("gateway")
+
+
+class RuntimeSource(Protocol):
+    @property
+    def runtime(self) -> Runtime: ...
+
+
+class Ingress(Protocol):
+    """A wire format's view of one request: translate in, render out."""
+
+    def request(self, body: dict[str, Any]) -> dict[str, Any]: ...
+
+    def forward_headers(self, request: Request) -> dict[str, str]: ...
+
+    def response(self, upstream: UpstreamResponse) -> bytes: ...
+
+    def stream(self, upstream: UpstreamStream, include_usage: bool) -> AsyncIterator[bytes]: ...
+
+    def error(self, err: GatewayError) -> bytes: ...
+
+    def stream_error(self, err: GatewayError) -> bytes: ...
+
+
+class Pipeline:
+    def __init__(self, source: RuntimeSource, metrics: Metrics) -> None:
+        self._source = source
+        self._metrics = metrics
+
+    async def handle(self, request: Request, operation: Operation, ingress: Ingress) -> Response:
+        ex = Exchange(endpoint=request.url.path, trace=request.headers.get("x-gateway-trace"))
+        runtime = self._source.runtime
+        try:
+            # 1 parse
+            body = ingress.request(await read_json(request, runtime.routes.defaults.max_body_bytes))
+            parsed = parse(operation, body, request.headers)
+            ex.model_requested, ex.stream = parsed.model, parsed.stream
+            # 2 authenticate
+            ex.principal = authenticate(request.headers, runtime.keys)
+            # 3 route
+            ex.plan = runtime.router.plan(parsed.model, parsed.task, ex.principal)
+            # 4 admit: rate limits and budget reservation (tenancy work)
+            # 5 plugins (pre) and 6 cache lookup: pass-through until those stages land
+            ex.cache = "skip" if request.headers.get("x-gateway-cache") == "skip" else "miss"
+            # 7 dispatch
+            dispatcher = Dispatcher(
+                providers=runtime.providers,
+                operation=operation,
+                body=parsed.body,
+                headers=ingress.forward_headers(request),
+                plan=ex.plan,
+                deadline=time.monotonic() + ex.plan.timeout_s,
+                attempts=ex.attempts,
+            )
+            if parsed.stream:
+                upstream_stream = await dispatcher.open_stream()
+                frames = self._stream(ex, ingress, upstream_stream, parsed.include_usage)
+                return SSEResponse(frames, ex.response_headers())
+            upstream = await dispatcher.send()
+            # 8 plugins (post): pass-through until that stage lands
+            body_out = ingress.response(upstream)
+        except GatewayError as err:
+            return self._error(ex, ingress, err)
+        # 9 settle: the cost header is known now; metrics and the log line go after the response.
+        ex.usage = upstream.usage
+        price_usage(ex)
+        headers = ex.response_headers()
+        headers["x-gateway-cost-usd"] = format_usd(ex.cost)
+        response = json_response(body_out, 200, headers)
+        response.background = BackgroundTask(settle, ex, self._metrics)
+        return response
+
+    def _error(self, ex: Exchange, ingress: Ingress, err: GatewayError) -> Response:
+        ex.status, ex.error_code = err.status, err.code
+        settle(ex, self._metrics)
+        headers = {**ex.response_headers(), **err.headers}
+        return json_response(ingress.error(err), err.status, headers)
+
+    async def _stream(
+        self, ex: Exchange, ingress: Ingress, upstream: UpstreamStream, include_usage: bool
+    ) -> AsyncGenerator[bytes, None]:
+        try:
+            first = True
+            async for frame in ingress.stream(upstream, include_usage):
+                if first:
+                    ex.ttft_s = time.perf_counter() - ex.started
+                    first = False
+                yield frame
+        except GatewayError as err:
+            ex.status, ex.error_code = err.status, err.code
+            yield ingress.stream_error(err)
+        except (GeneratorExit, asyncio.CancelledError):
+            ex.status, ex.error_code = 499, "client_closed"
+            raise
+        except Exception as exc:  # noqa: BLE001 - a stream must end with an error event, whatever broke
+            log.exception("stream failed")
+            err = ServerError(f"The stream failed: {type(exc).__name__}")
+            ex.status, ex.error_code = err.status, "stream_failed"
+            yield ingress.stream_error(err)
+        finally:
+            await upstream.aclose()
+            ex.usage = upstream.usage
+            settle(ex, self._metrics)

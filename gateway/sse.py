@@ -1,0 +1,89 @@
+"""Server-sent events: an incremental parser and the frame encoders.
+
+The parser is fed raw byte chunks as they arrive and returns the complete events, keeping any
+partial event for the next call. Comment lines (``: keepalive``) are dropped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+DONE_FRAME = b"data: [DONE]\n\n"
+
+
+@dataclass(slots=True, frozen=True)
+class Event:
+    event: str | None
+    data: bytes
+
+
+class SSEParser:
+    __slots__ = ("_buf",)
+
+    def __init__(self) -> None:
+        self._buf = b""
+
+    def feed(self, chunk: bytes) -> list[Event]:
+        buf = self._buf + chunk
+        if b"\r" in buf:
+            buf = buf.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        events: list[Event] = []
+        start = 0
+        while True:
+            end = buf.find(b"\n\n", start)
+            if end < 0:
+                break
+            event = _parse_block(buf[start:end])
+            if event is not None:
+                events.append(event)
+            start = end + 2
+        self._buf = buf[start:]
+        return events
+
+    def flush(self) -> list[Event]:
+        """Events left in the buffer when the stream ended without a final blank line."""
+        rest, self._buf = self._buf.strip(b"\n"), b""
+        if not rest:
+            return []
+        event = _parse_block(rest)
+        return [event] if event is not None else []
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._buf.strip())
+
+
+def _parse_block(block: bytes) -> Event | None:
+    name: str | None = None
+    data: list[bytes] = []
+    for line in block.split(b"\n"):
+        if not line or line.startswith(b":"):
+            continue
+        key, _, value = line.partition(b":")
+        if value.startswith(b" "):
+            value = value[1:]
+        if key == b"data":
+            data.append(value)
+        elif key == b"event":
+            name = value.decode("utf-8", "replace")
+    if not data and name is None:
+        return None
+    return Event(name, b"\n".join(data))
+
+
+async def iter_events(chunks: AsyncIterator[bytes]) -> AsyncIterator[Event]:
+    parser = SSEParser()
+    async for chunk in chunks:
+        for event in parser.feed(chunk):
+            yield event
+    for event in parser.flush():
+        yield event
+
+
+def data_frame(payload: bytes) -> bytes:
+    return b"data: " + payload + b"\n\n"
+
+
+def named_frame(event: str, payload: bytes) -> bytes:
+    return b"event: " + event.encode() + b"\ndata: " + payload + b"\n\n"

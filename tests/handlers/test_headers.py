@@ -1,0 +1,31 @@
+"""Gateway headers and client auth never reach the upstream; responses carry the gateway's headers."""
+
+from __future__ import annotations
+
+import openai
+from conftest import KEY_ACME, GatewayFactory
+from upstreams import FakeOpenAI
+
+
+def test_gateway_headers_and_client_auth_are_not_forwarded(gateway_factory: GatewayFactory) -> None:
+    upstream = FakeOpenAI()
+    gw = gateway_factory(transport=upstream.transport)
+    c = openai.OpenAI(base_url=gw.base_url, api_key=KEY_ACME, max_retries=0)
+    extra = {"x-gateway-task": "t", "x-gateway-trace": "trace-1", "x-gateway-cache": "skip", "X-Gateway-Other": "1"}
+    raw = c.chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], extra_headers=extra
+    )
+    sent = upstream.requests[-1].headers
+    assert not [h for h in sent if h.lower().startswith("x-gateway")]
+    assert sent["authorization"] == "Bearer sk-upstream-secret"
+    assert KEY_ACME not in str(sent.raw)
+    assert not [h for h in sent if h.lower().startswith("x-stainless")]
+    assert raw.headers["x-request-id"] and raw.headers["x-gateway-route"] == "default"
+    assert raw.headers["x-gateway-model"] == "gpt-4o-mini"
+    assert raw.headers["x-gateway-cache"] == "skip"
+    stream_raw = c.chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], stream=True, extra_headers=extra
+    )
+    assert stream_raw.headers["x-gateway-model"] == "gpt-4o-mini"
+    assert list(stream_raw.parse())
+    assert not [h for h in upstream.requests[-1].headers if h.lower().startswith("x-gateway")]
