@@ -27,7 +27,9 @@ from gateway.state import GatewayState
 log = logging.getLogger("gateway")
 
 
-def create_app(settings: Settings | None = None, *, transport: httpx.AsyncBaseTransport | None = None) -> Starlette:
+def create_app(
+    settings: Settings | None = None, *, transport: httpx.AsyncBaseTransport | None = None
+) -> Starlette:
     """Build the gateway app. ``transport`` replaces the network for upstream calls (the test seam)."""
     settings = settings or Settings.from_env()
 

@@ -15,7 +15,9 @@ from gateway.settings import Settings
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m gateway", description="An OpenAI-compatible LLM gateway.")
+    parser = argparse.ArgumentParser(
+        prog="python -m gateway", description="An OpenAI-compatible LLM gateway."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the gateway")

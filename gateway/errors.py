@@ -203,4 +203,6 @@ def render_anthropic(err: GatewayError) -> bytes:
 
 def stream_error_payload(err: GatewayError) -> bytes:
     """The body of the SSE frame that ends a stream which failed after its first byte."""
-    return orjson.dumps({"error": {"message": err.message, "type": err.type, "param": err.param, "code": err.code}})
+    return orjson.dumps(
+        {"error": {"message": err.message, "type": err.type, "param": err.param, "code": err.code}}
+    )

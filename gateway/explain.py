@@ -13,7 +13,10 @@ def explain(routes: RoutesConfig, model: str, task: str | None, principal: Princ
     lines = [f"request: model={model!r} task={task!r} tenant={principal.tenant if principal else None!r}"]
     if route is None:
         if model not in routes.models:
-            return [*lines, f"route: none matches and no deployment is named {model!r} -> 404 model_not_found"]
+            return [
+                *lines,
+                f"route: none matches and no deployment is named {model!r} -> 404 model_not_found",
+            ]
         lines.append(f"route: {DEFAULT_ROUTE} (no rule matched; the deployment named by the request)")
         entries = [(model, "requested")]
     else:
@@ -41,14 +44,18 @@ def explain(routes: RoutesConfig, model: str, task: str | None, principal: Princ
 
 def _plan_entries(route: Route) -> list[tuple[str, str]]:
     total = sum(t.weight for t in route.targets)
-    entries = [(t.model, f"target, weight {t.weight:g} = {100 * t.weight / total:.0f}% first") for t in route.targets]
+    entries = [
+        (t.model, f"target, weight {t.weight:g} = {100 * t.weight / total:.0f}% first") for t in route.targets
+    ]
     entries += [(f, "fallback") for f in route.fallbacks]
     return entries
 
 
 def _match_text(route: Route) -> str:
     m = route.match
-    parts = [f"{k}={v!r}" for k, v in (("task", m.task), ("model", m.model), ("tenant", m.tenant)) if v is not None]
+    parts = [
+        f"{k}={v!r}" for k, v in (("task", m.task), ("model", m.model), ("tenant", m.tenant)) if v is not None
+    ]
     return " ".join(parts) or "anything"
 
 

@@ -7,7 +7,25 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+    30,
+    60,
+    120,
+)
 OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
 
 
@@ -30,10 +48,16 @@ class Metrics:
             "gateway_upstream_duration_seconds", "Upstream time.", buckets=LATENCY_BUCKETS, registry=r
         )
         self.ttft = Histogram(
-            "gateway_time_to_first_token_seconds", "Time to first streamed chunk.", buckets=LATENCY_BUCKETS, registry=r
+            "gateway_time_to_first_token_seconds",
+            "Time to first streamed chunk.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.overhead = Histogram(
-            "gateway_overhead_seconds", "Time spent in the gateway itself.", buckets=OVERHEAD_BUCKETS, registry=r
+            "gateway_overhead_seconds",
+            "Time spent in the gateway itself.",
+            buckets=OVERHEAD_BUCKETS,
+            registry=r,
         )
         self.cache_requests = Counter("gateway_cache_requests", "Cache lookups.", ["result"], registry=r)
         self.retries = Counter("gateway_retries", "Upstream retries.", registry=r)
@@ -42,7 +66,10 @@ class Metrics:
             "gateway_circuit_state", "0 closed, 1 half-open, 2 open.", ["deployment"], registry=r
         )
         self.budget_overrun = Counter(
-            "gateway_budget_overrun_usd", "Spend past a budget (input above estimate).", ["tenant"], registry=r
+            "gateway_budget_overrun_usd",
+            "Spend past a budget (input above estimate).",
+            ["tenant"],
+            registry=r,
         )
         self.config_reload = Counter(
             "gateway_config_reload", "Config reloads.", ["file", "result"], registry=r

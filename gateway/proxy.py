@@ -123,11 +123,11 @@ class Pipeline:
         except (GeneratorExit, asyncio.CancelledError):
             ex.status, ex.error_code = 499, "client_closed"
             raise
-        except Exception as exc:  # noqa: BLE001 - a stream must end with an error event, whatever broke
+        except Exception as exc:  # a stream must end with an error event, whatever broke
             log.exception("stream failed")
-            err = ServerError(f"The stream failed: {type(exc).__name__}")
-            ex.status, ex.error_code = err.status, "stream_failed"
-            yield ingress.stream_error(err)
+            failure = ServerError(f"The stream failed: {type(exc).__name__}", code="stream_failed")
+            ex.status, ex.error_code = failure.status, failure.code
+            yield ingress.stream_error(failure)
         finally:
             await upstream.aclose()
             ex.usage = upstream.usage

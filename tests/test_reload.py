@@ -1,4 +1,4 @@
-"""Hot reload: a routes.yaml edit takes effect within 2 s, in-flight streams survive, bad files are refused."""
+"""Hot reload: a routes.yaml edit applies within 2 s, in-flight streams survive, bad files are refused."""
 
 from __future__ import annotations
 
@@ -22,7 +22,11 @@ def wait_for(predicate, timeout: float = 2.0) -> float:  # type: ignore[no-untyp
 
 def reload_count(gw, result: str) -> float:  # type: ignore[no-untyped-def]
     for line in httpx.get(gw.url + "/metrics").text.splitlines():
-        if line.startswith("gateway_config_reload_total") and f'result="{result}"' in line and 'file="routes"' in line:
+        if (
+            line.startswith("gateway_config_reload_total")
+            and f'result="{result}"' in line
+            and 'file="routes"' in line
+        ):
             return float(line.split()[-1])
     return 0.0
 
@@ -33,22 +37,33 @@ def test_routes_edit_applies_without_restart_and_streams_survive(gateway_factory
     gw = gateway_factory(transport=upstream.transport)
     c = openai.OpenAI(base_url=gw.base_url, api_key=KEY_ACME, max_retries=0)
     body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], "stream": True}
-    with httpx.stream("POST", gw.base_url + "/chat/completions", json=body,
-                      headers={"authorization": f"Bearer {KEY_ACME}"}, timeout=10) as stream:
+    with httpx.stream(
+        "POST",
+        gw.base_url + "/chat/completions",
+        json=body,
+        headers={"authorization": f"Bearer {KEY_ACME}"},
+        timeout=10,
+    ) as stream:
         lines = stream.iter_lines()
         assert next(lines).startswith("data: ")
         # Send gpt-4o to the mock deployment instead, while the stream is open.
-        gw.routes_path.write_text(ROUTES.replace("targets: [{model: gpt-4o-mini}]", "targets: [{model: mock-chat}]"))
+        gw.routes_path.write_text(
+            ROUTES.replace("targets: [{model: gpt-4o-mini}]", "targets: [{model: mock-chat}]")
+        )
 
         def routed_to_mock() -> bool:
-            r = c.chat.completions.with_raw_response.create(model="gpt-4o", messages=[{"role": "user", "content": "x"}])
+            r = c.chat.completions.with_raw_response.create(
+                model="gpt-4o", messages=[{"role": "user", "content": "x"}]
+            )
             return r.headers["x-gateway-model"] == "mock-chat"
 
         took = wait_for(routed_to_mock, timeout=2.0)
         assert took < 2.0
         upstream.gate.set()
         rest = list(lines)
-    assert rest[-1] == "data: [DONE]" or "data: [DONE]" in rest, "the stream opened before the reload finished"
+    assert rest[-1] == "data: [DONE]" or "data: [DONE]" in rest, (
+        "the stream opened before the reload finished"
+    )
     assert reload_count(gw, "success") >= 1
 
 
@@ -58,7 +73,9 @@ def test_invalid_file_is_refused_and_old_config_keeps_serving(gateway_factory: G
     c = openai.OpenAI(base_url=gw.base_url, api_key=KEY_ACME, max_retries=0)
     gw.routes_path.write_text(ROUTES.replace("targets: [{model: gpt-4o-mini}]", "targets: [{model: gpt-5}]"))
     wait_for(lambda: reload_count(gw, "error") >= 1)
-    r = c.chat.completions.with_raw_response.create(model="gpt-4o", messages=[{"role": "user", "content": "x"}])
+    r = c.chat.completions.with_raw_response.create(
+        model="gpt-4o", messages=[{"role": "user", "content": "x"}]
+    )
     assert r.headers["x-gateway-model"] == "gpt-4o-mini"
     gw.routes_path.write_text("routes: [unclosed")
     wait_for(lambda: reload_count(gw, "error") >= 2)

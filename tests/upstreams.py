@@ -20,7 +20,12 @@ def chat_body(model: str, content: str = "Hello there!", **extra: Any) -> dict[s
         "created": 1700000000,
         "model": model,
         "choices": [
-            {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop", "logprobs": None}
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": content},
+                "finish_reason": "stop",
+                "logprobs": None,
+            }
         ],
         "usage": {"prompt_tokens": 12, "completion_tokens": 3, "total_tokens": 15},
         **extra,
@@ -58,7 +63,11 @@ def stream_chunks(model: str, words: list[str], *, usage: bool) -> list[dict[str
                 "created": 1700000000,
                 "model": model,
                 "choices": [],
-                "usage": {"prompt_tokens": 10, "completion_tokens": len(words), "total_tokens": 10 + len(words)},
+                "usage": {
+                    "prompt_tokens": 10,
+                    "completion_tokens": len(words),
+                    "total_tokens": 10 + len(words),
+                },
             }
         )
     return chunks
@@ -67,14 +76,16 @@ def stream_chunks(model: str, words: list[str], *, usage: bool) -> list[dict[str
 class GatedStream(httpx.AsyncByteStream):
     """Sends ``head`` at once, then waits for ``gate`` before sending ``tail``; records closing."""
 
-    def __init__(self, head: bytes, tail: bytes, gate: threading.Event | None, *, broken: bool = False) -> None:
+    def __init__(
+        self, head: bytes, tail: bytes, gate: threading.Event | None, *, broken: bool = False
+    ) -> None:
         self.head, self.tail, self.gate, self.broken = head, tail, gate, broken
         self.closed = False
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         yield self.head
         # The gate is set from the test's thread; poll it rather than share an asyncio.Event across loops.
-        while self.gate is not None and not self.gate.is_set():
+        while self.gate is not None and not self.gate.is_set():  # noqa: ASYNC110 - a threading.Event
             await asyncio.sleep(0.005)
         if self.broken:
             raise httpx.ReadError("connection reset by peer")
@@ -113,9 +124,14 @@ class FakeOpenAI:
         if path.endswith("/embeddings"):
             return httpx.Response(200, json=embeddings_body(body))
         if path.endswith("/completions") and not path.endswith("/chat/completions"):
-            text = {"id": "cmpl-1", "object": "text_completion", "created": 1, "model": model,
-                    "choices": [{"index": 0, "text": " world", "finish_reason": "stop", "logprobs": None}],
-                    "usage": {"prompt_tokens": 2, "completion_tokens": 1, "total_tokens": 3}}
+            text = {
+                "id": "cmpl-1",
+                "object": "text_completion",
+                "created": 1,
+                "model": model,
+                "choices": [{"index": 0, "text": " world", "finish_reason": "stop", "logprobs": None}],
+                "usage": {"prompt_tokens": 2, "completion_tokens": 1, "total_tokens": 3},
+            }
             return httpx.Response(200, json=text)
         if body.get("stream"):
             include = (body.get("stream_options") or {}).get("include_usage") is True
@@ -126,8 +142,11 @@ class FakeOpenAI:
             self.streams.append(stream)
             return httpx.Response(200, headers={"content-type": "text/event-stream"}, stream=stream)
         if body.get("tools") and body["messages"][-1]["role"] == "user":
-            call = {"id": "call_1", "type": "function",
-                    "function": {"name": body["tools"][0]["function"]["name"], "arguments": '{"city": "Paris"}'}}
+            call = {
+                "id": "call_1",
+                "type": "function",
+                "function": {"name": body["tools"][0]["function"]["name"], "arguments": '{"city": "Paris"}'},
+            }
             answer = chat_body(model)
             answer["choices"][0]["message"] = {"role": "assistant", "content": None, "tool_calls": [call]}
             answer["choices"][0]["finish_reason"] = "tool_calls"
@@ -146,5 +165,9 @@ def embeddings_body(body: dict[str, Any]) -> dict[str, Any]:
         if body.get("encoding_format") == "base64":
             value = base64.b64encode(struct.pack("<3f", *vector)).decode()
         data.append({"object": "embedding", "index": i, "embedding": value})
-    return {"object": "list", "data": data, "model": body["model"],
-            "usage": {"prompt_tokens": 4, "total_tokens": 4}}
+    return {
+        "object": "list",
+        "data": data,
+        "model": body["model"],
+        "usage": {"prompt_tokens": 4, "total_tokens": 4},
+    }

@@ -118,4 +118,3 @@ async def get_model(request: Request) -> Response:
     except GatewayError as err:
         return json_response(render_openai(err), err.status, err.headers)
     return json_response(orjson.dumps(_model_object(name)), 200, {})
-

@@ -79,7 +79,9 @@ def parse(operation: Operation, body: dict[str, Any], headers: Mapping[str, str]
         if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
             raise _field(name, "must be an integer")
     temperature = body.get("temperature")
-    if temperature is not None and (not isinstance(temperature, int | float) or isinstance(temperature, bool)):
+    if temperature is not None and (
+        not isinstance(temperature, int | float) or isinstance(temperature, bool)
+    ):
         raise _field("temperature", "must be a number")
     task = headers.get("x-gateway-task") or None
     return ParsedRequest(operation, body, model, bool(stream), include_usage, task)

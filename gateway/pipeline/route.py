@@ -54,9 +54,10 @@ class Router:
             if deployment is None:
                 raise NotFound(f"The model '{model}' does not exist.", param="model", code="model_not_found")
             names: list[str] = [model]
-            name, cache, plugins, timeout, retry = DEFAULT_ROUTE, None, (), defaults.timeout_s, defaults.retry
+            plugins: tuple[str, ...] = ()
+            name, cache, timeout, retry = DEFAULT_ROUTE, None, defaults.timeout_s, defaults.retry
         else:
-            names = self._ordered_targets(route) + [f for f in route.fallbacks]
+            names = self._ordered_targets(route) + list(route.fallbacks)
             name, cache, plugins = route.name, route.cache, route.plugins
             timeout = route.timeout_s or defaults.timeout_s
             retry = route.retry or defaults.retry

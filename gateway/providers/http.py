@@ -90,7 +90,9 @@ async def open_stream(
     on_error: ErrorMapper = openai_error,
 ) -> httpx.Response:
     """Send a streaming request; return the open 2xx response (the caller must close it)."""
-    request = client.build_request("POST", url, content=orjson.dumps(body), headers=headers, timeout=timeout_s)
+    request = client.build_request(
+        "POST", url, content=orjson.dumps(body), headers=headers, timeout=timeout_s
+    )
     try:
         async with asyncio.timeout(timeout_s):
             resp = await client.send(request, stream=True)

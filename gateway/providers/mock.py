@@ -87,7 +87,9 @@ class MockStream:
         else:
             answer, usage = chat(body)
         base = {k: answer[k] for k in ("id", "created", "model")}
-        obj = "text_completion" if self._request.operation is Operation.COMPLETIONS else "chat.completion.chunk"
+        obj = (
+            "text_completion" if self._request.operation is Operation.COMPLETIONS else "chat.completion.chunk"
+        )
         for n, delta in enumerate(_deltas(answer, self._request.operation)):
             if self._disconnect_after is not None and n >= self._disconnect_after:
                 raise UpstreamUnavailable(f"upstream '{self._name}' disconnected mid-stream")
@@ -117,9 +119,16 @@ def _deltas(answer: Mapping[str, Any], operation: Operation) -> list[dict[str, A
         deltas.append({"index": 0, "delta": {"content": word}})
     for i, call in enumerate(message.get("tool_calls") or []):
         fn = call["function"]
-        first = {"index": i, "id": call["id"], "type": "function", "function": {"name": fn["name"], "arguments": ""}}
+        first = {
+            "index": i,
+            "id": call["id"],
+            "type": "function",
+            "function": {"name": fn["name"], "arguments": ""},
+        }
         deltas.append({"index": 0, "delta": {"tool_calls": [first]}})
-        deltas.append({"index": 0, "delta": {"tool_calls": [{"index": i, "function": {"arguments": fn["arguments"]}}]}})
+        deltas.append(
+            {"index": 0, "delta": {"tool_calls": [{"index": i, "function": {"arguments": fn["arguments"]}}]}}
+        )
     deltas.append({"index": 0, "delta": {}, "finish_reason": choice["finish_reason"]})
     for d in deltas:
         d.setdefault("finish_reason", None)
@@ -140,7 +149,9 @@ def _text_of(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict) and p.get("type") == "text")
+        return " ".join(
+            str(p.get("text", "")) for p in content if isinstance(p, dict) and p.get("type") == "text"
+        )
     return ""
 
 
@@ -159,7 +170,9 @@ def chat(body: Mapping[str, Any]) -> tuple[dict[str, Any], Usage]:
     if tools and choice != "none" and last.get("role") == "user":
         name = _tool_name(tools, choice)
         call_id = _id("call_", {"m": messages, "t": name})
-        message["tool_calls"] = [{"id": call_id, "type": "function", "function": {"name": name, "arguments": "{}"}}]
+        message["tool_calls"] = [
+            {"id": call_id, "type": "function", "function": {"name": name, "arguments": "{}"}}
+        ]
         finish = "tool_calls"
         text = ""
     else:
@@ -168,7 +181,9 @@ def chat(body: Mapping[str, Any]) -> tuple[dict[str, Any], Usage]:
         if isinstance(fmt, dict) and fmt.get("type") in ("json_object", "json_schema"):
             text = orjson.dumps({"reply": text}).decode()
         message["content"] = text
-    usage = Usage(prompt_tokens=prompt_tokens, completion_tokens=_count(text) + (5 if finish == "tool_calls" else 0))
+    usage = Usage(
+        prompt_tokens=prompt_tokens, completion_tokens=_count(text) + (5 if finish == "tool_calls" else 0)
+    )
     answer = {
         "id": _id("chatcmpl-mock-", body),
         "object": "chat.completion",
@@ -181,13 +196,11 @@ def chat(body: Mapping[str, Any]) -> tuple[dict[str, Any], Usage]:
 
 
 def _tool_name(tools: list[Any], choice: Any) -> str:
-    if isinstance(choice, dict):
-        fn = choice.get("function")
-        if isinstance(fn, dict) and isinstance(fn.get("name"), str):
-            return fn["name"]
+    if isinstance(choice, dict) and isinstance(choice.get("function"), dict):
+        return str(choice["function"].get("name", "tool"))
     first = tools[0] if isinstance(tools[0], dict) else {}
-    fn = first.get("function") if isinstance(first.get("function"), dict) else {}
-    return str(fn.get("name", "tool"))
+    fn = first.get("function")
+    return str(fn.get("name", "tool")) if isinstance(fn, dict) else "tool"
 
 
 def completion(body: Mapping[str, Any]) -> tuple[dict[str, Any], Usage]:

@@ -8,10 +8,12 @@ import pytest
 from conftest import BUDGETS, KEY_ACME, KEY_GLOBEX, ROUTES, GatewayFactory
 from upstreams import FakeOpenAI
 
-SMALL_BODY_ROUTES = ROUTES + """
+SMALL_BODY_ROUTES = (
+    ROUTES
+    + """
 defaults: {max_body_bytes: 2048, timeout_s: 5}
 """
-
+)
 
 
 @pytest.fixture
@@ -64,9 +66,18 @@ def test_malformed_json_is_400(gw) -> None:
         ({"model": "gpt-4o-mini"}, "messages"),
         ({"model": "gpt-4o-mini", "messages": "hi"}, "messages"),
         ({"model": "gpt-4o-mini", "messages": [{"content": "hi"}]}, "messages[0].role"),
-        ({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "temperature": "hot"}, "temperature"),
-        ({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "stream": "yes"}, "stream"),
-        ({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1.5}, "max_tokens"),
+        (
+            {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "temperature": "hot"},
+            "temperature",
+        ),
+        (
+            {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "stream": "yes"},
+            "stream",
+        ),
+        (
+            {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1.5},
+            "max_tokens",
+        ),
     ],
 )
 def test_wrong_or_missing_fields_are_400_naming_the_field(gw, body: dict, param: str) -> None:
@@ -103,7 +114,9 @@ def test_unknown_model_is_404(gw) -> None:
 
 def test_body_too_large_is_413(gw) -> None:
     with pytest.raises(openai.APIStatusError) as info:
-        client(gw).chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x" * 4096}])
+        client(gw).chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "x" * 4096}]
+        )
     assert info.value.status_code == 413
 
 
@@ -114,8 +127,16 @@ def test_unknown_path_is_404_envelope(gw) -> None:
 
 def test_upstream_4xx_passes_through_with_its_message(gw, upstream: FakeOpenAI) -> None:
     upstream.fail_with = httpx.Response(
-        400, json={"error": {"message": "Invalid 'messages[0].content': too fancy.", "type": "invalid_request_error",
-                             "param": "messages[0].content", "code": "invalid_value"}})
+        400,
+        json={
+            "error": {
+                "message": "Invalid 'messages[0].content': too fancy.",
+                "type": "invalid_request_error",
+                "param": "messages[0].content",
+                "code": "invalid_value",
+            }
+        },
+    )
     with pytest.raises(openai.BadRequestError) as info:
         chat(client(gw))
     assert info.value.body["message"] == "Invalid 'messages[0].content': too fancy."
@@ -124,8 +145,9 @@ def test_upstream_4xx_passes_through_with_its_message(gw, upstream: FakeOpenAI) 
 
 
 def test_upstream_429_is_429_upstream_rate_limited(gw, upstream: FakeOpenAI) -> None:
-    upstream.fail_with = httpx.Response(429, headers={"retry-after": "7"},
-                                        json={"error": {"message": "slow down", "type": "requests"}})
+    upstream.fail_with = httpx.Response(
+        429, headers={"retry-after": "7"}, json={"error": {"message": "slow down", "type": "requests"}}
+    )
     with pytest.raises(openai.RateLimitError) as info:
         chat(client(gw))
     assert info.value.code == "upstream_rate_limited"
@@ -140,9 +162,11 @@ def test_upstream_500_is_502(gw, upstream: FakeOpenAI) -> None:
 
 
 def test_deadline_is_504(gateway_factory: GatewayFactory) -> None:
-    routes = ROUTES.replace("  local: {type: mock}", "  local: {type: mock}\n  slow: {type: mock, fault: timeout}")
+    routes = ROUTES.replace(
+        "  local: {type: mock}", "  local: {type: mock}\n  slow: {type: mock, fault: timeout}"
+    )
     routes = routes.replace("models:\n", "models:\n  slow-chat: {provider: slow}\n")
-    routes += "  - name: slow\n    match: {model: slow-chat}\n    timeout_s: 0.3\n    targets: [{model: slow-chat}]\n"
+    routes += "  - {name: slow, match: {model: slow-chat}, timeout_s: 0.3, targets: [{model: slow-chat}]}\n"
     gw = gateway_factory(routes=routes, budgets=BUDGETS)
     with pytest.raises(openai.InternalServerError) as info:
         chat(client(gw), model="slow-chat")

@@ -11,7 +11,12 @@ def test_gateway_headers_and_client_auth_are_not_forwarded(gateway_factory: Gate
     upstream = FakeOpenAI()
     gw = gateway_factory(transport=upstream.transport)
     c = openai.OpenAI(base_url=gw.base_url, api_key=KEY_ACME, max_retries=0)
-    extra = {"x-gateway-task": "t", "x-gateway-trace": "trace-1", "x-gateway-cache": "skip", "X-Gateway-Other": "1"}
+    extra = {
+        "x-gateway-task": "t",
+        "x-gateway-trace": "trace-1",
+        "x-gateway-cache": "skip",
+        "X-Gateway-Other": "1",
+    }
     raw = c.chat.completions.with_raw_response.create(
         model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], extra_headers=extra
     )

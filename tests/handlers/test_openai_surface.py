@@ -82,7 +82,9 @@ async def test_chat_stream_async(gw) -> None:
 
 def test_stream_wire_format(gw) -> None:
     body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "stream": True}
-    r = httpx.post(gw.base_url + "/chat/completions", json=body, headers={"authorization": f"Bearer {KEY_ACME}"})
+    r = httpx.post(
+        gw.base_url + "/chat/completions", json=body, headers={"authorization": f"Bearer {KEY_ACME}"}
+    )
     assert r.status_code == 200
     assert r.headers["content-type"].startswith("text/event-stream")
     assert r.text.endswith("data: [DONE]\n\n")
@@ -91,8 +93,16 @@ def test_stream_wire_format(gw) -> None:
 
 
 def test_tools_round_trip(gw, upstream: FakeOpenAI) -> None:
-    tools = [{"type": "function", "function": {"name": "get_weather", "description": "Weather",
-              "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "description": "Weather",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+            },
+        }
+    ]
     c = client(gw)
     messages: list[dict[str, object]] = [{"role": "user", "content": "Weather in Paris?"}]
     first = c.chat.completions.create(model="gpt-4o-mini", messages=messages, tools=tools)
@@ -110,8 +120,18 @@ def test_tools_round_trip(gw, upstream: FakeOpenAI) -> None:
 
 
 def test_response_format_json_schema_passes_through(gw, upstream: FakeOpenAI) -> None:
-    fmt = {"type": "json_schema", "json_schema": {"name": "answer", "strict": True,
-           "schema": {"type": "object", "properties": {"answer": {"type": "integer"}}, "required": ["answer"]}}}
+    fmt = {
+        "type": "json_schema",
+        "json_schema": {
+            "name": "answer",
+            "strict": True,
+            "schema": {
+                "type": "object",
+                "properties": {"answer": {"type": "integer"}},
+                "required": ["answer"],
+            },
+        },
+    }
     completion = client(gw).chat.completions.create(
         model="gpt-4o-mini", messages=[{"role": "user", "content": "6*7"}], response_format=fmt
     )
@@ -152,10 +172,17 @@ def test_health_and_ready(gw) -> None:
 
 
 def test_mock_provider_answers_without_keys(gw) -> None:
-    completion = client(gw).chat.completions.create(model="mock-chat", messages=[{"role": "user", "content": "ping"}])
+    completion = client(gw).chat.completions.create(
+        model="mock-chat", messages=[{"role": "user", "content": "ping"}]
+    )
     assert completion.choices[0].message.content == "Mock reply: ping"
-    chunks = list(client(gw).chat.completions.create(
-        model="mock-chat", messages=[{"role": "user", "content": "ping"}], stream=True,
-        stream_options={"include_usage": True}))
+    chunks = list(
+        client(gw).chat.completions.create(
+            model="mock-chat",
+            messages=[{"role": "user", "content": "ping"}],
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Mock reply: ping"
     assert chunks[-1].usage is not None

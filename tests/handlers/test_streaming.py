@@ -48,12 +48,17 @@ class HoldingUpstream:
             while b"\r\n\r\n" not in data:
                 data += conn.recv(65536)
             head, _, rest = data.partition(b"\r\n\r\n")
-            length = int([ln.split(b":")[1] for ln in head.split(b"\r\n") if ln.lower().startswith(b"content-length")][0])
+            lengths = (ln.split(b":")[1] for ln in head.split(b"\r\n") if ln.lower().startswith(b"content-length"))
+            length = int(next(lengths))
             while len(rest) < length:
                 rest += conn.recv(65536)
-            chunk = b'data: {"id":"c1","object":"chat.completion.chunk","created":1,"model":"m",' \
-                    b'"choices":[{"index":0,"delta":{"role":"assistant","content":"Hi"},"finish_reason":null}]}\n\n'
-            conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
+            chunk = (
+                b'data: {"id":"c1","object":"chat.completion.chunk","created":1,"model":"m",'
+                b'"choices":[{"index":0,"delta":{"role":"assistant","content":"Hi"},"finish_reason":null}]}\n\n'
+            )
+            conn.sendall(
+                b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+            )
             conn.sendall(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
             conn.settimeout(10)
             try:

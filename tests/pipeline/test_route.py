@@ -1,0 +1,90 @@
+"""Routing: task header, model globs, tenants, weights, fallbacks, allow-lists, no-match behaviour."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import pytest
+import yaml
+
+from gateway.config.parse import parse_routes
+from gateway.errors import NotFound, PermissionDenied
+from gateway.pipeline.auth import Principal
+from gateway.pipeline.route import Router
+
+ROUTES = """
+providers:
+  a: {type: mock}
+models:
+  gpt-4o-mini: {provider: a}
+  claude-haiku: {provider: a}
+  echo: {provider: a}
+  big: {provider: a}
+routes:
+  - name: summarize
+    match: {task: summarize}
+    targets: [{model: gpt-4o-mini, weight: 3}, {model: claude-haiku, weight: 1}]
+    fallbacks: [echo]
+    cache: {ttl_s: 60}
+  - name: gpt4-to-mini
+    match: {model: "gpt-4o"}
+    targets: [{model: gpt-4o-mini}]
+  - name: acme-premium
+    match: {tenant: acme, model: "claude-*"}
+    targets: [{model: big}]
+    timeout_s: 5
+"""
+
+
+def router(seed: int = 1) -> Router:
+    config, _ = parse_routes(yaml.safe_load(ROUTES))
+    return Router(config, random.Random(seed))
+
+
+def who(tenant: str = "acme", models: tuple[str, ...] | None = None) -> Principal:
+    return Principal(tenant=tenant, key_id=f"{tenant}-1", role="user", models=models)
+
+
+def names(plan) -> list[str]:  # type: ignore[no-untyped-def]
+    return [c.name for c in plan.candidates]
+
+
+def test_task_route_orders_targets_by_weight_then_fallbacks() -> None:
+    r = router()
+    firsts = Counter(names(r.plan("anything", "summarize", who()))[0] for _ in range(4000))
+    assert 0.70 < firsts["gpt-4o-mini"] / 4000 < 0.80
+    plan = r.plan("anything", "summarize", who())
+    assert sorted(names(plan)[:2]) == ["claude-haiku", "gpt-4o-mini"] and names(plan)[2] == "echo"
+    assert plan.route == "summarize" and plan.cache is not None and plan.cache.ttl_s == 60
+
+
+def test_model_glob_and_tenant_match() -> None:
+    r = router()
+    assert names(r.plan("gpt-4o", None, who())) == ["gpt-4o-mini"]
+    acme = r.plan("claude-3-opus", None, who("acme"))
+    assert acme.route == "acme-premium" and names(acme) == ["big"] and acme.timeout_s == 5
+    with pytest.raises(NotFound):
+        r.plan("claude-3-opus", None, who("globex"))  # no route, no such deployment
+
+
+def test_no_route_goes_to_the_named_model_or_404() -> None:
+    r = router()
+    plan = r.plan("claude-haiku", None, who("globex"))
+    assert plan.route == "default" and names(plan) == ["claude-haiku"]
+    with pytest.raises(NotFound) as info:
+        r.plan("gpt-5", None, who())
+    assert info.value.code == "model_not_found" and info.value.status == 404
+
+
+def test_allow_list_drops_deployments_and_403s_when_none_remain() -> None:
+    r = router()
+    assert names(r.plan("x", "summarize", who(models=("echo", "claude-*")))) == ["claude-haiku", "echo"]
+    with pytest.raises(PermissionDenied) as info:
+        r.plan("gpt-4o", None, who(models=("claude-*",)))
+    assert "gpt-4o" in info.value.message and info.value.status == 403
+
+
+def test_reachable_names_for_models_listing() -> None:
+    r = router()
+    assert sorted(r.reachable(who(models=("gpt-*",)))) == ["gpt-4o", "gpt-4o-mini"]

@@ -1,0 +1,60 @@
+"""``python -m gateway check | explain | keys new`` as ops run them."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *args], cwd=cwd, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_check_passes_on_shipped_files() -> None:
+    result = run("check")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_check_prints_every_error_with_its_path(tmp_path: Path) -> None:
+    (tmp_path / "routes.yaml").write_text(
+        "providers: {p: {type: mock}}\n"
+        "models: {m: {provider: p}}\n"
+        "routes:\n"
+        "  - {name: a, match: {task: x}, targets: [{model: m}]}\n"
+        "  - {name: b, match: {task: y}, targets: [{model: gpt-5}]}\n"
+    )
+    (tmp_path / "budgets.yaml").write_text(
+        "tenants:\n  acme:\n    keys:\n      - {id: k, sha256: '" + "a" * 64 + "', role: boss}\n"
+    )
+    result = run(
+        "check", "--routes", str(tmp_path / "routes.yaml"), "--budgets", str(tmp_path / "budgets.yaml")
+    )
+    assert result.returncode == 1
+    lines = result.stdout.splitlines()
+    assert "routes.yaml: routes[1].targets[0].model: unknown model 'gpt-5'" in lines
+    assert "budgets.yaml: tenants.acme.keys[0].role: must be one of user, admin, reviewer" in lines
+
+
+def test_explain_prints_route_and_plan() -> None:
+    result = run("explain", "--model", "anything", "--task", "summarize", "--key-id", "demo-key")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "route: summarize" in out
+    assert out.index("gpt-4o-mini") < out.index("claude-haiku") < out.index("echo")
+    assert "fallback" in out
+
+
+def test_keys_new_prints_secret_once_and_matching_hash() -> None:
+    result = run("keys", "new", "--tenant", "acme", "--id", "acme-ci")
+    assert result.returncode == 0
+    lines = result.stdout.splitlines()
+    secret = lines[0].removeprefix("secret: ")
+    digest = hashlib.sha256(secret.encode()).hexdigest()
+    assert f'sha256: "{digest}"' in result.stdout
+    assert result.stdout.count(secret) == 1
