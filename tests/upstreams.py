@@ -171,3 +171,102 @@ def embeddings_body(body: dict[str, Any]) -> dict[str, Any]:
         "model": body["model"],
         "usage": {"prompt_tokens": 4, "total_tokens": 4},
     }
+
+
+ANTHROPIC_STREAM = [
+    (
+        "message_start",
+        {
+            "type": "message_start",
+            "message": {
+                "id": "msg_up_1",
+                "type": "message",
+                "role": "assistant",
+                "model": "claude-3-5-haiku-latest",
+                "content": [],
+                "stop_reason": None,
+                "stop_sequence": None,
+                "usage": {
+                    "input_tokens": 11,
+                    "output_tokens": 1,
+                    "cache_read_input_tokens": 4,
+                    "cache_creation_input_tokens": 0,
+                },
+            },
+        },
+    ),
+    (
+        "content_block_start",
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+    ),
+    ("ping", {"type": "ping"}),
+    (
+        "content_block_delta",
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Bonjour"}},
+    ),
+    (
+        "content_block_delta",
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": " !"}},
+    ),
+    ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+    (
+        "message_delta",
+        {
+            "type": "message_delta",
+            "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+            "usage": {"output_tokens": 5},
+        },
+    ),
+    ("message_stop", {"type": "message_stop"}),
+]
+
+
+class FakeAnthropic:
+    """Answers like Anthropic's Messages API."""
+
+    def __init__(self) -> None:
+        self.requests: list[httpx.Request] = []
+
+    def json(self, n: int = -1) -> dict[str, Any]:
+        return dict(json.loads(self.requests[n].content))
+
+    async def handle(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        body = json.loads(request.content)
+        if body.get("stream"):
+            data = b"".join(
+                f"event: {name}\ndata: {json.dumps(payload)}\n\n".encode()
+                for name, payload in ANTHROPIC_STREAM
+            )
+            return httpx.Response(200, headers={"content-type": "text/event-stream"}, content=data)
+        message = {
+            "id": "msg_up_2",
+            "type": "message",
+            "role": "assistant",
+            "model": body["model"],
+            "content": [{"type": "text", "text": "Bonjour !"}],
+            "stop_reason": "end_turn",
+            "stop_sequence": None,
+            "usage": {"input_tokens": 11, "output_tokens": 5},
+        }
+        if body.get("tools"):
+            message["content"] = [
+                {
+                    "type": "tool_use",
+                    "id": "toolu_1",
+                    "name": body["tools"][0]["name"],
+                    "input": {"city": "Paris"},
+                }
+            ]
+            message["stop_reason"] = "tool_use"
+        return httpx.Response(200, json=message)
+
+
+class HostRouter(httpx.AsyncBaseTransport):
+    """One transport for the gateway's client, dispatching by upstream host to each fake."""
+
+    def __init__(self, **handlers: Any) -> None:
+        self.transports = {host.replace("_", "."): httpx.MockTransport(h) for host, h in handlers.items()}
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        return await self.transports[request.url.host].handle_async_request(request)
