@@ -1,4 +1,4 @@
-"""``POST /v1/messages`` with the real anthropic SDK, against an OpenAI-type and an Anthropic-type upstream."""
+"""`POST /v1/messages` with the real anthropic SDK, against OpenAI-type and Anthropic-type upstreams."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from upstreams import FakeAnthropic, FakeOpenAI, HostRouter
 
 ROUTES_BOTH = ROUTES.replace(
     "  local: {type: mock}",
-    "  local: {type: mock}\n  anth: {type: anthropic, base_url: 'http://anthropic.test', api_key: sk-ant-upstream}",
+    "  local: {type: mock}\n"
+    "  anth: {type: anthropic, base_url: 'http://anthropic.test', api_key: sk-ant-upstream}",
 ).replace("models:\n", "models:\n  claude-haiku: {provider: anth, upstream: claude-3-5-haiku-latest}\n")
 
 
