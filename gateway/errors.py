@@ -24,6 +24,7 @@ Lower-layer exceptions (httpx, redis) are mapped to these at one boundary per la
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -125,14 +126,13 @@ class UpstreamStatusError(ServerError):
         param: str | None = None,
         retry_after: str | None = None,
     ) -> None:
-        headers = {"retry-after": retry_after} if retry_after else None
         super().__init__(
             message,
             status=status,
             type=type or _default_type(status),
             code=code,
             param=param,
-            headers=headers,
+            headers=retry_headers(retry_after),
         )
         self.retry_after = retry_after
 
@@ -161,6 +161,17 @@ class DeadlineExceeded(ServerError):
     status = 504
     type = "timeout"
     code = "deadline_exceeded"
+
+
+def retry_headers(retry_after: str | float | None) -> dict[str, str]:
+    """``retry-after`` (seconds) and ``retry-after-ms``, which the OpenAI SDKs honour first."""
+    if retry_after is None or retry_after == "":
+        return {}
+    try:
+        seconds = float(retry_after)
+    except ValueError:
+        return {"retry-after": str(retry_after)}  # an HTTP date: pass it on as given
+    return {"retry-after": str(max(1, math.ceil(seconds))), "retry-after-ms": str(max(0, round(seconds * 1000)))}
 
 
 def _default_type(status: int) -> str:

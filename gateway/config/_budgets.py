@@ -1,0 +1,134 @@
+"""budgets.yaml → ``BudgetsConfig``: tenants, their keys, budgets, limits and model allow-lists."""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Iterable
+
+from gateway.config._validate import Checker, key_path
+from gateway.config.model import (
+    PERIODS,
+    ROLES,
+    Budget,
+    BudgetsConfig,
+    KeyConfig,
+    Limits,
+    RoutesConfig,
+    TenantConfig,
+)
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_TENANT_FIELDS = ("budget", "limits", "models", "keys")
+_KEY_FIELDS = ("id", "sha256", "role", "budget", "limits")
+
+
+class _Seen:
+    """Key ids and hashes already claimed, across every tenant: both must identify exactly one key."""
+
+    def __init__(self) -> None:
+        self.ids: set[str] = set()
+        self.hashes: dict[str, str] = {}
+        """sha256 → the key that claimed it, as ``key 'id'`` (or its path when it has no valid id)."""
+
+
+def build_budgets(data: object, routes: RoutesConfig | None, c: Checker) -> BudgetsConfig:
+    """Check a budgets.yaml document (already env-expanded), recording problems on ``c``.
+
+    With ``routes``, allow-list globs that match no deployment are warned about (likely a typo or a model
+    since removed); without it (routes.yaml itself is broken) only the file's own structure is checked.
+    """
+    top = c.record(data, "", ("tenants",), required=("tenants",)) or {}
+    seen = _Seen()
+    tenants: dict[str, TenantConfig] = {}
+    for name, entry in c.named(top.get("tenants"), "tenants").items():
+        # Tenant names become Redis key parts and metric labels.
+        c.name(name, "tenants", "tenant name")
+        tenants[name] = _tenant(name, entry, key_path("tenants", name), routes, seen, c)
+    return BudgetsConfig(tenants=tenants)
+
+
+def _tenant(
+    name: str, value: object, path: str, routes: RoutesConfig | None, seen: _Seen, c: Checker
+) -> TenantConfig:
+    d = c.record(value, path, _TENANT_FIELDS) if value is not None else {}
+    if d is None:
+        return TenantConfig(name=name)
+    models: tuple[str, ...] | None = None
+    if "models" in d:
+        models = c.names(d["models"], key_path(path, "models"))
+        if routes is not None:
+            for glob_path, glob in c.items(d["models"], key_path(path, "models")):
+                if isinstance(glob, str) and glob and not _matches_any(glob, routes.models):
+                    c.warn(glob_path, f"{glob!r} matches no model defined in the routes file")
+    keys = [
+        _key(name, entry, key_path_, seen, c)
+        for key_path_, entry in c.items(d.get("keys"), key_path(path, "keys"))
+    ]
+    return TenantConfig(
+        name=name,
+        budget=_budget(d.get("budget"), key_path(path, "budget"), c),
+        limits=_limits(d.get("limits"), key_path(path, "limits"), c),
+        models=models,
+        keys=tuple(k for k in keys if k is not None),
+    )
+
+
+def _matches_any(glob: str, names: Iterable[str]) -> bool:
+    return any(fnmatch.fnmatchcase(name, glob) for name in names)
+
+
+def _key(tenant: str, value: object, path: str, seen: _Seen, c: Checker) -> KeyConfig | None:
+    d = c.record(value, path, _KEY_FIELDS, required=("id", "sha256"))
+    if d is None:
+        return None
+    key_id = ""
+    if "id" in d and c.name(d["id"], key_path(path, "id"), "key id"):
+        key_id = str(d["id"])
+        if key_id in seen.ids:
+            c.error(key_path(path, "id"), f"duplicate key id {key_id!r}")
+        seen.ids.add(key_id)
+    digest = ""
+    if "sha256" in d:
+        digest = _sha256(d["sha256"], key_path(path, "sha256"), c)
+        if digest in seen.hashes:
+            c.error(key_path(path, "sha256"), f"duplicate sha256: same secret as {seen.hashes[digest]}")
+        elif digest:
+            seen.hashes[digest] = f"key {key_id!r}" if key_id else path
+    return KeyConfig(
+        id=key_id,
+        tenant=tenant,
+        sha256=digest,
+        role=c.choice(d, path, "role", ROLES, "user"),
+        budget=_budget(d.get("budget"), key_path(path, "budget"), c),
+        limits=_limits(d.get("limits"), key_path(path, "limits"), c),
+    )
+
+
+def _sha256(value: object, path: str, c: Checker) -> str:
+    # The lookup at auth time compares lowercase hex, so uppercase input is normalised rather than refused.
+    digest = value.strip().lower() if isinstance(value, str) else ""
+    if not _SHA256.fullmatch(digest):
+        c.error(path, "must be the hex sha256 of the secret (64 hex characters)")
+        return ""
+    return digest
+
+
+def _budget(value: object, path: str, c: Checker) -> Budget | None:
+    if value is None:
+        return None
+    d = c.record(value, path, ("usd", "period"), required=("usd", "period"))
+    if d is None:
+        return None
+    return Budget(
+        usd=c.number(d, path, "usd", 0.0, ge=0), period=c.choice(d, path, "period", PERIODS, "total")
+    )
+
+
+def _limits(value: object, path: str, c: Checker) -> Limits:
+    if value is None:
+        return Limits()
+    d = c.record(value, path, ("rpm", "tpm"))
+    if d is None:
+        return Limits()
+    return Limits(rpm=c.opt_integer(d, path, "rpm", ge=1), tpm=c.opt_integer(d, path, "tpm", ge=1))
