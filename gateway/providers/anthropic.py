@@ -1,0 +1,156 @@
+"""The ``anthropic`` provider: OpenAI chat completions served by Anthropic's Messages API.
+
+All translation lives in ``anthropic_translate`` (pure); this module only does HTTP, through the shared
+helpers in ``gateway.providers.http`` where httpx exceptions become ``gateway.errors``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from typing import Any
+
+import httpx
+import orjson
+
+from gateway.config.model import ProviderConfig
+from gateway.errors import BadRequest, UpstreamUnavailable
+from gateway.providers import http
+from gateway.providers.anthropic_response import StreamTranslator, error_from_response, to_openai_response
+from gateway.providers.anthropic_translate import to_anthropic_request
+from gateway.providers.base import Operation, UpstreamRequest, UpstreamResponse, Usage
+from gateway.sse import Event, SSEParser
+
+DEFAULT_BASE_URL = "https://api.anthropic.com"
+DEFAULT_VERSION = "2023-06-01"
+DEFAULT_MAX_TOKENS = 4096
+
+
+class AnthropicProvider:
+    """One ``type: anthropic`` provider entry. Only chat is supported.
+
+    ``options.default_max_tokens`` sets the ``max_tokens`` sent when the client gave none (Anthropic
+    requires one; default 4096).
+    """
+
+    def __init__(self, config: ProviderConfig, client: httpx.AsyncClient) -> None:
+        self.name = config.name
+        self._config = config
+        self._client = client
+        base = (config.base_url or DEFAULT_BASE_URL).rstrip("/")
+        # The documented base_url is the root, but "…/v1" is a common slip copied from OpenAI configs.
+        self._url = base + ("/messages" if base.endswith("/v1") else "/v1/messages")
+        default_max = config.options.get("default_max_tokens", DEFAULT_MAX_TOKENS)
+        self._default_max_tokens = default_max if isinstance(default_max, int) else DEFAULT_MAX_TOKENS
+
+    async def send(self, request: UpstreamRequest) -> UpstreamResponse:
+        """POST a non-streaming Messages request and return the OpenAI ``chat.completion`` body."""
+        body = self._body(request, stream=False)
+        _, message = await http.post_json(
+            self._client,
+            self.name,
+            self._url,
+            body=body,
+            headers=self._headers(request.headers),
+            timeout_s=request.timeout_s,
+            on_error=error_from_response,
+        )
+        if not isinstance(message, dict):
+            raise UpstreamUnavailable("malformed upstream body")
+        completion, usage = to_openai_response(message, model=body["model"])
+        return UpstreamResponse(body=orjson.dumps(completion), usage=usage, status=200)
+
+    async def open_stream(self, request: UpstreamRequest) -> AnthropicStream:
+        """Open a streaming Messages request; return once Anthropic answered 2xx headers."""
+        body = self._body(request, stream=True)
+        response = await http.open_stream(
+            self._client,
+            self.name,
+            self._url,
+            body=body,
+            headers=self._headers(request.headers),
+            timeout_s=request.timeout_s,
+            on_error=error_from_response,
+        )
+        translator = StreamTranslator(model=body["model"], created=int(time.time()))
+        return AnthropicStream(self.name, response, translator)
+
+    def _body(self, request: UpstreamRequest, *, stream: bool) -> dict[str, Any]:
+        if request.operation is not Operation.CHAT:
+            model = request.body.get("model")
+            raise BadRequest(f"model {model!r} does not support /v1/{request.operation.value}", param="model")
+        body = to_anthropic_request(request.body, default_max_tokens=self._default_max_tokens)
+        # The method chosen decides the wire mode, whatever the body said.
+        body.pop("stream", None)
+        if stream:
+            body["stream"] = True
+        return body
+
+    def _headers(self, client_headers: Mapping[str, str]) -> dict[str, str]:
+        forwarded = {k.lower(): v for k, v in client_headers.items()}
+        headers = {"content-type": "application/json", "anthropic-version": DEFAULT_VERSION}
+        headers.update((k.lower(), v) for k, v in self._config.headers.items())
+        # The client knows which API version its request shape follows, so its choice wins over ours.
+        if "anthropic-version" in forwarded:
+            headers["anthropic-version"] = forwarded["anthropic-version"]
+        betas = [b for b in (headers.get("anthropic-beta"), forwarded.get("anthropic-beta")) if b]
+        if betas:
+            headers["anthropic-beta"] = ",".join(betas)
+        if self._config.api_key:
+            headers["x-api-key"] = self._config.api_key
+        return headers
+
+
+class AnthropicStream:
+    """An open Anthropic stream yielding OpenAI SSE frames; the httpx response is closed however it ends."""
+
+    def __init__(self, provider: str, response: httpx.Response, translator: StreamTranslator) -> None:
+        self._provider = provider
+        self.usage: Usage | None = None
+        self.usage_frame: bytes | None = None
+        self._response = response
+        self._translator = translator
+        self._frames: AsyncGenerator[bytes, None] | None = None
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        if self._frames is None:
+            self._frames = self._iterate()
+        return self._frames
+
+    async def aclose(self) -> None:
+        """Stop iteration (if started) and release the connection; safe to call more than once."""
+        if self._frames is not None:
+            await self._frames.aclose()
+        await self._response.aclose()
+
+    def _feed(self, event: Event) -> list[bytes]:
+        frames = self._translator.feed(event)
+        # Published before the frames go out, so whoever reads the last chunk also sees final usage.
+        self.usage, self.usage_frame = self._translator.usage, self._translator.usage_frame
+        return frames
+
+    async def _iterate(self) -> AsyncGenerator[bytes, None]:
+        parser = SSEParser()
+        translator = self._translator
+        try:
+            async for chunk in self._response.aiter_bytes():
+                for event in parser.feed(chunk):
+                    for frame in self._feed(event):
+                        yield frame
+                if translator.done:
+                    # Nothing follows message_stop; don't wait for the server to close the body.
+                    return
+            for event in parser.flush():
+                # An unterminated last event is whole (served) or cut mid-write (ended early).
+                try:
+                    frames = self._feed(event)
+                except UpstreamUnavailable as exc:
+                    raise UpstreamUnavailable("upstream stream ended early") from exc
+                for frame in frames:
+                    yield frame
+            if not translator.done:
+                raise UpstreamUnavailable("upstream stream ended early")
+        except httpx.HTTPError as exc:
+            raise http.map_transport_error(exc, self._provider) from exc
+        finally:
+            await self._response.aclose()
