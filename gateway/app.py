@@ -15,14 +15,19 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway.errors import GatewayError, NotFound, ServerError, render_openai
-from gateway.handlers import health, openai
+from gateway.handlers import admin, health, openai
 from gateway.handlers.anthropic import messages
+from gateway.keys import RuntimeKeys
 from gateway.metrics import Metrics
+from gateway.pipeline.spend import Settler
 from gateway.reload import ConfigWatcher, load
 from gateway.responses import json_response
-from gateway.runtime import build_runtime
+from gateway.runtime import Shared, build_runtime
 from gateway.settings import Settings
 from gateway.state import GatewayState
+from gateway.store import build_store
+from gateway.store.memory import MemoryStore
+from gateway.tokens import prepare_encodings
 
 log = logging.getLogger("gateway")
 
@@ -35,6 +40,7 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        prepare_encodings()  # fails here, at start-up, when the tokenizer data is missing
         routes, budgets = load(settings.routes_path, settings.budgets_path)
         client = httpx.AsyncClient(
             transport=transport,
@@ -42,12 +48,18 @@ def create_app(
             timeout=httpx.Timeout(60.0),
             follow_redirects=False,
         )
+        store = build_store(settings.redis_url, timeout_s=0.9, max_connections=128)
+        runtime_keys = RuntimeKeys(store)
+        shared = Shared(client, store, MemoryStore(), runtime_keys.lookup)
         metrics = Metrics()
-        state = GatewayState(settings, build_runtime(routes, budgets, client), client, metrics)
+        settler = Settler(store, shared.fallback, metrics)
+        state = GatewayState(
+            settings, build_runtime(routes, budgets, shared), shared, metrics, runtime_keys, settler
+        )
         watcher = ConfigWatcher(
             settings.routes_path,
             settings.budgets_path,
-            client,
+            shared,
             metrics,
             state.publish,
             state.runtime,
@@ -55,14 +67,20 @@ def create_app(
         )
         app.state.gateway = state
         app.state.watcher = watcher
-        task = asyncio.create_task(watcher.run(), name="config-watcher")
+        jobs = [
+            asyncio.create_task(watcher.run(), name="config-watcher"),
+            asyncio.create_task(runtime_keys.run(), name="runtime-keys"),
+            asyncio.create_task(settler.run(), name="settlement-retry"),
+        ]
         try:
             yield
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await state.pipeline.drain()
+            for job in jobs:
+                job.cancel()
+            await asyncio.gather(*jobs, return_exceptions=True)
             await client.aclose()
+            await store.close()
 
     routes = [
         Route("/v1/chat/completions", openai.chat_completions, methods=["POST"]),
@@ -71,6 +89,12 @@ def create_app(
         Route("/v1/models", openai.list_models, methods=["GET"]),
         Route("/v1/models/{model:path}", openai.get_model, methods=["GET"]),
         Route("/v1/messages", messages, methods=["POST"]),
+        Route("/admin/keys", admin.create_key, methods=["POST"]),
+        Route("/admin/keys", admin.list_keys, methods=["GET"]),
+        Route("/admin/keys/{key_id}", admin.delete_key, methods=["DELETE"]),
+        Route("/admin/spend", admin.spend, methods=["GET"]),
+        Route("/admin/reload", admin.reload, methods=["POST"]),
+        Route("/admin/explain", admin.explain_request, methods=["POST"]),
         Route("/healthz", health.healthz, methods=["GET"]),
         Route("/readyz", health.readyz, methods=["GET"]),
         Route("/metrics", health.metrics, methods=["GET"]),

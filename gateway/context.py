@@ -7,6 +7,7 @@ import uuid
 from dataclasses import dataclass, field
 from decimal import Decimal
 
+from gateway.pipeline.admit import Reservation
 from gateway.pipeline.auth import Principal
 from gateway.pipeline.dispatch import Attempts
 from gateway.pipeline.route import Plan
@@ -30,6 +31,8 @@ class Exchange:
     error_code: str | None = None
     ttft_s: float | None = None
     trace: str | None = None
+    reservation: Reservation | None = None
+    limit_headers: dict[str, str] = field(default_factory=dict)
 
     @property
     def tenant(self) -> str:
@@ -45,7 +48,7 @@ class Exchange:
         return d.name if d else "none"
 
     def response_headers(self) -> dict[str, str]:
-        headers = {"x-request-id": self.request_id}
+        headers = {"x-request-id": self.request_id, **self.limit_headers}
         if self.plan is not None:
             headers["x-gateway-route"] = self.plan.route
         if self.attempts.deployment is not None:

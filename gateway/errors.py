@@ -171,7 +171,10 @@ def retry_headers(retry_after: str | float | None) -> dict[str, str]:
         seconds = float(retry_after)
     except ValueError:
         return {"retry-after": str(retry_after)}  # an HTTP date: pass it on as given
-    return {"retry-after": str(max(1, math.ceil(seconds))), "retry-after-ms": str(max(0, round(seconds * 1000)))}
+    return {
+        "retry-after": str(max(1, math.ceil(seconds))),
+        "retry-after-ms": str(max(0, round(seconds * 1000))),
+    }
 
 
 def _default_type(status: int) -> str:

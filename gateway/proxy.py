@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Coroutine
 from typing import Any, Protocol
 
 from starlette.background import BackgroundTask
@@ -21,10 +21,12 @@ from starlette.responses import Response
 from gateway.context import Exchange
 from gateway.errors import GatewayError, ServerError
 from gateway.metrics import Metrics
+from gateway.pipeline.admit import ratelimit_headers
 from gateway.pipeline.auth import authenticate
 from gateway.pipeline.dispatch import Dispatcher
 from gateway.pipeline.parse import parse, read_json
 from gateway.pipeline.settle import format_usd, price_usage, settle
+from gateway.pipeline.spend import Settler
 from gateway.providers.base import Operation, UpstreamResponse, UpstreamStream
 from gateway.responses import SSEResponse, json_response
 from gateway.runtime import Runtime
@@ -54,9 +56,11 @@ class Ingress(Protocol):
 
 
 class Pipeline:
-    def __init__(self, source: RuntimeSource, metrics: Metrics) -> None:
+    def __init__(self, source: RuntimeSource, metrics: Metrics, settler: Settler) -> None:
         self._source = source
         self._metrics = metrics
+        self._settler = settler
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def handle(self, request: Request, operation: Operation, ingress: Ingress) -> Response:
         ex = Exchange(endpoint=request.url.path, trace=request.headers.get("x-gateway-trace"))
@@ -70,7 +74,12 @@ class Pipeline:
             ex.principal = authenticate(request.headers, runtime.keys)
             # 3 route
             ex.plan = runtime.router.plan(parsed.model, parsed.task, ex.principal)
-            # 4 admit: rate limits and budget reservation (tenancy work)
+            # 4 admit: rate limits and the budget reservation, one store round-trip
+            ex.reservation = await runtime.admitter.reserve(
+                ex.request_id, ex.principal, parsed, ex.plan, time.time()
+            )
+            if (reservation := ex.reservation) is not None:
+                ex.limit_headers = ratelimit_headers(reservation.admission.states, reservation.ask.scopes)
             # 5 plugins (pre) and 6 cache lookup: pass-through until those stages land
             ex.cache = "skip" if request.headers.get("x-gateway-cache") == "skip" else "miss"
             # 7 dispatch
@@ -98,14 +107,19 @@ class Pipeline:
         headers = ex.response_headers()
         headers["x-gateway-cost-usd"] = format_usd(ex.cost)
         response = json_response(body_out, 200, headers)
-        response.background = BackgroundTask(settle, ex, self._metrics)
+        response.background = BackgroundTask(self._settle, ex)
         return response
+
+    async def _settle(self, ex: Exchange) -> None:
+        settle(ex, self._metrics)
+        await self._settler.settle(ex)
 
     def _error(self, ex: Exchange, ingress: Ingress, err: GatewayError) -> Response:
         ex.status, ex.error_code = err.status, err.code
-        settle(ex, self._metrics)
         headers = {**ex.response_headers(), **err.headers}
-        return json_response(ingress.error(err), err.status, headers)
+        response = json_response(ingress.error(err), err.status, headers)
+        response.background = BackgroundTask(self._settle, ex)
+        return response
 
     async def _stream(
         self, ex: Exchange, ingress: Ingress, upstream: UpstreamStream, include_usage: bool
@@ -131,4 +145,15 @@ class Pipeline:
         finally:
             await upstream.aclose()
             ex.usage = upstream.usage
-            settle(ex, self._metrics)
+            # Not awaited here: the client's stream closes without waiting for the store.
+            self._background(self._settle(ex))
+
+    def _background(self, job: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(job)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def drain(self) -> None:
+        """Wait for settlements still running (graceful shutdown)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)

@@ -13,12 +13,10 @@ import logging
 import os
 from collections.abc import Callable
 
-import httpx
-
 from gateway.config.model import BudgetsConfig, RoutesConfig
 from gateway.config.parse import ConfigError, load_budgets, load_routes
 from gateway.metrics import Metrics
-from gateway.runtime import Runtime, build_runtime
+from gateway.runtime import Runtime, Shared, build_runtime
 
 log = logging.getLogger("gateway.config")
 
@@ -62,14 +60,14 @@ class ConfigWatcher:
         self,
         routes_path: str,
         budgets_path: str,
-        client: httpx.AsyncClient,
+        shared: Shared,
         metrics: Metrics,
         publish: Callable[[Runtime], None],
         current: Runtime,
         interval_s: float = 0.5,
     ) -> None:
         self._paths = {"routes": routes_path, "budgets": budgets_path}
-        self._client = client
+        self._shared = shared
         self._metrics = metrics
         self._publish = publish
         self._current = current
@@ -101,7 +99,7 @@ class ConfigWatcher:
             for line in exc.errors:
                 log.error("config reload refused, keeping the previous config: %s", line)
             return exc.errors
-        self._current = build_runtime(routes, budgets, self._client)
+        self._current = build_runtime(routes, budgets, self._shared)
         self._publish(self._current)
         for name in files:
             self._metrics.config_reload.labels(name, "success").inc()

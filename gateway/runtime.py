@@ -12,10 +12,13 @@ from dataclasses import dataclass
 import httpx
 
 from gateway.config.model import BudgetsConfig, RoutesConfig
-from gateway.pipeline.auth import KeyIndex
+from gateway.pipeline.admit import Admitter
+from gateway.pipeline.auth import KeyIndex, RuntimeLookup
 from gateway.pipeline.route import Router
 from gateway.providers import build_provider
 from gateway.providers.base import Provider
+from gateway.store import GatewayStore
+from gateway.store.base import Store
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,13 +28,25 @@ class Runtime:
     router: Router
     keys: KeyIndex
     providers: Mapping[str, Provider]
+    admitter: Admitter
 
 
-def build_runtime(routes: RoutesConfig, budgets: BudgetsConfig, client: httpx.AsyncClient) -> Runtime:
+@dataclass(frozen=True, slots=True)
+class Shared:
+    """What outlives config versions: the upstream client, the stores, the run-time keys."""
+
+    client: httpx.AsyncClient
+    store: GatewayStore
+    fallback: Store
+    runtime_keys: RuntimeLookup | None = None
+
+
+def build_runtime(routes: RoutesConfig, budgets: BudgetsConfig, shared: Shared) -> Runtime:
     return Runtime(
         routes=routes,
         budgets=budgets,
         router=Router(routes),
-        keys=KeyIndex(budgets),
-        providers={name: build_provider(cfg, client) for name, cfg in routes.providers.items()},
+        keys=KeyIndex(budgets, shared.runtime_keys),
+        providers={name: build_provider(cfg, shared.client) for name, cfg in routes.providers.items()},
+        admitter=Admitter(shared.store, shared.fallback, routes.defaults),
     )

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import httpx
-
+from gateway.keys import RuntimeKeys
 from gateway.metrics import Metrics
+from gateway.pipeline.spend import Settler
 from gateway.proxy import Pipeline
-from gateway.runtime import Runtime
+from gateway.runtime import Runtime, Shared
 from gateway.settings import Settings
+from gateway.store import GatewayStore
 
 
 @dataclass(eq=False)
@@ -17,12 +18,18 @@ class GatewayState:
     settings: Settings
     runtime: Runtime
     """The current config version; replaced whole on reload."""
-    client: httpx.AsyncClient
+    shared: Shared
     metrics: Metrics
+    runtime_keys: RuntimeKeys
+    settler: Settler
     pipeline: Pipeline = field(init=False)
 
     def __post_init__(self) -> None:
-        self.pipeline = Pipeline(self, self.metrics)
+        self.pipeline = Pipeline(self, self.metrics, self.settler)
+
+    @property
+    def store(self) -> GatewayStore:
+        return self.shared.store
 
     def publish(self, runtime: Runtime) -> None:
         self.runtime = runtime

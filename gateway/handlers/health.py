@@ -15,7 +15,7 @@ async def healthz(request: Request) -> Response:
 
 async def readyz(request: Request) -> Response:
     state: GatewayState | None = getattr(request.app.state, "gateway", None)
-    checks = {"config": state is not None}
+    checks = {"config": state is not None, "store": state is not None and await state.store.ping()}
     ready = all(checks.values())
     body = orjson.dumps({"status": "ready" if ready else "not ready", "checks": checks})
     return Response(body, status_code=200 if ready else 503, media_type="application/json")

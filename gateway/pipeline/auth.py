@@ -9,10 +9,10 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import hmac
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
-from gateway.config.model import BudgetsConfig, KeyConfig, Role, TenantConfig
+from gateway.config.model import Budget, BudgetsConfig, KeyConfig, Limits, Role, TenantConfig
 from gateway.errors import AuthenticationFailed
 
 
@@ -23,15 +23,25 @@ class Principal:
     role: Role
     models: tuple[str, ...] | None
     """Globs over deployment names; None = all."""
+    tenant_budget: Budget | None = None
+    tenant_limits: Limits = field(default_factory=Limits)
+    key_budget: Budget | None = None
+    key_limits: Limits = field(default_factory=Limits)
 
     def may_use(self, deployment: str) -> bool:
         return self.models is None or any(fnmatch.fnmatchcase(deployment, g) for g in self.models)
 
 
-class KeyIndex:
-    """Keys by digest, built once per budgets.yaml version."""
+RuntimeLookup = Callable[[str, BudgetsConfig], Principal | None]
+"""Run-time keys (admin API) by digest, given the budgets they inherit tenant settings from."""
 
-    def __init__(self, budgets: BudgetsConfig) -> None:
+
+class KeyIndex:
+    """Keys by digest, built once per budgets.yaml version, then run-time keys."""
+
+    def __init__(self, budgets: BudgetsConfig, runtime: RuntimeLookup | None = None) -> None:
+        self._budgets = budgets
+        self._runtime = runtime
         self._by_digest: dict[str, tuple[KeyConfig, Principal]] = {}
         for tenant in budgets.tenants.values():
             for key in tenant.keys:
@@ -40,13 +50,25 @@ class KeyIndex:
     def lookup(self, secret: str) -> Principal | None:
         digest = hashlib.sha256(secret.encode()).hexdigest()
         found = self._by_digest.get(digest)
-        if found is None or not hmac.compare_digest(found[0].sha256, digest):
-            return None
-        return found[1]
+        if found is not None and hmac.compare_digest(found[0].sha256, digest):
+            return found[1]
+        return self._runtime(digest, self._budgets) if self._runtime is not None else None
+
+    def file_key_ids(self) -> set[str]:
+        return {key.id for key, _ in self._by_digest.values()}
 
 
 def _principal(tenant: TenantConfig, key: KeyConfig) -> Principal:
-    return Principal(tenant=tenant.name, key_id=key.id, role=key.role, models=tenant.models)
+    return Principal(
+        tenant=tenant.name,
+        key_id=key.id,
+        role=key.role,
+        models=tenant.models,
+        tenant_budget=tenant.budget,
+        tenant_limits=tenant.limits,
+        key_budget=key.budget,
+        key_limits=key.limits,
+    )
 
 
 def presented_key(headers: Mapping[str, str]) -> str | None:

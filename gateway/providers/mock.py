@@ -3,6 +3,8 @@
 It makes the shipped config answer with no API keys, and injects faults for drills:
 ``{type: mock, latency_ms: 0, fault: none|429|500|503|timeout|disconnect, fault_rate: 1.0}``.
 
+Usage is counted with tiktoken (o200k_base), as an OpenAI upstream would count it.
+
 Answers: chat echoes the last user message (``"Mock reply: <text>"``); when the request offers
 tools and the last message is the user's (and ``tool_choice`` is not ``none``) it calls the named or
 first tool with ``{}``; with ``response_format`` json it answers a JSON object. Embeddings are unit
@@ -27,6 +29,7 @@ from gateway.config.model import ProviderConfig
 from gateway.errors import DeadlineExceeded, UpstreamStatusError, UpstreamUnavailable
 from gateway.providers.base import Operation, UpstreamRequest, UpstreamResponse, Usage
 from gateway.sse import data_frame
+from gateway.tokens import count_chat, count_text
 
 
 class MockProvider:
@@ -156,13 +159,13 @@ def _text_of(content: Any) -> str:
 
 
 def _count(text: str) -> int:
-    return max(1, (len(text) + 3) // 4) if text else 0
+    return count_text(text, "gpt-4o") if text else 0
 
 
 def chat(body: Mapping[str, Any]) -> tuple[dict[str, Any], Usage]:
     messages = [m for m in body.get("messages") or [] if isinstance(m, dict)]
     last = messages[-1] if messages else {}
-    prompt_tokens = sum(3 + _count(_text_of(m.get("content"))) for m in messages) + 3
+    prompt_tokens = count_chat(messages, "gpt-4o", body.get("tools"))
     message: dict[str, Any] = {"role": "assistant", "content": None, "refusal": None}
     tools = body.get("tools") or []
     choice = body.get("tool_choice", "auto")
@@ -229,7 +232,7 @@ def embeddings(body: Mapping[str, Any]) -> tuple[dict[str, Any], Usage]:
         vector = _vector(orjson.dumps(item), dims)
         packed = base64.b64encode(struct.pack(f"<{dims}f", *vector)).decode() if as_base64 else vector
         data.append({"object": "embedding", "index": i, "embedding": packed})
-    tokens = sum(_count(x) if isinstance(x, str) else len(x) if isinstance(x, list) else 1 for x in inputs)
+    tokens = sum(count_text(x, "gpt-4o") if isinstance(x, str | list) else 1 for x in inputs)
     usage = Usage(prompt_tokens=tokens)
     answer = {
         "object": "list",

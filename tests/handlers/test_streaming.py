@@ -48,7 +48,9 @@ class HoldingUpstream:
             while b"\r\n\r\n" not in data:
                 data += conn.recv(65536)
             head, _, rest = data.partition(b"\r\n\r\n")
-            lengths = (ln.split(b":")[1] for ln in head.split(b"\r\n") if ln.lower().startswith(b"content-length"))
+            lengths = (
+                ln.split(b":")[1] for ln in head.split(b"\r\n") if ln.lower().startswith(b"content-length")
+            )
             length = int(next(lengths))
             while len(rest) < length:
                 rest += conn.recv(65536)

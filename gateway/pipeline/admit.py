@@ -1,0 +1,197 @@
+"""Stage 4, admit: rate limits and the budget reservation, for the key and its tenant, in one store call.
+
+The reservation is the worst case: the prompt estimate (tiktoken, padded by ``estimate_margin``)
+priced at the dearest candidate's input price, plus the most output the request may produce at that
+candidate's output price. So that the output really is bounded, a request with a budget and no
+``max_tokens`` gets the reserved bound written into the body sent upstream.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from gateway.config.model import Budget, Defaults, Limits, ModelConfig
+from gateway.errors import BudgetExceeded, RateLimited, StoreUnavailable, retry_headers
+from gateway.pipeline.auth import Principal
+from gateway.pipeline.parse import ParsedRequest
+from gateway.pipeline.route import Plan
+from gateway.providers.base import Operation
+from gateway.store.base import NANO, Admission, Ask, ScopeLimits, ScopeState, Store, StoreUnavailableError
+from gateway.tokens import count_chat, count_text
+
+log = logging.getLogger("gateway.admit")
+
+DEFAULT_MAX_OUTPUT = 4096
+"""Output bound for a model with no ``max_output_tokens`` when the request sets none."""
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    ask: Ask
+    local: bool
+    """Admitted by the local fallback store while the shared one was down (``store_failure: open``)."""
+    admission: Admission
+
+
+def period_start(budget: Budget | None, now: float) -> int:
+    """Start of the budget's current period, unix seconds, on UTC boundaries (weeks start Monday)."""
+    if budget is None or budget.period == "total":
+        return 0
+    day = datetime.fromtimestamp(now, UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    if budget.period == "weekly":
+        day -= timedelta(days=day.weekday())
+    elif budget.period == "monthly":
+        day = day.replace(day=1)
+    return int(day.timestamp())
+
+
+def _scope(name: str, limits: Limits, budget: Budget | None, now: float) -> ScopeLimits:
+    return ScopeLimits(
+        scope=name,
+        rpm=limits.rpm,
+        tpm=limits.tpm,
+        budget_nano=round(budget.usd * NANO) if budget is not None else None,
+        period_start=period_start(budget, now),
+    )
+
+
+def scopes_of(principal: Principal, now: float) -> tuple[ScopeLimits, ...]:
+    """The tenant's and the key's limits; scopes with no limit at all are left out."""
+    scopes = (
+        _scope("t", principal.tenant_limits, principal.tenant_budget, now),
+        _scope(f"k:{principal.key_id}", principal.key_limits, principal.key_budget, now),
+    )
+    return tuple(s for s in scopes if s.rpm or s.tpm or s.budget_nano is not None)
+
+
+def max_output(body: Mapping[str, Any], deployment: ModelConfig) -> int | None:
+    for name in ("max_completion_tokens", "max_tokens"):
+        value = body.get(name)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
+def estimate_prompt(parsed: ParsedRequest, model: str) -> int:
+    body = parsed.body
+    if parsed.operation is Operation.CHAT:
+        return count_chat(body.get("messages") or [], model, body.get("tools"))
+    if parsed.operation is Operation.COMPLETIONS:
+        return count_text(body.get("prompt") or "", model)
+    return count_text(body.get("input") or "", model)
+
+
+def _nano(tokens: int, per_mtok: float) -> float:
+    return tokens * per_mtok * (NANO / 1_000_000)
+
+
+@dataclass(frozen=True, slots=True)
+class Estimate:
+    prompt_tokens: int
+    output_tokens: int
+    cost_nano: int
+    output_bound_added: bool
+
+
+def estimate(parsed: ParsedRequest, plan: Plan, margin: float) -> Estimate:
+    first = plan.candidates[0]
+    prompt = math.ceil(estimate_prompt(parsed, first.upstream) * (1 + margin))
+    asked = max_output(parsed.body, first)
+    embeddings = parsed.operation is Operation.EMBEDDINGS
+    worst_cost = 0.0
+    worst_output = 0
+    for deployment in plan.candidates:
+        output = 0 if embeddings else asked or deployment.max_output_tokens or DEFAULT_MAX_OUTPUT
+        worst_output = max(worst_output, output)
+        price = deployment.price
+        cost = _nano(prompt, price.input_per_mtok) + _nano(output, price.output_per_mtok)
+        worst_cost = max(worst_cost, cost)
+    return Estimate(prompt, worst_output, math.ceil(worst_cost), asked is None and not embeddings)
+
+
+class Admitter:
+    def __init__(self, store: Store, fallback: Store, defaults: Defaults) -> None:
+        self._store = store
+        self._fallback = fallback
+        self._defaults = defaults
+
+    async def reserve(
+        self, request_id: str, principal: Principal, parsed: ParsedRequest, plan: Plan, now: float
+    ) -> Reservation | None:
+        scopes = scopes_of(principal, now)
+        if not scopes:
+            return None
+        est = estimate(parsed, plan, self._defaults.estimate_margin)
+        if est.output_bound_added and any(s.budget_nano is not None for s in scopes):
+            parsed.body["max_tokens"] = est.output_tokens
+        ask = Ask(
+            request_id=request_id,
+            tenant=principal.tenant,
+            scopes=scopes,
+            tokens=est.prompt_tokens + est.output_tokens,
+            cost_nano=est.cost_nano,
+            now=now,
+            lease_s=max(2 * plan.timeout_s, plan.timeout_s + 10.0),
+        )
+        local = False
+        try:
+            admission = await self._store.admit(ask)
+        except StoreUnavailableError as exc:
+            log.warning("admission: %s (store_failure: %s)", exc, self._defaults.store_failure)
+            if self._defaults.store_failure == "closed":
+                raise StoreUnavailable("The gateway's store is unreachable; try again shortly.") from exc
+            admission, local = await self._fallback.admit(ask), True
+        if not admission.admitted:
+            raise refusal(admission, scopes)
+        return Reservation(ask, local, admission)
+
+
+def refusal(admission: Admission, scopes: tuple[ScopeLimits, ...]) -> RateLimited | BudgetExceeded:
+    who = "tenant" if admission.refused_scope == "t" else "key"
+    if admission.refused_by == "budget":
+        return BudgetExceeded(f"The {who}'s budget for this period is spent.")
+    kind = "requests" if admission.refused_by == "rpm" else "tokens"
+    err = RateLimited(
+        f"Rate limit reached for this {who}: too many {kind} per minute. "
+        f"Try again in {admission.retry_after_s:.1f}s.",
+        headers=retry_headers(admission.retry_after_s),
+    )
+    err.headers.update(ratelimit_headers(admission.states, scopes))
+    return err
+
+
+def go_duration(seconds: float) -> str:
+    """OpenAI's reset format: ``1s``, ``6m0s``, ``12ms``."""
+    if seconds < 1:
+        return f"{max(0, round(seconds * 1000))}ms"
+    whole = math.ceil(seconds)
+    minutes, secs = divmod(whole, 60)
+    return f"{minutes}m{secs}s" if minutes else f"{secs}s"
+
+
+def ratelimit_headers(states: tuple[ScopeState, ...], scopes: tuple[ScopeLimits, ...]) -> dict[str, str]:
+    """The tightest of the key's and tenant's limits, as OpenAI's x-ratelimit-* headers."""
+    by_scope = {s.scope: s for s in states}
+    requests: list[tuple[int, int, float]] = []  # (remaining, limit, reset)
+    tokens: list[tuple[int, int, float]] = []
+    for scope in scopes:
+        state = by_scope.get(scope.scope)
+        if state is None:
+            continue
+        if scope.rpm:
+            requests.append((max(scope.rpm - state.rpm_used, 0), scope.rpm, state.rpm_reset_s))
+        if scope.tpm:
+            tokens.append((max(scope.tpm - state.tpm_used, 0), scope.tpm, state.tpm_reset_s))
+    headers: dict[str, str] = {}
+    for kind, found in (("requests", requests), ("tokens", tokens)):
+        if found:
+            remaining, limit, reset = min(found)
+            headers[f"x-ratelimit-limit-{kind}"] = str(limit)
+            headers[f"x-ratelimit-remaining-{kind}"] = str(remaining)
+            headers[f"x-ratelimit-reset-{kind}"] = go_duration(reset)
+    return headers

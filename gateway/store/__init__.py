@@ -1,0 +1,57 @@
+"""Where admission state lives: Redis for several replicas, process memory for one.
+
+``build_store`` picks one from ``GATEWAY_REDIS_URL``. Both keep the contract in ``base`` (admit,
+settle, spend — exact under concurrency, one atomic step each) and store run-time API keys for the
+admin API (``KeyStore``); the same contract tests run against both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from gateway.store.base import ScopeLimits, Spend, Store
+
+
+class KeyStore(Protocol):
+    """Run-time API keys (admin API): JSON-able records by sha256 of the secret, with a change counter."""
+
+    async def put_key(self, sha256: str, record: Mapping[str, Any]) -> None:
+        """Store ``record`` (it must carry a string ``id``); re-using an id replaces its old secret."""
+        ...
+
+    async def delete_key(self, key_id: str) -> bool:
+        """Remove the key with this id; whether there was one."""
+        ...
+
+    async def list_keys(self, tenant: str | None = None) -> list[dict[str, Any]]:
+        """Records (of one tenant, or all), sorted by id."""
+        ...
+
+    async def keys_version(self) -> int:
+        """A counter bumped on every change, so replicas can poll it cheaply and reload on change."""
+        ...
+
+    async def all_keys(self) -> dict[str, dict[str, Any]]:
+        """sha256 → record."""
+        ...
+
+
+class GatewayStore(Store, KeyStore, Protocol):
+    """What ``build_store`` returns: the admission store plus run-time keys."""
+
+    async def spend(self, tenant: str, scope: ScopeLimits, now: float | None = None) -> Spend:
+        """Spent (current period) and live reserved for one scope; ``now`` (default: the wall clock)
+        decides which leases have expired and are reaped first."""
+        ...
+
+
+def build_store(redis_url: str | None, *, timeout_s: float = 0.25, max_connections: int = 64) -> GatewayStore:
+    """A ``RedisStore`` for a URL, else a ``MemoryStore`` (one process only). Nothing connects yet."""
+    if not redis_url:
+        from gateway.store.memory import MemoryStore
+
+        return MemoryStore()
+    from gateway.store.redis import RedisStore  # redis is only imported when it is used
+
+    return RedisStore(redis_url, timeout_s=timeout_s, max_connections=max_connections)

@@ -1,0 +1,105 @@
+"""The shared-state store behind admission and settlement, and the contract both stores keep.
+
+Admission reserves, for a key and its tenant together, in ONE atomic step (one Redis round-trip):
+
+* one request in each scope's RPM window,
+* the estimated tokens (prompt estimate + max output) in each scope's TPM window,
+* the worst-case cost against each scope's budget for the current period.
+
+It is admitted only if every limit holds for every scope: ``spent + reserved + this ≤ budget`` and
+``window + this ≤ limit``. Nothing is recorded when it is refused. After the answer, ``settle`` adds
+the actual cost to spent, corrects the TPM window by (actual − estimate) and releases the reservation.
+Reservations carry a lease: one whose holder died is reaped by the next admission after it expires.
+
+Money is integer nano-dollars (1e-9 USD), so stores add exactly; a request's cost is rounded up.
+Windows are 60 one-second buckets: a count stays in the window from its second until 60 s after it,
+which errs on the side of the limit (a sliding window never lets more than the limit through).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+NANO = 1_000_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class ScopeLimits:
+    """One holder of limits: a tenant or a key. ``None`` = no such limit."""
+
+    scope: str
+    """``t`` for the tenant, ``k:<key id>`` for a key."""
+    rpm: int | None = None
+    tpm: int | None = None
+    budget_nano: int | None = None
+    period_start: int = 0
+    """Start of the current budget period, unix seconds (UTC boundaries); 0 for ``total``."""
+
+
+@dataclass(frozen=True, slots=True)
+class Ask:
+    request_id: str
+    tenant: str
+    scopes: tuple[ScopeLimits, ...]
+    """Usually (tenant, key)."""
+    tokens: int
+    cost_nano: int
+    now: float
+    lease_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class ScopeState:
+    """A scope's window after admission, for the x-ratelimit-* headers."""
+
+    scope: str
+    rpm_used: int = 0
+    tpm_used: int = 0
+    rpm_reset_s: float = 0.0
+    tpm_reset_s: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    admitted: bool
+    refused_by: Literal["rpm", "tpm", "budget"] | None = None
+    refused_scope: str | None = None
+    retry_after_s: float = 0.0
+    """For rpm/tpm refusals: when enough of the window expires."""
+    states: tuple[ScopeState, ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    request_id: str
+    tenant: str
+    scopes: tuple[ScopeLimits, ...]
+    reserved_tokens: int
+    tokens: int
+    cost_nano: int
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
+class Spend:
+    spent_nano: int
+    reserved_nano: int
+
+
+class StoreUnavailableError(Exception):
+    """The store could not be reached in time; the caller applies ``store_failure``."""
+
+
+class Store(Protocol):
+    async def admit(self, ask: Ask) -> Admission: ...
+
+    async def settle(self, settlement: Settlement) -> dict[str, int]:
+        """Record the actual cost; return each scope's spent total (nano-USD) after it."""
+        ...
+
+    async def spend(self, tenant: str, scope: ScopeLimits) -> Spend: ...
+
+    async def ping(self) -> bool: ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,258 @@
+"""The shared store: admission and settlement as Lua scripts in Redis, one round-trip each.
+
+Key layout (``{T}`` is the tenant as a Redis Cluster hash tag, so one script call stays in one slot)::
+
+    gw:{T}:res                    HASH   r:<request id> → "<admit second> <cost nano> <scope> …"
+                                         s:<scope>      → reserved nano (sum of live reservations)
+    gw:{T}:lease                  ZSET   request id scored by lease expiry (unix ms)
+    gw:{T}:rpm:<scope>            HASH   <unix second> → requests;  n → sum;  lo → oldest second
+    gw:{T}:tpm:<scope>            HASH   <unix second> → tokens;    n → sum;  lo → oldest second
+    gw:{T}:spent:<scope>:<start>  STRING spent nano in the budget period starting at <start>
+    gw:{admin}:keys               HASH   sha256 → run-time key record (JSON)
+    gw:{admin}:key-ids            HASH   key id → sha256
+    gw:{admin}:keys-version       STRING bumped on every key change
+
+TTLs: windows 120 s, renewed by the first write of each second; ``res`` and ``lease`` together, to
+the longest live lease + 60..120 s, never shortened; a period's spent until 32 days after the
+period starts (the longest period plus a day), a ``total`` budget's spent (start 0) forever; the
+admin keys forever. Scope names are ``t`` and ``k:<key id>``; tenant and key ids must follow the
+config's name rule (letters, digits, ``.``, ``_``, ``-``), which keeps the hash tag and the
+space-separated reservation record intact. lib.lua explains the window bookkeeping.
+
+Time is the caller's ``now``, not Redis ``TIME``, so tests can drive the clock. That is safe enough
+across replicas: NTP-synced hosts disagree by milliseconds, windows are seconds wide and leases a
+minute or more, so a skewed replica at worst counts a request into the neighbouring second. TTLs are
+set relative to the caller's clock too. Money is integer nano-USD; Lua compares it as doubles, which
+is exact up to 2**53 nano (about 9 million USD per budget).
+
+One round-trip per admit and per settle, except for redis-py's idle-connection health check (a
+PING after ``health_check_interval`` s idle) and the one-time script reload after a Redis restart.
+Every call has one deadline, ``timeout_s``, covering the wait for a pooled connection, the connect
+and the reply. redis-py's own retries are off because admit is not idempotent: a retry after a lost
+reply would count the request twice. A call that times out may still have run on the server; its
+reservation is then held until its lease expires. Connection errors, timeouts and OSErrors become
+``StoreUnavailableError`` here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from importlib.resources import files
+from typing import Any, Literal, TypeVar
+
+import orjson
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ReadOnlyError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from gateway.store.base import (
+    Admission,
+    Ask,
+    ScopeLimits,
+    ScopeState,
+    Settlement,
+    Spend,
+    StoreUnavailableError,
+)
+from gateway.store.memory import SPENT_RETENTION_S, key_id_of
+
+T = TypeVar("T")
+
+_KINDS: tuple[Literal["rpm", "tpm", "budget"], ...] = ("rpm", "tpm", "budget")
+_LEASE_KEY_MARGIN_S = 60
+"""The reservation keys outlive the longest lease by this much."""
+# ReadOnlyError: a failed-over primary that became a replica refuses writes until clients move on.
+_UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, OSError)
+"""OSError also covers the builtin TimeoutError raised by the per-call deadline."""
+
+
+def _lua(name: str) -> str:
+    return files("gateway.store").joinpath(name).read_text(encoding="utf-8")
+
+
+def _limit(value: int | None) -> int:
+    return -1 if value is None else value
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class RedisStore:
+    """The store shared by every replica; see the module docstring for the key layout."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout_s: float = 0.25,
+        max_connections: int = 64,
+        health_check_interval: int = 30,
+        prefix: str = "gw",
+    ) -> None:
+        # A blocking pool: a burst beyond max_connections waits (within the deadline) for a connection
+        # instead of failing at once, as the default pool would.
+        pool = BlockingConnectionPool.from_url(
+            url,
+            max_connections=max_connections,
+            timeout=timeout_s,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            health_check_interval=health_check_interval,
+            retry=Retry(NoBackoff(), 0),
+        )
+        self._redis = Redis.from_pool(pool)
+        self._timeout_s = timeout_s
+        self._prefix = prefix
+        lib = _lua("lib.lua")
+        # register_script = EVALSHA, reloading the script by itself after a restart or SCRIPT FLUSH
+        self._admit = self._redis.register_script(lib + _lua("admit.lua"))
+        self._spend = self._redis.register_script(lib + _lua("spend.lua"))
+        self._settle = self._redis.register_script(lib + _lua("settle.lua"))
+        self._keys = self._redis.register_script(_lua("keys.lua"))
+        admin = f"{prefix}:{{admin}}"
+        self._key_names = [f"{admin}:keys", f"{admin}:key-ids", f"{admin}:keys-version"]
+        self._loaded = False
+        self._loading = asyncio.Lock()
+
+    async def _call(self, make: Callable[[], Awaitable[T]]) -> T:
+        """The one boundary where Redis failures become ``StoreUnavailableError``."""
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                if not self._loaded:
+                    await self._load_scripts()
+                return await make()
+        except _UNAVAILABLE as exc:
+            raise StoreUnavailableError(f"redis unavailable: {exc!r}") from exc
+
+    async def _load_scripts(self) -> None:
+        """Load every script once, in one round-trip, before the first call.
+
+        Without this, each call of a cold burst would get NOSCRIPT and load the script itself (three
+        round-trips each). After a Redis restart the scripts reload by themselves, call by call.
+        """
+        async with self._loading:
+            if self._loaded:
+                return
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for script in (self._admit, self._spend, self._settle, self._keys):
+                    pipe.script_load(script.script)
+                await pipe.execute()
+            self._loaded = True
+
+    def _tenant_keys(self, tenant: str) -> tuple[str, list[str]]:
+        base = f"{self._prefix}:{{{tenant}}}"
+        return base, [f"{base}:res", f"{base}:lease"]
+
+    # -- admission ----------------------------------------------------------------------------------------
+
+    async def admit(self, ask: Ask) -> Admission:
+        if ask.tokens < 0 or ask.cost_nano < 0:
+            raise ValueError("tokens and cost_nano must not be negative")
+        now_ms = int(ask.now * 1000)
+        base, keys = self._tenant_keys(ask.tenant)
+        args: list[str | int] = [
+            now_ms,
+            now_ms + int(ask.lease_s * 1000),
+            math.ceil(ask.lease_s) + _LEASE_KEY_MARGIN_S,
+            ask.request_id,
+            ask.tokens,
+            ask.cost_nano,
+        ]
+        for s in ask.scopes:
+            keys += [
+                f"{base}:rpm:{s.scope}",
+                f"{base}:tpm:{s.scope}",
+                f"{base}:spent:{s.scope}:{s.period_start}",
+            ]
+            args += [s.scope, _limit(s.rpm), _limit(s.tpm), _limit(s.budget_nano)]
+        raw: list[int] = await self._call(lambda: self._admit(keys=keys, args=args))
+        states = tuple(
+            ScopeState(
+                scope=s.scope,
+                rpm_used=raw[4 + 4 * i],
+                tpm_used=raw[5 + 4 * i],
+                rpm_reset_s=raw[6 + 4 * i] / 1000,
+                tpm_reset_s=raw[7 + 4 * i] / 1000,
+            )
+            for i, s in enumerate(ask.scopes)
+        )
+        if raw[0] == 1:
+            return Admission(admitted=True, states=states)
+        return Admission(
+            admitted=False,
+            refused_by=_KINDS[raw[1] - 1],
+            refused_scope=ask.scopes[raw[2] - 1].scope,
+            retry_after_s=raw[3] / 1000,
+            states=states,
+        )
+
+    # -- settlement -----------------------------------------------------------------------------------------
+
+    async def settle(self, settlement: Settlement) -> dict[str, int]:
+        """Release the reservation (at most once), add the cost, correct the TPM windows.
+
+        Call it exactly once per admitted request: the release is guarded (a second settle finds no
+        reservation), but the cost is added every time it is called.
+        """
+        st = settlement
+        base, keys = self._tenant_keys(st.tenant)
+        args: list[str | int] = [
+            int(st.now * 1000),
+            st.request_id,
+            st.tokens - st.reserved_tokens,
+            st.cost_nano,
+        ]
+        for s in st.scopes:
+            keys += [f"{base}:tpm:{s.scope}", f"{base}:spent:{s.scope}:{s.period_start}"]
+            # relative to the caller's clock, like everything else here (see the module docstring)
+            ttl = max(s.period_start + SPENT_RETENTION_S - int(st.now), 60) if s.period_start else 0
+            args += [s.scope, 0 if s.tpm is None else 1, ttl]
+        raw: list[int] = await self._call(lambda: self._settle(keys=keys, args=args))
+        return {s.scope: spent for s, spent in zip(st.scopes, raw, strict=True)}
+
+    async def spend(self, tenant: str, scope: ScopeLimits, now: float | None = None) -> Spend:
+        """``now`` (default: the wall clock) decides which leases have expired and are reaped first."""
+        base, keys = self._tenant_keys(tenant)
+        keys.append(f"{base}:spent:{scope.scope}:{scope.period_start}")
+        now_ms = int((time.time() if now is None else now) * 1000)
+        raw: list[bytes] = await self._call(lambda: self._spend(keys=keys, args=[now_ms, scope.scope]))
+        return Spend(spent_nano=int(raw[0]), reserved_nano=int(raw[1]))
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self._call(self._redis.ping))
+        except StoreUnavailableError:
+            return False
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+
+    # -- run-time keys (admin API, off the hot path) --------------------------------------------------------
+
+    async def put_key(self, sha256: str, record: Mapping[str, Any]) -> None:
+        """Store a key record under its sha256; re-using a key id replaces that id's old secret."""
+        args = ["put", sha256, key_id_of(record), orjson.dumps(dict(record)).decode()]
+        await self._call(lambda: self._keys(keys=self._key_names, args=args))
+
+    async def delete_key(self, key_id: str) -> bool:
+        return bool(await self._call(lambda: self._keys(keys=self._key_names, args=["delete", key_id])))
+
+    async def list_keys(self, tenant: str | None = None) -> list[dict[str, Any]]:
+        records = (orjson.loads(v) for v in await self._call(lambda: self._redis.hvals(self._key_names[0])))
+        return sorted(
+            (r for r in records if tenant is None or r.get("tenant") == tenant), key=lambda r: str(r["id"])
+        )
+
+    async def keys_version(self) -> int:
+        return int(await self._call(lambda: self._redis.get(self._key_names[2])) or 0)
+
+    async def all_keys(self) -> dict[str, dict[str, Any]]:
+        raw = await self._call(lambda: self._redis.hgetall(self._key_names[0]))
+        return {_text(sha): orjson.loads(record) for sha, record in raw.items()}

@@ -1,0 +1,54 @@
+-- Settlement: release the reservation (once), add the actual cost, correct the TPM windows.
+-- KEYS: res, lease, then per scope: tpm window, spent of the current period
+-- ARGV: now_ms, request_id, token_delta (actual - reserved), cost_nano,
+--       then per scope: name, has_tpm (1/0), spent_ttl_s (0 = keep forever)
+-- Returns each scope's spent after this request (nano), in order.
+
+local res, lease = KEYS[1], KEYS[2]
+local now_s = math.floor(tonumber(ARGV[1]) / 1000)
+local first_live = now_s - 59
+local delta = tonumber(ARGV[3])
+local n = (#ARGV - 4) / 3
+
+local admitted_at = release(res, lease, ARGV[2])
+
+-- Give back over-reserved tokens in the bucket that holds the reservation, so the window never dips
+-- below what was really used. Once that bucket has left the window there is nothing to give back.
+local function give_back(key, amount)
+  if not admitted_at or admitted_at < first_live then
+    return
+  end
+  local held = tonumber(redis.call('HGET', key, admitted_at))
+  if not held then
+    return
+  end
+  local given = math.min(amount, held)
+  redis.call('HINCRBY', key, 'n', -given)
+  if given < held then
+    redis.call('HINCRBY', key, admitted_at, -given)
+    return
+  end
+  redis.call('HDEL', key, admitted_at)
+  if tonumber(redis.call('HGET', key, 'lo')) == admitted_at then
+    scan(key, first_live) -- the oldest bucket is gone: find the next
+  end
+end
+
+local out = {}
+for i = 1, n do
+  local a, k = 4 + (i - 1) * 3, 2 + (i - 1) * 2
+  if ARGV[a + 2] == '1' then
+    local key = KEYS[k + 1]
+    if delta > 0 then
+      -- the extra tokens were used now
+      window_add(key, now_s, delta, tonumber(redis.call('HGET', key, 'lo')))
+    elseif delta < 0 then
+      give_back(key, -delta)
+    end
+  end
+  out[i] = redis.call('INCRBY', KEYS[k + 2], ARGV[4])
+  if ARGV[a + 3] ~= '0' then
+    redis.call('EXPIRE', KEYS[k + 2], ARGV[a + 3])
+  end
+end
+return out

@@ -1,0 +1,399 @@
+"""A lean HTTP/1.1 transport for httpx: asyncio protocols, httptools parsing, per-origin keep-alive pools.
+
+httpx's default transport (httpcore over anyio and h11) costs more CPU per request than the gateway itself.
+This one keeps httpx's client API (``httpx.MockTransport`` stays the test seam) and takes the short path:
+head and body go out in one ``write``, llhttp parses the response in C, the body is handed over as it
+arrives. HTTP/1.1 only: no HTTP/2, proxies, upgrades or pipelining. Failures are httpx's own exceptions:
+ConnectError/ConnectTimeout (opening), PoolTimeout (no free connection in time), ReadTimeout (the head or
+the next body bytes came too late), RemoteProtocolError (early close, malformed response), ReadError and
+WriteError (the socket failed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections import deque
+from collections.abc import AsyncIterator
+from typing import cast
+
+import httptools
+import httpx
+
+_HIGH_WATER = 256 * 1024  # buffered body bytes past which the socket is no longer read
+_DEFAULT_PORTS = {b"http": 80, b"https": 443}
+_Origin = tuple[bytes, bytes, int]
+
+
+class _Connection(asyncio.Protocol):
+    """One socket. The parser's callbacks fill in the response in flight; ``wait`` awaits the next event."""
+
+    def __init__(self, pool: _Pool) -> None:
+        self._pool = pool
+        self._loop = pool.loop
+        self._parser = httptools.HttpResponseParser(self)
+        self.transport: asyncio.Transport | None = None
+        self._waiter: asyncio.Future[bool] | None = None
+        self._paused = False
+        self._interim = False
+        self.lost: asyncio.Future[None] = self._loop.create_future()
+        self.closed = False
+        self.reused = False  # a failure before any response byte may then be a stale keep-alive close
+        self.idle_since = 0.0
+        self.begin(head_only=False)
+
+    def begin(self, *, head_only: bool) -> None:
+        """Reset the per-response state for a new exchange."""
+        self.in_use = True
+        self.head_only = head_only
+        self.status = 0
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.chunks: list[bytes] = []
+        self.buffered = 0
+        self.received = False
+        self.complete = False
+        self.keep_alive = True
+        self.error: httpx.TransportError | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's TLS one is not a subclass
+        if self.closed:  # FastTransport.aclose ran while this was connecting
+            self.transport.abort()
+
+    def data_received(self, data: bytes) -> None:
+        if not self.in_use or self.complete:  # bytes nobody asked for: the connection is unusable
+            self.close()
+            return
+        self.received = True
+        try:
+            self._parser.feed_data(data)
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+            if self.error is None and not self.complete:
+                self.error = httpx.RemoteProtocolError(f"malformed HTTP response: {exc}")
+            self.keep_alive = False
+            self.close()
+            self._wake()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.in_use and not self.complete and self.error is None:
+            framed = {name.lower() for name, _ in self.headers} & {b"content-length", b"transfer-encoding"}
+            if exc is None and self.status and not framed:  # a body delimited by the close
+                self.complete, self.keep_alive = True, False
+            elif exc is None:
+                self.error = httpx.RemoteProtocolError("server disconnected without a complete response")
+            else:
+                self.error = httpx.ReadError(f"connection lost: {exc!r}")
+        self.transport = None  # gone: nothing left to abort
+        self.close()
+        self._wake()
+        if not self.lost.done():
+            self.lost.set_result(None)
+
+    def on_message_begin(self) -> None:
+        if self.complete:  # bytes past the end of the response: never reuse this connection
+            self.keep_alive = False
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        status = self._parser.get_status_code()
+        if 100 <= status < 200 and status != 101:  # an interim response (100 Continue): skip it
+            self._interim = True
+            self.headers = []
+            return
+        self.status = status
+        self.keep_alive = self._parser.should_keep_alive()
+        if self.head_only:  # llhttp cannot be told a HEAD answer has no body; don't reuse the socket
+            self.complete, self.keep_alive = True, False
+        self._wake()
+
+    def on_body(self, body: bytes) -> None:
+        self.chunks.append(body)
+        self.buffered += len(body)
+        if self.buffered > _HIGH_WATER and not self._paused and self.transport is not None:
+            self._paused = True
+            self.transport.pause_reading()
+        self._wake()
+
+    def on_message_complete(self) -> None:
+        if self._interim:
+            self._interim = False
+            return
+        self.complete = True
+        self._wake()
+
+    def write(self, data: bytes) -> None:
+        if self.closed or self.transport is None or self.transport.is_closing():
+            raise httpx.WriteError("connection closed")
+        self.transport.write(data)  # never blocks: asyncio buffers what the socket does not take
+
+    async def wait(self, read_s: float | None) -> bool:
+        """Suspend until the parser or the socket reports something; False when ``read_s`` passed first."""
+        waiter: asyncio.Future[bool] = self._loop.create_future()
+        self._waiter = waiter
+        timer = None if read_s is None else self._loop.call_later(read_s, self._wake, False)
+        try:
+            return await waiter
+        finally:
+            self._waiter = None
+            if timer is not None:
+                timer.cancel()
+
+    def take(self) -> bytes:
+        """All body bytes received so far."""
+        chunks = self.chunks
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        self.chunks = []
+        self.buffered = 0
+        self._resume()
+        return data
+
+    def finish(self) -> None:
+        """The response is done with: keep the connection if both sides allow it, else close it."""
+        self.in_use = False
+        self.chunks = []
+        if self.keep_alive and not self.closed:
+            self.reused = True
+            self._resume()
+            self._pool.release(self)
+        else:
+            self.close()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            if self.transport is not None:
+                self.transport.abort()
+            self._pool.forget(self)
+
+    def _resume(self) -> None:
+        if self._paused and self.transport is not None:
+            self._paused = False
+            self.transport.resume_reading()
+
+    def _wake(self, news: bool = True) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(news)
+
+
+class _ResponseStream(httpx.AsyncByteStream):
+    """The body as it arrives. Closing it before the end closes the connection."""
+
+    def __init__(self, conn: _Connection, read_s: float | None) -> None:
+        self._conn: _Connection | None = conn
+        self._read_s = read_s
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self
+
+    async def __anext__(self) -> bytes:
+        conn = self._conn
+        while conn is not None and not conn.chunks:
+            if conn.complete:
+                self._conn = None
+                conn.finish()
+                raise StopAsyncIteration
+            if conn.error is not None or not await conn.wait(self._read_s):
+                self._conn = None
+                conn.close()
+                raise conn.error or httpx.ReadTimeout("timed out reading the response body")
+        if conn is None:
+            raise StopAsyncIteration
+        return conn.take()
+
+    async def aclose(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        if conn.complete and conn.error is None:  # all of it arrived, some unread: the socket is clean
+            conn.finish()
+        else:
+            conn.close()
+
+
+class _Pool:
+    """The connections of one origin: at most ``max_connections`` open, the warmest idle one reused first."""
+
+    def __init__(self, origin: _Origin, owner: FastTransport) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.origin = origin
+        self.conns: set[_Connection] = set()
+        self._owner = owner
+        self._idle: deque[_Connection] = deque()
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    async def acquire(self, pool_s: float | None, connect_s: float | None, fresh: bool) -> _Connection:
+        idle = self._idle
+        while True:
+            if idle and not fresh:
+                conn = idle.pop()
+                if self.loop.time() - conn.idle_since <= self._owner.keepalive_expiry:
+                    return conn
+                conn.close()
+                continue
+            if len(self.conns) < self._owner.max_connections:
+                return await self._connect(connect_s)
+            await self._wait_turn(pool_s)
+
+    def release(self, conn: _Connection) -> None:
+        idle = self._idle
+        now = self.loop.time()
+        while idle and now - idle[0].idle_since > self._owner.keepalive_expiry:
+            idle.popleft().close()
+        if len(idle) >= self._owner.max_idle:
+            conn.close()
+            return
+        conn.idle_since = now
+        idle.append(conn)
+        self._notify()
+
+    def forget(self, conn: _Connection) -> None:
+        self.conns.discard(conn)
+        if conn in self._idle:
+            self._idle.remove(conn)
+        self._notify()
+
+    async def _connect(self, connect_s: float | None) -> _Connection:
+        scheme, host, port = self.origin
+        name = host.decode("ascii")
+        tls = self._owner.ssl_context() if scheme == b"https" else None
+        conn = _Connection(self)
+        self.conns.add(conn)
+        try:
+            async with asyncio.timeout(connect_s):
+                await self.loop.create_connection(
+                    lambda: conn, name, port, ssl=tls, server_hostname=name if tls else None
+                )
+        except BaseException as exc:
+            conn.close()
+            if isinstance(exc, TimeoutError):
+                raise httpx.ConnectTimeout(f"timed out connecting to {name}:{port}") from None
+            if isinstance(exc, OSError):
+                raise httpx.ConnectError(f"cannot connect to {name}:{port}: {exc}") from exc
+            raise
+        return conn
+
+    async def _wait_turn(self, pool_s: float | None) -> None:
+        turn: asyncio.Future[None] = self.loop.create_future()
+        self._waiters.append(turn)
+        try:
+            async with asyncio.timeout(pool_s):
+                await turn
+        except BaseException as exc:
+            if turn.done() and not turn.cancelled():
+                self._notify()  # woken, but leaving: pass the turn on
+            elif turn in self._waiters:
+                self._waiters.remove(turn)
+            if isinstance(exc, TimeoutError):
+                raise httpx.PoolTimeout("no connection became free in time") from None
+            raise
+
+    def _notify(self) -> None:
+        while self._waiters:
+            turn = self._waiters.popleft()
+            if not turn.done():
+                turn.set_result(None)
+                return
+
+
+class FastTransport(httpx.AsyncBaseTransport):
+    """HTTP/1.1 over asyncio with per-origin keep-alive pools: ``httpx.AsyncClient(transport=...)``.
+
+    ``max_connections`` and ``max_idle`` bound each origin's open and idle connections; an idle one older
+    than ``keepalive_expiry`` seconds is closed, not reused. Timeouts come from the request. A request whose
+    reused connection proves closed by the server before any response byte is retried once.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_connections: int = 512,
+        max_idle: int = 128,
+        keepalive_expiry: float = 30.0,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        if max_connections < 1 or max_idle < 0:
+            raise ValueError("max_connections must be >= 1 and max_idle >= 0")
+        self.max_connections = max_connections
+        self.max_idle = max_idle
+        self.keepalive_expiry = keepalive_expiry
+        self._ssl = ssl_context
+        self._pools: dict[_Origin, _Pool] = {}
+
+    def ssl_context(self) -> ssl.SSLContext:
+        if self._ssl is None:  # built on first use: loading the CA bundle takes milliseconds
+            self._ssl = ssl.create_default_context()
+        return self._ssl
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        url = request.url
+        scheme = url.raw_scheme
+        if scheme not in _DEFAULT_PORTS:
+            raise httpx.UnsupportedProtocol(f"unsupported URL scheme {scheme.decode()!r}")
+        origin = (scheme, url.raw_host, url.port or _DEFAULT_PORTS[scheme])
+        pool = self._pools.get(origin)
+        if pool is None:
+            pool = self._pools[origin] = _Pool(origin, self)
+        timeouts = request.extensions.get("timeout") or {}
+        try:
+            body = request.content
+        except httpx.RequestNotRead:
+            body = await _read_body(request)
+        payload = _encode_head(request) + body
+        for attempt in (1, 2):
+            conn = await pool.acquire(timeouts.get("pool"), timeouts.get("connect"), fresh=attempt == 2)
+            try:
+                return await _exchange(conn, request.method == "HEAD", payload, timeouts.get("read"))
+            except httpx.TransportError as exc:
+                conn.close()
+                stale = conn.reused and not conn.received and not isinstance(exc, httpx.TimeoutException)
+                if attempt == 2 or not stale:
+                    raise
+            except BaseException:
+                conn.close()
+                raise
+        raise AssertionError("unreachable")
+
+    async def aclose(self) -> None:
+        conns = [conn for pool in self._pools.values() for conn in pool.conns]
+        self._pools.clear()
+        for conn in conns:
+            conn.close()
+        await asyncio.gather(*(conn.lost for conn in conns if conn.transport is not None))
+
+
+async def _exchange(conn: _Connection, head_only: bool, data: bytes, read_s: float | None) -> httpx.Response:
+    conn.begin(head_only=head_only)
+    conn.write(data)
+    while not conn.status:
+        if conn.error is not None:
+            raise conn.error
+        if not await conn.wait(read_s):
+            raise httpx.ReadTimeout("timed out waiting for the response")
+    return httpx.Response(
+        conn.status,
+        headers=conn.headers,
+        stream=_ResponseStream(conn, read_s),
+        extensions={"http_version": b"HTTP/1.1"},
+    )
+
+
+def _encode_head(request: httpx.Request) -> bytes:
+    lines = [b"%s %s HTTP/1.1" % (request.method.encode("ascii"), request.url.raw_path)]
+    lines += [name + b": " + value for name, value in request.headers.raw]
+    head = b"\r\n".join(lines) + b"\r\n\r\n"
+    # a CR or LF inside a name or value would smuggle in a header or a whole request
+    if head.count(b"\n") != len(lines) + 1 or head.count(b"\r") != len(lines) + 1:
+        raise httpx.LocalProtocolError("CR or LF in a request header")
+    return head
+
+
+async def _read_body(request: httpx.Request) -> bytes:
+    """A body httpx did not buffer (an async iterator), read whole so that it goes out in one write."""
+    assert isinstance(request.stream, httpx.AsyncByteStream), "an AsyncClient sends async bodies"
+    body = b"".join([part async for part in request.stream])
+    if request.headers.get("transfer-encoding", "").lower() != "chunked":
+        return body
+    return b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body) if body else b"0\r\n\r\n"

@@ -1,0 +1,119 @@
+"""Admission through a live gateway (in-process store): limits, budgets, headers, SDK behaviour."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+
+import httpx
+import openai
+import pytest
+from conftest import KEY_ACME, ROUTES, GatewayFactory, sha
+from upstreams import FakeOpenAI
+
+from gateway.config.model import Budget
+from gateway.pipeline.admit import go_duration, period_start
+
+
+def budgets(tenant_extra: str = "", key_extra: str = "") -> str:
+    return f"""
+tenants:
+  acme:
+    {tenant_extra}
+    keys:
+      - {{id: acme-1, sha256: "{sha(KEY_ACME)}", role: user {key_extra}}}
+"""
+
+
+def hits(gw, status: str) -> float:  # type: ignore[no-untyped-def]
+    total = 0.0
+    for line in httpx.get(gw.url + "/metrics").text.splitlines():
+        if line.startswith("gateway_requests_total") and f'status="{status}"' in line:
+            total += float(line.split()[-1])
+    return total
+
+
+def chat(c: openai.OpenAI, **kw):  # type: ignore[no-untyped-def]
+    return c.chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], **kw
+    )
+
+
+def test_rpm_limit_refuses_with_retry_after_and_headers(gateway_factory: GatewayFactory) -> None:
+    upstream = FakeOpenAI()
+    gw = gateway_factory(routes=ROUTES, budgets=budgets("limits: {rpm: 3}"), transport=upstream.transport)
+    c = openai.OpenAI(base_url=gw.base_url, api_key=KEY_ACME, max_retries=0)
+    remaining = [int(chat(c).headers["x-ratelimit-remaining-requests"]) for _ in range(3)]
+    assert remaining == [2, 1, 0]
+    with pytest.raises(openai.RateLimitError) as info:
+        chat(c)
+    err = info.value
+    assert err.code == "rate_limit_exceeded"
+    assert 1 <= int(err.response.headers["retry-after"]) <= 60
+    assert int(err.response.headers["retry-after-ms"]) > 0
+    assert err.response.headers["x-ratelimit-limit-requests"] == "3"
+    assert len(upstream.requests) == 3
+
+
+def test_key_limit_is_tighter_than_tenant_limit(gateway_factory: GatewayFactory) -> None:
+    gw = gateway_factory(
+        routes=ROUTES,
+        budgets=budgets("limits: {rpm: 100, tpm: 1000000}", ", limits: {rpm: 2}"),
+        transport=FakeOpenAI().transport,
+    )
+    c = openai.OpenAI(base_url=gw.base_url, api_key=KEY_ACME, max_retries=0)
+    headers = chat(c).headers
+    assert headers["x-ratelimit-limit-requests"] == "2" and headers["x-ratelimit-remaining-requests"] == "1"
+    assert headers["x-ratelimit-limit-tokens"] == "1000000"
+    chat(c)
+    with pytest.raises(openai.RateLimitError):
+        chat(c)
+
+
+def test_budget_exhaustion_is_429_insufficient_quota_not_retried_by_sdk(
+    gateway_factory: GatewayFactory,
+) -> None:
+    upstream = FakeOpenAI()
+    # Worst cases: ~11 prompt tokens + 1000 output tokens at $0.60/Mtok ≈ $0.0006 (fits $0.001);
+    # then 1700 output tokens ≈ $0.00102 (does not fit, even though only $0.0000036 was spent).
+    gw = gateway_factory(
+        routes=ROUTES, budgets=budgets("budget: {usd: 0.001, period: daily}"), transport=upstream.transport
+    )
+    c = openai.OpenAI(base_url=gw.base_url, api_key=KEY_ACME, max_retries=2)
+    assert chat(c, max_tokens=1000).headers["x-gateway-cost-usd"] == "0.0000036"
+    before = hits(gw, "429")
+    with pytest.raises(openai.RateLimitError) as info:
+        chat(c, max_tokens=1700)
+    err = info.value
+    assert err.code == "budget_exceeded" and err.type == "insufficient_quota"
+    assert err.response.headers["x-should-retry"] == "false"
+    assert hits(gw, "429") - before == 1, "the SDK did not retry a budget refusal"
+    assert len(upstream.requests) == 1
+
+
+def test_missing_max_tokens_gets_the_reserved_bound_upstream(gateway_factory: GatewayFactory) -> None:
+    upstream = FakeOpenAI()
+    routes = ROUTES.replace(
+        "gpt-4o-mini: {provider: up,", "gpt-4o-mini: {provider: up, max_output_tokens: 512,"
+    )
+    gw = gateway_factory(
+        routes=routes, budgets=budgets("budget: {usd: 10, period: monthly}"), transport=upstream.transport
+    )
+    chat(openai.OpenAI(base_url=gw.base_url, api_key=KEY_ACME, max_retries=0))
+    assert upstream.json()["max_tokens"] == 512
+
+
+def test_period_boundaries_are_utc() -> None:
+    now = datetime(2026, 11, 25, 15, 30, tzinfo=UTC).timestamp()  # a Wednesday
+    assert period_start(Budget(1, "daily"), now) == datetime(2026, 11, 25, tzinfo=UTC).timestamp()
+    assert period_start(Budget(1, "weekly"), now) == datetime(2026, 11, 23, tzinfo=UTC).timestamp()
+    assert period_start(Budget(1, "monthly"), now) == datetime(2026, 11, 1, tzinfo=UTC).timestamp()
+    assert period_start(Budget(1, "total"), now) == 0
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"), [(0.012, "12ms"), (1, "1s"), (59.2, "1m0s"), (360, "6m0s"), (61, "1m1s")]
+)
+def test_go_durations(seconds: float, text: str) -> None:
+    assert go_duration(seconds) == text
+    assert math.isfinite(seconds)

@@ -1,0 +1,434 @@
+"""FastTransport against real loopback servers: keep-alive, streaming, closing, timeouts and failures."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import shutil
+import ssl
+import subprocess
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+
+from gateway.transport import FastTransport
+from tests.conftest import free_port
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+
+Handler = Callable[[Request, asyncio.StreamReader, asyncio.StreamWriter], Awaitable[bool]]
+Start = Callable[[Handler], Awaitable["Upstream"]]
+
+
+async def read_request(reader: asyncio.StreamReader) -> Request | None:
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+    except (asyncio.IncompleteReadError, ConnectionError):
+        return None
+    line, *fields = head.decode("latin-1").split("\r\n")[:-2]
+    method, path, _ = line.split(" ")
+    headers = {k.lower(): v.strip() for k, v in (f.split(":", 1) for f in fields)}
+    if headers.get("transfer-encoding") == "chunked":
+        body = b""
+        while size := int((await reader.readuntil(b"\r\n"))[:-2], 16):
+            body += (await reader.readexactly(size + 2))[:-2]
+        await reader.readexactly(2)
+    else:
+        body = await reader.readexactly(int(headers.get("content-length", "0")))
+    return Request(method, path, headers, body)
+
+
+@dataclass
+class Upstream:
+    """A loopback HTTP/1.1 server: ``handler`` answers each request and says whether to keep the socket."""
+
+    handler: Handler
+    accepted: int = 0
+    open: int = 0
+    peak: int = 0
+    requests: list[Request] = field(default_factory=list)
+    closed: asyncio.Event = field(default_factory=asyncio.Event)
+    server: asyncio.Server | None = None
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.accepted += 1
+        self.open += 1
+        self.peak = max(self.peak, self.open)
+        try:
+            while (request := await read_request(reader)) is not None:
+                self.requests.append(request)
+                if not await self.handler(request, reader, writer):
+                    break
+        except ConnectionError:
+            pass  # the client went away mid-answer: what some tests do on purpose
+        finally:
+            self.open -= 1
+            writer.close()
+            self.closed.set()
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[Start]:
+    servers: list[asyncio.Server] = []
+
+    async def start(handler: Handler) -> Upstream:
+        up = Upstream(handler)
+        up.server = await asyncio.start_server(up.serve, "127.0.0.1", 0)
+        servers.append(up.server)
+        return up
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+def response(body: bytes, *, status: str = "200 OK", extra: str = "") -> bytes:
+    return f"HTTP/1.1 {status}\r\ncontent-length: {len(body)}\r\n{extra}\r\n".encode() + body
+
+
+def chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+async def echo(request: Request, _r: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+    payload = {"method": request.method, "path": request.path, "headers": request.headers}
+    payload["body"] = request.body.decode()
+    writer.write(response(orjson.dumps(payload), extra="content-type: application/json\r\n"))
+    return True
+
+
+async def test_json_post_round_trip(upstream: Start) -> None:
+    up = await upstream(echo)
+    async with httpx.AsyncClient(transport=FastTransport()) as client:
+        resp = await client.post(f"{up.url}/v1/chat?x=1", json={"model": "m"}, headers={"x-k": "v"})
+    assert resp.status_code == 200
+    assert resp.http_version == "HTTP/1.1"
+    got = resp.json()
+    assert got["method"] == "POST"
+    assert got["path"] == "/v1/chat?x=1"
+    assert orjson.loads(got["body"]) == {"model": "m"}
+    assert got["headers"]["x-k"] == "v"
+    assert got["headers"]["host"] == up.url.removeprefix("http://")
+    assert got["headers"]["content-length"] == str(len(got["body"]))
+
+
+async def test_keep_alive_reuses_one_connection(upstream: Start) -> None:
+    up = await upstream(echo)
+    async with httpx.AsyncClient(transport=FastTransport()) as client:
+        for i in range(50):
+            resp = await client.post(up.url, content=b"n%d" % i)
+            assert resp.json()["body"] == f"n{i}"
+    assert up.accepted == 1
+
+
+async def test_chunked_stream_arrives_as_sent(upstream: Start) -> None:
+    release = asyncio.Event()
+
+    async def held(_q: Request, _r: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n" + chunk(b"data: 1\n\n"))
+        await release.wait()
+        writer.write(chunk(b"data: 2\n\n") + chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n")
+        return True
+
+    up = await upstream(held)
+    async with (
+        httpx.AsyncClient(transport=FastTransport()) as client,
+        client.stream("POST", up.url, content=b"{}") as resp,
+    ):
+        parts = resp.aiter_raw()
+        assert await asyncio.wait_for(anext(parts), 1.0) == b"data: 1\n\n"
+        release.set()
+        assert b"".join([p async for p in parts]) == b"data: 2\n\ndata: [DONE]\n\n"
+        again = await client.get(up.url)  # the finished stream gave its connection back
+    assert again.status_code == 200
+    assert up.accepted == 1
+
+
+async def test_aclose_mid_stream_closes_the_connection(
+    upstream: Start,
+) -> None:
+    async def endless(_q: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n" + chunk(b"data: 1\n\n"))
+        assert await reader.read() == b""  # holds the stream open until the client goes away
+        return False
+
+    up = await upstream(endless)
+    async with httpx.AsyncClient(transport=FastTransport()) as client:
+        async with client.stream("POST", up.url, content=b"{}") as resp:
+            async for _ in resp.aiter_raw():
+                break
+        await asyncio.wait_for(up.closed.wait(), 1.0)
+        assert up.open == 0
+        up.handler = echo
+        assert (await client.get(up.url)).status_code == 200
+    assert up.accepted == 2  # the closed stream's connection was not reused
+
+
+async def test_large_content_length_body(upstream: Start) -> None:
+    blob = bytes(range(256)) * 8192  # 2 MiB: past the read buffer's high-water mark
+
+    async def big(_q: Request, _r: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        writer.write(response(blob))
+        return True
+
+    up = await upstream(big)
+    async with httpx.AsyncClient(transport=FastTransport()) as client:
+        async with client.stream("GET", up.url) as resp:
+            got = b""
+            async for part in resp.aiter_raw():
+                got += part
+                await asyncio.sleep(0)  # a slow reader, so the socket gets paused
+        assert got == blob
+        assert (await client.get(up.url)).content == blob
+    assert up.accepted == 1
+
+
+async def test_body_delimited_by_close(upstream: Start) -> None:
+    async def legacy(_q: Request, _r: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nuntil the end")
+        return False
+
+    up = await upstream(legacy)
+    async with httpx.AsyncClient(transport=FastTransport()) as client:
+        assert (await client.get(up.url)).content == b"until the end"
+        assert (await client.get(up.url)).content == b"until the end"
+    assert up.accepted == 2
+
+
+async def test_gzip_and_interim_responses(upstream: Start) -> None:
+    async def zipped(_q: Request, _r: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        writer.write(response(gzip.compress(b'{"ok": true}'), extra="content-encoding: gzip\r\n"))
+        return True
+
+    up = await upstream(zipped)
+    async with httpx.AsyncClient(transport=FastTransport()) as client:
+        resp = await client.get(up.url)
+        assert resp.status_code == 200
+        assert resp.json() == {"ok": True}
+        assert (await client.get(up.url)).json() == {"ok": True}
+    assert up.accepted == 1
+
+
+async def test_async_iterator_body_is_sent_chunked(upstream: Start) -> None:
+    async def parts() -> AsyncIterator[bytes]:
+        yield b"hello "
+        yield b"world"
+
+    up = await upstream(echo)
+    async with httpx.AsyncClient(transport=FastTransport()) as client:
+        resp = await client.post(up.url, content=parts())
+    assert resp.json()["body"] == "hello world"
+    assert up.requests[0].headers["transfer-encoding"] == "chunked"
+
+
+async def test_connection_refused_is_connect_error() -> None:
+    async with httpx.AsyncClient(transport=FastTransport()) as client:
+        with pytest.raises(httpx.ConnectError):
+            await client.get(f"http://127.0.0.1:{free_port()}/")
+
+
+async def test_slow_answer_is_read_timeout(upstream: Start) -> None:
+    async def slow(_q: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        await reader.read()
+        return False
+
+    up = await upstream(slow)
+    async with httpx.AsyncClient(transport=FastTransport(), timeout=httpx.Timeout(5.0, read=0.2)) as client:
+        with pytest.raises(httpx.ReadTimeout):
+            await client.get(up.url)
+        await asyncio.wait_for(up.closed.wait(), 1.0)  # the abandoned connection was closed
+
+
+async def test_stalled_body_is_read_timeout(upstream: Start) -> None:
+    async def stalls(_q: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhalf")
+        await reader.read()
+        return False
+
+    up = await upstream(stalls)
+    async with httpx.AsyncClient(transport=FastTransport(), timeout=httpx.Timeout(5.0, read=0.2)) as client:
+        with pytest.raises(httpx.ReadTimeout):
+            await client.get(up.url)
+
+
+async def test_close_mid_body_raises_from_the_stream(
+    upstream: Start,
+) -> None:
+    async def cut(_q: Request, _r: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n" + chunk(b"data: 1\n\n"))
+        await writer.drain()
+        return False
+
+    up = await upstream(cut)
+    got = []
+    async with (
+        httpx.AsyncClient(transport=FastTransport()) as client,
+        client.stream("POST", up.url, content=b"{}") as resp,
+    ):
+        with pytest.raises(httpx.RemoteProtocolError):
+            async for part in resp.aiter_bytes():
+                got.append(part)
+    assert got == [b"data: 1\n\n"]
+
+
+async def test_malformed_response_is_protocol_error(upstream: Start) -> None:
+    async def garbage(_q: Request, _r: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 OK 200\r\n\r\n")
+        return True
+
+    up = await upstream(garbage)
+    async with httpx.AsyncClient(transport=FastTransport()) as client:
+        with pytest.raises(httpx.RemoteProtocolError):
+            await client.get(up.url)
+
+
+async def test_header_injection_is_refused(upstream: Start) -> None:
+    up = await upstream(echo)
+    async with httpx.AsyncClient(transport=FastTransport()) as client:
+        with pytest.raises(httpx.LocalProtocolError):
+            await client.get(up.url, headers={"x-a": "b\r\nx-smuggled: 1"})
+    assert up.requests == []
+
+
+async def test_idle_connection_closed_by_server(upstream: Start) -> None:
+    async def once(request: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        await echo(request, reader, writer)
+        await writer.drain()
+        return False  # keep-alive announced, then the idle socket is closed anyway
+
+    up = await upstream(once)
+    async with httpx.AsyncClient(transport=FastTransport()) as client:
+        assert (await client.get(up.url)).status_code == 200
+        await asyncio.wait_for(up.closed.wait(), 1.0)
+        await asyncio.sleep(0.05)
+        assert (await client.get(up.url)).status_code == 200
+    assert up.accepted == 2
+
+
+async def test_stale_connection_is_retried_once(upstream: Start) -> None:
+    served: dict[asyncio.StreamWriter, int] = {}
+
+    async def racy(request: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        n = served[writer] = served.get(writer, 0) + 1
+        if n == 2 and len(served) == 1:  # the close raced the next request: read, never answered
+            return False
+        return await echo(request, reader, writer)
+
+    up = await upstream(racy)
+    async with httpx.AsyncClient(transport=FastTransport()) as client:
+        for i in range(3):
+            assert (await client.post(up.url, content=b"%d" % i)).json()["body"] == str(i)
+    assert up.accepted == 2
+
+
+async def test_fresh_connection_closed_unanswered_is_an_error(
+    upstream: Start,
+) -> None:
+    async def hangs_up(_q: Request, _r: asyncio.StreamReader, _w: asyncio.StreamWriter) -> bool:
+        return False
+
+    up = await upstream(hangs_up)
+    async with httpx.AsyncClient(transport=FastTransport()) as client:
+        with pytest.raises(httpx.RemoteProtocolError):
+            await client.get(up.url)
+    assert up.accepted == 1  # not retried: the connection was new
+
+
+async def test_concurrency_is_bounded_by_the_pool(upstream: Start) -> None:
+    async def slow_echo(request: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        await asyncio.sleep(0.01)
+        return await echo(request, reader, writer)
+
+    up = await upstream(slow_echo)
+    async with httpx.AsyncClient(transport=FastTransport(max_connections=8)) as client:
+        resps = await asyncio.gather(*(client.post(up.url, content=b"%d" % i) for i in range(64)))
+    assert [r.json()["body"] for r in resps] == [str(i) for i in range(64)]
+    assert up.accepted <= 8
+    assert up.peak <= 8
+
+
+async def test_pool_wait_times_out(upstream: Start) -> None:
+    async def endless(_q: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+        await reader.read()
+        return False
+
+    up = await upstream(endless)
+    timeout = httpx.Timeout(5.0, pool=0.1)
+    async with (
+        httpx.AsyncClient(transport=FastTransport(max_connections=1), timeout=timeout) as client,
+        client.stream("GET", up.url),
+    ):
+        with pytest.raises(httpx.PoolTimeout):
+            await client.get(up.url)
+
+
+async def test_no_connection_outlives_aclose(upstream: Start) -> None:
+    async def slow_echo(request: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        await asyncio.sleep(0.01)
+        return await echo(request, reader, writer)
+
+    up = await upstream(slow_echo)
+    client = httpx.AsyncClient(transport=FastTransport(max_connections=16))
+    await asyncio.gather(*(client.get(up.url) for _ in range(32)))
+    open_stream = await client.send(client.build_request("GET", up.url), stream=True)
+    assert up.open > 1
+    await client.aclose()
+    await open_stream.aclose()
+    for _ in range(100):
+        if up.open == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert up.open == 0
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed to make a test certificate")
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=DNS:localhost", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+async def test_https_round_trip(tls_files: tuple[Path, Path]) -> None:
+    cert, key = tls_files
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+    up = Upstream(echo)
+    up.server = await asyncio.start_server(up.serve, "127.0.0.1", 0, ssl=server_ctx)
+    port = up.server.sockets[0].getsockname()[1]
+    client_ctx = ssl.create_default_context(cafile=str(cert))
+    try:
+        async with httpx.AsyncClient(transport=FastTransport(ssl_context=client_ctx)) as client:
+            for _ in range(3):
+                resp = await client.post(f"https://localhost:{port}/v1", content=b"secret")
+                assert resp.json()["body"] == "secret"
+        async with httpx.AsyncClient(transport=FastTransport()) as untrusting:
+            with pytest.raises(httpx.ConnectError):
+                await untrusting.get(f"https://localhost:{port}/")
+    finally:
+        up.server.close()
+    assert up.accepted == 1  # one kept-alive connection; the refused handshake never got this far
