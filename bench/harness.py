@@ -25,6 +25,8 @@ class StackOptions:
     gateway_module: str = "gateway"
     workers: int | None = None
     redis: bool = False
+    limits: bool = False
+    """Give the tenant a budget and rpm/tpm limits, so every request is admitted and settled."""
     chunks: int = 20
     delay_ms: float = 0.0
     startup_timeout_s: float = 60.0
@@ -39,8 +41,11 @@ class Stack:
     gateway: Target
 
 
-def write_configs(tmp: Path, upstream_port: int, secret: str) -> tuple[Path, Path]:
-    """routes.yaml with one model on the mock upstream; budgets.yaml with one key and no limits."""
+def write_configs(tmp: Path, upstream_port: int, secret: str, limits: bool = False) -> tuple[Path, Path]:
+    """routes.yaml with one model on the mock upstream; budgets.yaml with one key, and limits if asked.
+
+    The limits are far above what a run can reach: they exist so admission and settlement run.
+    """
     routes = tmp / "routes.yaml"
     routes.write_text(
         "providers:\n"
@@ -55,7 +60,8 @@ def write_configs(tmp: Path, upstream_port: int, secret: str) -> tuple[Path, Pat
     budgets = tmp / "budgets.yaml"
     digest = hashlib.sha256(secret.encode()).hexdigest()
     key = f"{{id: bench-key, sha256: '{digest}', role: user}}"
-    budgets.write_text(f"tenants:\n  bench:\n    keys:\n      - {key}\n")
+    tenant = "    budget: {usd: 1000000, period: monthly}\n    limits: {rpm: 100000000, tpm: 2000000000}\n"
+    budgets.write_text(f"tenants:\n  bench:\n{tenant if limits else ''}    keys:\n      - {key}\n")
     return routes, budgets
 
 
@@ -78,7 +84,7 @@ def start_stack(opts: StackOptions, tmp: Path, exits: contextlib.ExitStack) -> S
         env["GATEWAY_REDIS_URL"] = f"redis://{HOST}:{redis_port}/0"
 
     gateway_port, secret = free_port(), "sk-bench-" + secrets.token_hex(16)
-    routes, budgets = write_configs(tmp, upstream_port, secret)
+    routes, budgets = write_configs(tmp, upstream_port, secret, opts.limits)
     gw_args = ["serve", "--host", HOST, "--port", str(gateway_port), "--routes", str(routes)]
     gw_args += ["--budgets", str(budgets)]
     if opts.workers is not None:

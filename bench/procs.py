@@ -127,7 +127,7 @@ class ChildProcess:
                 if os.getpgid(pid) == group:
                     os.kill(pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
-                pass
+                continue  # already gone, or not ours to kill
         self._log.close()
 
     def _signal_group(self, sig: signal.Signals) -> None:

@@ -52,6 +52,7 @@ def parse_args(argv: list[str] | None) -> Settings:
     p.add_argument("--concurrency", default="1,16", help="comma-separated connection counts (default 1,16)")
     p.add_argument("--workers", type=int, default=None, help="gateway --workers (default: its own)")
     p.add_argument("--redis", action="store_true", help="start a throwaway redis-server for the gateway")
+    p.add_argument("--limits", action="store_true", help="budget and rpm/tpm on: admission + settlement")
     p.add_argument("--chunks", type=int, default=20, help="content chunks per upstream stream (default 20)")
     p.add_argument("--delay-ms", type=float, default=0.0, help="upstream pause before each chunk (default 0)")
     p.add_argument("--gateway-module", default="gateway", help="module run as `python -m M serve ...`")
@@ -68,6 +69,7 @@ def parse_args(argv: list[str] | None) -> Settings:
         gateway_module=a.gateway_module,
         workers=a.workers,
         redis=a.redis,
+        limits=a.limits,
         chunks=a.chunks,
         delay_ms=a.delay_ms,
         startup_timeout_s=a.startup_timeout,

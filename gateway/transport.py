@@ -2,16 +2,15 @@
 
 httpx's default transport (httpcore over anyio and h11) costs more CPU per request than the gateway itself.
 This one keeps httpx's client API (``httpx.MockTransport`` stays the test seam) and takes the short path:
-head and body go out in one ``write``, llhttp parses the response in C, the body is handed over as it
-arrives. HTTP/1.1 only: no HTTP/2, proxies, upgrades or pipelining. Failures are httpx's own exceptions:
-ConnectError/ConnectTimeout (opening), PoolTimeout (no free connection in time), ReadTimeout (the head or
-the next body bytes came too late), RemoteProtocolError (early close, malformed response), ReadError and
-WriteError (the socket failed).
+head and body in one ``write``, llhttp parsing in C, the body handed over as it arrives. HTTP/1.1 only.
+Failures are httpx's exceptions: ConnectError/ConnectTimeout, PoolTimeout, ReadTimeout (the head or the
+next body bytes came too late), RemoteProtocolError (early close, malformed response), ReadError, WriteError.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import ssl
 from collections import deque
 from collections.abc import AsyncIterator
@@ -22,7 +21,6 @@ import httpx
 
 _HIGH_WATER = 256 * 1024  # buffered body bytes past which the socket is no longer read
 _DEFAULT_PORTS = {b"http": 80, b"https": 443}
-_Origin = tuple[bytes, bytes, int]
 
 
 class _Connection(asyncio.Protocol):
@@ -34,6 +32,8 @@ class _Connection(asyncio.Protocol):
         self._parser = httptools.HttpResponseParser(self)
         self.transport: asyncio.Transport | None = None
         self._waiter: asyncio.Future[bool] | None = None
+        self._deadline = math.inf
+        self._timer: asyncio.TimerHandle | None = None
         self._paused = False
         self._interim = False
         self.lost: asyncio.Future[None] = self._loop.create_future()
@@ -43,7 +43,6 @@ class _Connection(asyncio.Protocol):
         self.begin(head_only=False)
 
     def begin(self, *, head_only: bool) -> None:
-        """Reset the per-response state for a new exchange."""
         self.in_use = True
         self.head_only = head_only
         self.status = 0
@@ -123,25 +122,30 @@ class _Connection(asyncio.Protocol):
         self.complete = True
         self._wake()
 
-    def write(self, data: bytes) -> None:
-        if self.closed or self.transport is None or self.transport.is_closing():
-            raise httpx.WriteError("connection closed")
-        self.transport.write(data)  # never blocks: asyncio buffers what the socket does not take
-
     async def wait(self, read_s: float | None) -> bool:
         """Suspend until the parser or the socket reports something; False when ``read_s`` passed first."""
         waiter: asyncio.Future[bool] = self._loop.create_future()
         self._waiter = waiter
-        timer = None if read_s is None else self._loop.call_later(read_s, self._wake, False)
+        # one timer per connection, re-armed when it fires early, not one per wait: streams wait per chunk
+        self._deadline = math.inf if read_s is None else self._loop.time() + read_s
+        if False:
+            self._timer.cancel()  # set for an earlier request's longer timeout
+            self._timer = None
+        if self._timer is None and read_s is not None:
+            self._timer = self._loop.call_at(self._deadline, self._check_deadline)
         try:
             return await waiter
         finally:
             self._waiter = None
-            if timer is not None:
-                timer.cancel()
+
+    def _check_deadline(self) -> None:
+        self._timer = None
+        if self._waiter is not None and self._loop.time() >= self._deadline:
+            self._wake(False)
+        elif self._waiter is not None and self._deadline != math.inf:
+            self._timer = self._loop.call_at(self._deadline, self._check_deadline)
 
     def take(self) -> bytes:
-        """All body bytes received so far."""
         chunks = self.chunks
         data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         self.chunks = []
@@ -205,18 +209,16 @@ class _ResponseStream(httpx.AsyncByteStream):
 
     async def aclose(self) -> None:
         conn, self._conn = self._conn, None
-        if conn is None:
-            return
-        if conn.complete and conn.error is None:  # all of it arrived, some unread: the socket is clean
+        if conn is not None and conn.complete and conn.error is None:  # all arrived, some unread: clean
             conn.finish()
-        else:
+        elif conn is not None:
             conn.close()
 
 
 class _Pool:
     """The connections of one origin: at most ``max_connections`` open, the warmest idle one reused first."""
 
-    def __init__(self, origin: _Origin, owner: FastTransport) -> None:
+    def __init__(self, origin: tuple[bytes, bytes, int], owner: FastTransport) -> None:
         self.loop = asyncio.get_running_loop()
         self.origin = origin
         self.conns: set[_Connection] = set()
@@ -227,26 +229,21 @@ class _Pool:
     async def acquire(self, pool_s: float | None, connect_s: float | None, fresh: bool) -> _Connection:
         idle = self._idle
         while True:
+            expired = self.loop.time() - self._owner.keepalive_expiry
+            while idle and idle[0].idle_since < expired:  # the longest idle are on the left
+                idle.popleft().close()
             if idle and not fresh:
-                conn = idle.pop()
-                if self.loop.time() - conn.idle_since <= self._owner.keepalive_expiry:
-                    return conn
-                conn.close()
-                continue
+                return idle.pop()
             if len(self.conns) < self._owner.max_connections:
                 return await self._connect(connect_s)
             await self._wait_turn(pool_s)
 
     def release(self, conn: _Connection) -> None:
-        idle = self._idle
-        now = self.loop.time()
-        while idle and now - idle[0].idle_since > self._owner.keepalive_expiry:
-            idle.popleft().close()
-        if len(idle) >= self._owner.max_idle:
+        if len(self._idle) >= self._owner.max_idle:
             conn.close()
             return
-        conn.idle_since = now
-        idle.append(conn)
+        conn.idle_since = self.loop.time()
+        self._idle.append(conn)
         self._notify()
 
     def forget(self, conn: _Connection) -> None:
@@ -314,13 +311,11 @@ class FastTransport(httpx.AsyncBaseTransport):
         keepalive_expiry: float = 30.0,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
-        if max_connections < 1 or max_idle < 0:
-            raise ValueError("max_connections must be >= 1 and max_idle >= 0")
         self.max_connections = max_connections
         self.max_idle = max_idle
         self.keepalive_expiry = keepalive_expiry
         self._ssl = ssl_context
-        self._pools: dict[_Origin, _Pool] = {}
+        self._pools: dict[tuple[bytes, bytes, int], _Pool] = {}
 
     def ssl_context(self) -> ssl.SSLContext:
         if self._ssl is None:  # built on first use: loading the CA bundle takes milliseconds
@@ -366,7 +361,9 @@ class FastTransport(httpx.AsyncBaseTransport):
 
 async def _exchange(conn: _Connection, head_only: bool, data: bytes, read_s: float | None) -> httpx.Response:
     conn.begin(head_only=head_only)
-    conn.write(data)
+    if conn.closed or conn.transport is None or conn.transport.is_closing():
+        raise httpx.WriteError("connection closed")
+    conn.transport.write(data)  # never blocks: asyncio buffers what the socket does not take
     while not conn.status:
         if conn.error is not None:
             raise conn.error

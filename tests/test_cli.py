@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -58,3 +59,17 @@ def test_keys_new_prints_secret_once_and_matching_hash() -> None:
     digest = hashlib.sha256(secret.encode()).hexdigest()
     assert f'sha256: "{digest}"' in result.stdout
     assert result.stdout.count(secret) == 1
+
+
+def test_serve_refuses_several_workers_without_redis() -> None:
+    env = {k: v for k, v in os.environ.items() if k != "GATEWAY_REDIS_URL"}
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "serve", "--workers", "2"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "GATEWAY_REDIS_URL" in result.stderr

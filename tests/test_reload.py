@@ -80,3 +80,43 @@ def test_invalid_file_is_refused_and_old_config_keeps_serving(gateway_factory: G
     gw.routes_path.write_text("routes: [unclosed")
     wait_for(lambda: reload_count(gw, "error") >= 2)
     assert c.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "x"}]).choices
+
+
+def test_budgets_edit_adds_a_key_without_restart_and_keeps_spend(gateway_factory: GatewayFactory) -> None:
+    from conftest import BUDGETS, sha
+
+    tenant = "  acme:\n    budget: {usd: 5, period: daily}\n"
+    budgets = BUDGETS.replace("  acme:\n", tenant)
+    gw = gateway_factory(budgets=budgets, transport=FakeOpenAI().transport)
+    c = openai.OpenAI(base_url=gw.base_url, api_key=KEY_ACME, max_retries=0)
+    raw = c.chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}]
+    )
+    cost = float(raw.headers["x-gateway-cost-usd"])
+    new_key = "sk-test-new-key"
+    gw.budgets_path.write_text(
+        budgets.replace("    keys:\n", f'    keys:\n      - {{id: acme-2, sha256: "{sha(new_key)}"}}\n', 1)
+    )
+    fresh = openai.OpenAI(base_url=gw.base_url, api_key=new_key, max_retries=0)
+
+    def new_key_works() -> bool:
+        try:
+            fresh.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}])
+        except openai.AuthenticationError:
+            return False
+        return True
+
+    assert wait_for(new_key_works) < 2.0
+    # Spend lives in the store, not in the config: the reload kept the first request's cost.
+    state = gw.app.state.gateway  # type: ignore[attr-defined]
+    import asyncio
+
+    from gateway.config.model import Budget
+    from gateway.pipeline.admit import period_start
+    from gateway.store.base import ScopeLimits
+
+    async def spent() -> int:
+        scope = ScopeLimits(scope="t", period_start=period_start(Budget(5, "daily"), time.time()))
+        return (await state.store.spend("acme", scope)).spent_nano
+
+    assert asyncio.run(spent()) >= round(cost * 1e9)

@@ -432,3 +432,37 @@ async def test_https_round_trip(tls_files: tuple[Path, Path]) -> None:
     finally:
         up.server.close()
     assert up.accepted == 1  # one kept-alive connection; the refused handshake never got this far
+
+
+async def test_shorter_read_timeout_on_a_reused_connection(upstream: Start) -> None:
+    async def second_is_slow(
+        request: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> bool:
+        if len(up.requests) == 2:
+            await reader.read()
+            return False
+        return await echo(request, reader, writer)
+
+    up = await upstream(second_is_slow)
+    async with httpx.AsyncClient(transport=FastTransport(), timeout=60.0) as client:
+        assert (await client.get(up.url)).status_code == 200
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(httpx.ReadTimeout):
+            await client.get(up.url, timeout=httpx.Timeout(60.0, read=0.2))
+        assert asyncio.get_running_loop().time() - started < 1.0
+    assert up.accepted == 1
+
+
+async def test_idle_connections_expire_and_are_bounded(upstream: Start) -> None:
+    up = await upstream(echo)
+    transport = FastTransport(max_idle=2, keepalive_expiry=0.1)
+    async with httpx.AsyncClient(transport=transport) as client:
+        await asyncio.gather(*(client.get(up.url) for _ in range(4)))
+        assert up.accepted == 4
+        await asyncio.sleep(0.05)
+        assert up.open == 2  # two were closed rather than kept idle
+        await asyncio.sleep(0.15)
+        assert (await client.get(up.url)).status_code == 200
+        assert up.accepted == 5  # the idle ones had expired
+        await asyncio.sleep(0.05)
+        assert up.open == 1

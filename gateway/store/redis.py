@@ -129,6 +129,10 @@ class RedisStore:
                     await self._load_scripts()
                 return await make()
         except _UNAVAILABLE as exc:
+            if isinstance(exc, RedisConnectionError):
+                # The server went away: every idle pooled connection is dead too. Drop them now, so
+                # that once it is back each request gets a fresh connection instead of a stale one.
+                await self._redis.connection_pool.disconnect(inuse_connections=False)
             raise StoreUnavailableError(f"redis unavailable: {exc!r}") from exc
 
     async def _load_scripts(self) -> None:
@@ -226,10 +230,13 @@ class RedisStore:
         return Spend(spent_nano=int(raw[0]), reserved_nano=int(raw[1]))
 
     async def ping(self) -> bool:
-        try:
-            return bool(await self._call(self._redis.ping))
-        except StoreUnavailableError:
-            return False
+        # Twice: the first try may only discover that a pooled connection died with an old server.
+        for _ in range(2):
+            try:
+                return bool(await self._call(self._redis.ping))
+            except StoreUnavailableError:
+                continue
+        return False
 
     async def close(self) -> None:
         await self._redis.aclose()
