@@ -101,6 +101,10 @@ class Pipeline:
             body_out = ingress.response(upstream)
         except GatewayError as err:
             return self._error(ex, ingress, err)
+        except Exception:  # a bug must not leave a reservation held until its lease runs out
+            log.exception("request %s failed", ex.request_id)
+            failure = ServerError("The gateway hit an internal error.", code="internal_error")
+            return self._error(ex, ingress, failure)
         # 9 settle: the cost header is known now; metrics and the log line go after the response.
         ex.usage = upstream.usage
         price_usage(ex)
