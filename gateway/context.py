@@ -31,6 +31,8 @@ class Exchange:
     error_code: str | None = None
     ttft_s: float | None = None
     trace: str | None = None
+    client_retry: str | None = None
+    """The SDK's ``x-stainless-retry-count``: how many times the client already retried this call."""
     reservation: Reservation | None = None
     limit_headers: dict[str, str] = field(default_factory=dict)
 

@@ -63,7 +63,11 @@ class Pipeline:
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def handle(self, request: Request, operation: Operation, ingress: Ingress) -> Response:
-        ex = Exchange(endpoint=request.url.path, trace=request.headers.get("x-gateway-trace"))
+        ex = Exchange(
+            endpoint=request.url.path,
+            trace=request.headers.get("x-gateway-trace"),
+            client_retry=request.headers.get("x-stainless-retry-count"),
+        )
         runtime = self._source.runtime
         try:
             # 1 parse

@@ -74,6 +74,7 @@ def _log_record(ex: Exchange, elapsed: float) -> dict[str, object]:
     return {
         "request_id": ex.request_id,
         "trace": ex.trace,
+        "client_retry": ex.client_retry,
         "endpoint": ex.endpoint,
         "tenant": ex.tenant,
         "key_id": ex.principal.key_id if ex.principal else None,
