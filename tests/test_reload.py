@@ -120,3 +120,18 @@ def test_budgets_edit_adds_a_key_without_restart_and_keeps_spend(gateway_factory
         return (await state.store.spend("acme", scope)).spent_nano
 
     assert asyncio.run(spent()) >= round(cost * 1e9)
+
+
+def test_invalid_budgets_file_is_refused_and_keys_keep_working(gateway_factory: GatewayFactory) -> None:
+    gw = gateway_factory(transport=FakeOpenAI().transport)
+    c = openai.OpenAI(base_url=gw.base_url, api_key=KEY_ACME, max_retries=0)
+    gw.budgets_path.write_text("tenants:\n  acme:\n    keys:\n      - {id: broken, sha256: nothex}\n")
+
+    def refused() -> bool:
+        for line in httpx.get(gw.url + "/metrics").text.splitlines():
+            if line.startswith("gateway_config_reload_total") and 'file="budgets"' in line and "error" in line:
+                return float(line.split()[-1]) >= 1
+        return False
+
+    wait_for(refused)
+    assert c.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}]).choices
