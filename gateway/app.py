@@ -28,6 +28,7 @@ from gateway.state import GatewayState
 from gateway.store import build_store
 from gateway.store.memory import MemoryStore
 from gateway.tokens import prepare_encodings
+from gateway.transport import FastTransport
 
 log = logging.getLogger("gateway")
 
@@ -43,8 +44,8 @@ def create_app(
         prepare_encodings()  # fails here, at start-up, when the tokenizer data is missing
         routes, budgets = load(settings.routes_path, settings.budgets_path)
         client = httpx.AsyncClient(
-            transport=transport,
-            limits=httpx.Limits(max_connections=2000, max_keepalive_connections=256, keepalive_expiry=30),
+            # httpx's API with a lean HTTP/1.1 transport underneath (see gateway/transport.py).
+            transport=transport or FastTransport(max_connections=2000, max_idle=256, keepalive_expiry=30),
             timeout=httpx.Timeout(60.0),
             follow_redirects=False,
         )

@@ -128,7 +128,7 @@ class _Connection(asyncio.Protocol):
         self._waiter = waiter
         # one timer per connection, re-armed when it fires early, not one per wait: streams wait per chunk
         self._deadline = math.inf if read_s is None else self._loop.time() + read_s
-        if False:
+        if self._timer is not None and self._timer.when() > self._deadline:
             self._timer.cancel()  # set for an earlier request's longer timeout
             self._timer = None
         if self._timer is None and read_s is not None:

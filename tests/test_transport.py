@@ -14,9 +14,9 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest
+from conftest import free_port
 
 from gateway.transport import FastTransport
-from tests.conftest import free_port
 
 
 @dataclass
