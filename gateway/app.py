@@ -19,6 +19,7 @@ from gateway.handlers import admin, health, openai
 from gateway.handlers.anthropic import messages
 from gateway.keys import RuntimeKeys
 from gateway.metrics import Metrics
+from gateway.pipeline.breaker import BreakerRegistry
 from gateway.pipeline.spend import Settler
 from gateway.reload import ConfigWatcher, load
 from gateway.responses import json_response
@@ -51,8 +52,9 @@ def create_app(
         )
         store = build_store(settings.redis_url, timeout_s=0.9, max_connections=128)
         runtime_keys = RuntimeKeys(store)
-        shared = Shared(client, store, MemoryStore(), runtime_keys.lookup)
         metrics = Metrics()
+        breakers = BreakerRegistry(metrics.circuit_state, settings.redis_url)
+        shared = Shared(client, store, MemoryStore(), runtime_keys.lookup, breakers)
         settler = Settler(store, shared.fallback, metrics)
         state = GatewayState(
             settings, build_runtime(routes, budgets, shared), shared, metrics, runtime_keys, settler
@@ -72,6 +74,7 @@ def create_app(
             asyncio.create_task(watcher.run(), name="config-watcher"),
             asyncio.create_task(runtime_keys.run(), name="runtime-keys"),
             asyncio.create_task(settler.run(), name="settlement-retry"),
+            asyncio.create_task(breakers.run(), name="circuit-breakers"),
         ]
         try:
             yield
@@ -82,6 +85,7 @@ def create_app(
             await asyncio.gather(*jobs, return_exceptions=True)
             await client.aclose()
             await store.close()
+            await breakers.close()
 
     routes = [
         Route("/v1/chat/completions", openai.chat_completions, methods=["POST"]),

@@ -95,6 +95,7 @@ class Pipeline:
                 plan=ex.plan,
                 deadline=time.monotonic() + ex.plan.timeout_s,
                 attempts=ex.attempts,
+                resilience=runtime.resilience,
             )
             if parsed.stream:
                 upstream_stream = await dispatcher.open_stream()
@@ -120,6 +121,8 @@ class Pipeline:
 
     async def _settle(self, ex: Exchange) -> None:
         settle(ex, self._metrics)
+        if ex.attempts.retries:
+            self._metrics.retries.inc(ex.attempts.retries)
         await self._settler.settle(ex)
 
     def _error(self, ex: Exchange, ingress: Ingress, err: GatewayError) -> Response:

@@ -14,6 +14,8 @@ import httpx
 from gateway.config.model import BudgetsConfig, RoutesConfig
 from gateway.pipeline.admit import Admitter
 from gateway.pipeline.auth import KeyIndex, RuntimeLookup
+from gateway.pipeline.breaker import BreakerRegistry
+from gateway.pipeline.dispatch import Resilience
 from gateway.pipeline.route import Router
 from gateway.providers import build_provider
 from gateway.providers.base import Provider
@@ -29,16 +31,18 @@ class Runtime:
     keys: KeyIndex
     providers: Mapping[str, Provider]
     admitter: Admitter
+    resilience: Resilience
 
 
 @dataclass(frozen=True, slots=True)
 class Shared:
-    """What outlives config versions: the upstream client, the stores, the run-time keys."""
+    """What outlives config versions: the upstream client, the stores, the run-time keys, the breakers."""
 
     client: httpx.AsyncClient
     store: GatewayStore
     fallback: Store
     runtime_keys: RuntimeLookup | None = None
+    breakers: BreakerRegistry | None = None
 
 
 def build_runtime(routes: RoutesConfig, budgets: BudgetsConfig, shared: Shared) -> Runtime:
@@ -49,4 +53,9 @@ def build_runtime(routes: RoutesConfig, budgets: BudgetsConfig, shared: Shared) 
         keys=KeyIndex(budgets, shared.runtime_keys),
         providers={name: build_provider(cfg, shared.client) for name, cfg in routes.providers.items()},
         admitter=Admitter(shared.store, shared.fallback, routes.defaults),
+        resilience=Resilience(
+            breakers=shared.breakers,
+            breaker_policy=routes.defaults.breaker,
+            attempt_timeouts={n: p.timeout_s for n, p in routes.providers.items() if p.timeout_s},
+        ),
     )

@@ -129,7 +129,11 @@ def test_invalid_budgets_file_is_refused_and_keys_keep_working(gateway_factory: 
 
     def refused() -> bool:
         for line in httpx.get(gw.url + "/metrics").text.splitlines():
-            if line.startswith("gateway_config_reload_total") and 'file="budgets"' in line and "error" in line:
+            if (
+                line.startswith("gateway_config_reload_total")
+                and 'file="budgets"' in line
+                and "error" in line
+            ):
                 return float(line.split()[-1]) >= 1
         return False
 

@@ -1,31 +1,60 @@
 """Stage 7, dispatch: send to the plan's candidates as nested layers, each with one job.
 
-    fallback   walk the plan's candidates in order, moving on when one fails retryably
-    attempt    give one candidate the time left before the deadline and send once
+    fallback   walk the candidates in order: skip a model whose context window the request does not
+               fit and a deployment whose circuit is open; move on when one fails retryably
+    breaker    ask the deployment's circuit breaker before, tell it the outcome after (breaker.py)
+    retry      retry one deployment with jittered backoff within the deadline (retry.py)
+    attempt    give one try the time left (capped by the provider's ``timeout_s``) and send once
 
-Retries with backoff and circuit breakers slot in between the two (see the resilience work);
-nothing here knows which provider it is talking to.
+The route's ``timeout_s`` is one deadline for all of it, and for a stream's whole body too. A stream
+is opened, and its first frame read, inside the attempt: an upstream that fails before its first
+frame is retried or fallen back from like any other; once a frame has gone to the client, a failure
+ends the stream with an SSE error event (proxy.py). Nothing here knows which provider it talks to.
+
+Errors: the layers below raise gateway errors only; pybreaker's ``CircuitBreakerError`` (as
+``BreakerOpen``) stops at the fallback layer, tenacity's ``RetryError`` at the retry layer, and
+``final_error`` turns what the walk saw into the one error the client gets.
 """
 
 from __future__ import annotations
 
+import asyncio
+import math
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from gateway.config.model import ModelConfig
+from gateway.config.model import BreakerPolicy, ModelConfig
 from gateway.errors import (
+    BadRequest,
     DeadlineExceeded,
     GatewayError,
     NoHealthyDeployment,
     UpstreamStatusError,
     UpstreamUnavailable,
+    retry_headers,
 )
+from gateway.pipeline.admit import max_output
+from gateway.pipeline.breaker import BreakerOpen, BreakerRegistry, Outcome
+from gateway.pipeline.retry import with_retries
 from gateway.pipeline.route import Plan
-from gateway.providers.base import Operation, Provider, UpstreamRequest, UpstreamResponse, UpstreamStream
+from gateway.providers.base import (
+    Operation,
+    Provider,
+    UpstreamRequest,
+    UpstreamResponse,
+    UpstreamStream,
+    Usage,
+)
+from gateway.tokens import count_chat, count_text
 
 T = TypeVar("T")
+Call = Callable[[Provider, UpstreamRequest], Awaitable[T]]
+
+FAR_REOPEN_S = 10.0
+"""When every candidate's circuit stays open longer than this, the 503 says ``x-should-retry: false``:
+an SDK's retries (0.5-8 s apart) would only meet the open circuits again."""
 
 
 @dataclass(slots=True)
@@ -35,8 +64,21 @@ class Attempts:
     count: int = 0
     deployment: ModelConfig | None = None
     fallbacks: int = 0
+    retries: int = 0
     upstream_s: float = 0.0
     errors: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    """Candidates passed over without a call: ``<name>: circuit open`` / ``<name>: context window``."""
+
+
+@dataclass(frozen=True, slots=True)
+class Resilience:
+    """What dispatch needs besides the plan: the breakers (app-long) and this config's policies."""
+
+    breakers: BreakerRegistry | None = None
+    breaker_policy: BreakerPolicy = field(default_factory=BreakerPolicy)
+    attempt_timeouts: Mapping[str, float] = field(default_factory=dict)
+    """Provider name → its routes.yaml ``timeout_s`` (per attempt), where set."""
 
 
 @dataclass(slots=True)
@@ -47,55 +89,231 @@ class Dispatcher:
     headers: dict[str, str]
     plan: Plan
     deadline: float
+    """``time.monotonic()`` by which everything, every attempt and a stream's last frame, is done."""
     attempts: Attempts = field(default_factory=Attempts)
+    resilience: Resilience = field(default_factory=Resilience)
+    _prompt_tokens: int | None = field(default=None, init=False)
 
     async def send(self) -> UpstreamResponse:
-        return await self._fallback(lambda p, r: p.send(r))
+        return await self._fallback(_send)
 
     async def open_stream(self) -> UpstreamStream:
-        return await self._fallback(lambda p, r: p.open_stream(r))
+        return await self._fallback(self._open_primed)
 
-    async def _fallback(self, call: Callable[[Provider, UpstreamRequest], Awaitable[T]]) -> T:
+    # -- fallback ----------------------------------------------------------------------------------------
+
+    async def _fallback(self, call: Call[T]) -> T:
         last: GatewayError | None = None
+        open_for: list[float] = []
+        too_small: list[str] = []
         for n, deployment in enumerate(self.plan.candidates):
-            if n:
+            if not self._fits(deployment):
+                too_small.append(deployment.name)
+                self.attempts.skipped.append(f"{deployment.name}: context window")
+                continue
+            if self.deadline - time.monotonic() < 0:
+                break
+            if n:  # moved on from the plan's first choice (failed or skipped)
                 self.attempts.fallbacks += 1
             try:
-                return await self._attempt(deployment, call)
+                return await self._guarded(deployment, call)
+            except BreakerOpen as exc:
+                open_for.append(exc.reopen_in_s)
+                self.attempts.skipped.append(f"{deployment.name}: circuit open")
+                continue
             except UpstreamStatusError as exc:
-                if not exc.retryable:
+                if _context_exceeded(exc):  # the estimate was short: the next, larger model may fit
+                    too_small.append(deployment.name)
+                elif not exc.retryable:
                     raise
                 last = exc
             except (UpstreamUnavailable, DeadlineExceeded) as exc:
                 last = exc
             self.attempts.errors.append(last.message)
-            if time.monotonic() >= self.deadline:
-                break
-        raise _final_error(last, self.attempts.count)
+        raise final_error(last, self.attempts.count, open_for, too_small)
 
-    async def _attempt(
-        self, deployment: ModelConfig, call: Callable[[Provider, UpstreamRequest], Awaitable[T]]
-    ) -> T:
+    def _fits(self, deployment: ModelConfig) -> bool:
+        window = deployment.context_window
+        if window is None or self.operation is Operation.EMBEDDINGS:
+            return True
+        if self._prompt_tokens is None:
+            self._prompt_tokens = prompt_tokens(self.operation, self.body, deployment.upstream)
+        output = max_output(self.body, deployment) or 0
+        if deployment.max_output_tokens is not None:
+            output = min(output, deployment.max_output_tokens)
+        return self._prompt_tokens + output <= window
+
+    # -- breaker -----------------------------------------------------------------------------------------
+
+    async def _guarded(self, deployment: ModelConfig, call: Call[T]) -> T:
+        breakers = self.resilience.breakers
+        if breakers is None:
+            return await self._retried(deployment, call)
+        breaker = breakers.get(deployment.name, self.resilience.breaker_policy)
+        probe = breaker.allow()  # raises BreakerOpen
+        outcome = Outcome.NEUTRAL  # also what a cancelled call leaves
+        try:
+            result = await self._retried(deployment, call)
+            outcome = Outcome.SUCCESS
+            return result
+        except GatewayError as exc:
+            outcome = breaker_outcome(exc)
+            raise
+        finally:
+            breaker.record(outcome, probe)
+
+    # -- retry -------------------------------------------------------------------------------------------
+
+    async def _retried(self, deployment: ModelConfig, call: Call[T]) -> T:
+        return await with_retries(
+            lambda: self._attempt(deployment, call), self.plan.retry, self.deadline, self._count_retry
+        )
+
+    def _count_retry(self) -> None:
+        self.attempts.retries += 1
+
+    # -- attempt -----------------------------------------------------------------------------------------
+
+    async def _attempt(self, deployment: ModelConfig, call: Call[T]) -> T:
         remaining = self.deadline - time.monotonic()
         if remaining <= 0:
             raise DeadlineExceeded("The request deadline passed before an upstream answered.")
+        timeout = min(remaining, self.resilience.attempt_timeouts.get(deployment.provider, math.inf))
         provider = self.providers[deployment.provider]
         request = UpstreamRequest(
             operation=self.operation,
             body={**self.body, "model": deployment.upstream},
-            timeout_s=remaining,
+            timeout_s=timeout,
             headers=self.headers,
         )
         self.attempts.count += 1
         self.attempts.deployment = deployment
         started = time.perf_counter()
         try:
-            return await call(provider, request)
+            # Adapters bound their own waits by timeout_s; this also bounds a stream's first frame.
+            async with asyncio.timeout(timeout):
+                return await call(provider, request)
+        except TimeoutError as exc:
+            raise DeadlineExceeded(f"upstream '{deployment.name}' did not answer in {timeout:.3g}s") from exc
         finally:
             self.attempts.upstream_s += time.perf_counter() - started
 
+    async def _open_primed(self, provider: Provider, request: UpstreamRequest) -> UpstreamStream:
+        """Open the stream and read its first frame, so a failure before it can still be retried."""
+        stream = await provider.open_stream(request)
+        frames = aiter(stream)
+        try:
+            first: bytes | None = await anext(frames)
+        except StopAsyncIteration:
+            first = None
+        except BaseException:
+            await _close(stream, frames)
+            raise
+        return PrimedStream(stream, frames, first, self.deadline)
 
-def _final_error(last: GatewayError | None, attempts: int) -> GatewayError:
+
+async def _send(provider: Provider, request: UpstreamRequest) -> UpstreamResponse:
+    return await provider.send(request)
+
+
+class PrimedStream:
+    """An open upstream stream whose first frame was read ahead; the rest must come by the deadline."""
+
+    def __init__(
+        self, inner: UpstreamStream, frames: AsyncIterator[bytes], first: bytes | None, deadline: float
+    ) -> None:
+        self._inner = inner
+        self._frames = frames
+        self._first = first
+        self._deadline = deadline
+
+    @property
+    def usage(self) -> Usage | None:
+        return self._inner.usage
+
+    @usage.setter
+    def usage(self, value: Usage | None) -> None:
+        self._inner.usage = value
+
+    @property
+    def usage_frame(self) -> bytes | None:
+        return self._inner.usage_frame
+
+    @usage_frame.setter
+    def usage_frame(self, value: bytes | None) -> None:
+        self._inner.usage_frame = value
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        if self._first is None:
+            return
+        yield self._first
+        while True:
+            try:
+                async with asyncio.timeout(self._deadline - time.monotonic()):
+                    frame = await anext(self._frames)
+            except StopAsyncIteration:
+                return
+            except TimeoutError as exc:
+                raise DeadlineExceeded("The request deadline passed while the stream was running.") from exc
+            yield frame
+
+    async def aclose(self) -> None:
+        await _close(self._inner, self._frames)
+
+
+async def _close(stream: UpstreamStream, frames: AsyncIterator[bytes]) -> None:
+    try:
+        if isinstance(frames, AsyncGenerator):
+            await frames.aclose()
+    finally:
+        await stream.aclose()
+
+
+def prompt_tokens(operation: Operation, body: Mapping[str, Any], model: str) -> int:
+    """The prompt's token estimate (tiktoken), as admission counts it before its margin."""
+    if operation is Operation.CHAT:
+        return count_chat(body.get("messages") or [], model, body.get("tools"))
+    if operation is Operation.COMPLETIONS:
+        return count_text(body.get("prompt") or "", model)
+    return count_text(body.get("input") or "", model)
+
+
+def breaker_outcome(exc: GatewayError) -> Outcome:
+    """5xx, timeouts and connection failures count against the deployment; 429 is neutral; the rest
+    (4xx: the request's fault) shows the deployment answering well."""
+    if isinstance(exc, UpstreamStatusError):
+        if exc.status == 429:
+            return Outcome.NEUTRAL
+        return Outcome.FAILURE if exc.status >= 500 else Outcome.SUCCESS
+    if isinstance(exc, UpstreamUnavailable | DeadlineExceeded):
+        return Outcome.FAILURE
+    return Outcome.SUCCESS
+
+
+def _context_exceeded(exc: UpstreamStatusError) -> bool:
+    return exc.status == 400 and exc.code == "context_length_exceeded"
+
+
+def final_error(
+    last: GatewayError | None, attempts: int, open_for: list[float], too_small: list[str]
+) -> GatewayError:
+    """The one error the client gets once every candidate was tried or skipped."""
+    if last is None and open_for:
+        reopen = min(open_for)
+        err = NoHealthyDeployment(
+            f"Every deployment for this request is unavailable (circuit open); retry in {reopen:.0f}s."
+        )
+        err.headers.update(retry_headers(max(reopen, 1.0)))
+        if reopen > FAR_REOPEN_S:
+            err.headers["x-should-retry"] = "false"
+        return err
+    if (last is None or _is_context(last)) and too_small:
+        return BadRequest(
+            "The request exceeds the context window of every model it may use "
+            f"({', '.join(too_small)}); shorten the messages or lower max_tokens.",
+            param="messages",
+            code="context_length_exceeded",
+        )
     if last is None:
         return NoHealthyDeployment("No deployment is available for this request.")
     if isinstance(last, DeadlineExceeded):
@@ -109,3 +327,7 @@ def _final_error(last: GatewayError | None, attempts: int) -> GatewayError:
             retry_after=last.retry_after,
         )
     return UpstreamUnavailable(f"Upstream failed after {attempts} attempt(s): {last.message}")
+
+
+def _is_context(err: GatewayError) -> bool:
+    return isinstance(err, UpstreamStatusError) and _context_exceeded(err)
