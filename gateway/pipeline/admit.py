@@ -77,11 +77,11 @@ def max_output(body: Mapping[str, Any], deployment: ModelConfig) -> int | None:
     return None
 
 
-def estimate_prompt(parsed: ParsedRequest, model: str) -> int:
-    body = parsed.body
-    if parsed.operation is Operation.CHAT:
+def prompt_tokens(operation: Operation, body: Mapping[str, Any], model: str) -> int:
+    """The prompt's token estimate (tiktoken), before the margin."""
+    if operation is Operation.CHAT:
         return count_chat(body.get("messages") or [], model, body.get("tools"))
-    if parsed.operation is Operation.COMPLETIONS:
+    if operation is Operation.COMPLETIONS:
         return count_text(body.get("prompt") or "", model)
     return count_text(body.get("input") or "", model)
 
@@ -100,7 +100,7 @@ class Estimate:
 
 def estimate(parsed: ParsedRequest, plan: Plan, margin: float) -> Estimate:
     first = plan.candidates[0]
-    prompt = math.ceil(estimate_prompt(parsed, first.upstream) * (1 + margin))
+    prompt = math.ceil(prompt_tokens(parsed.operation, parsed.body, first.upstream) * (1 + margin))
     asked = max_output(parsed.body, first)
     embeddings = parsed.operation is Operation.EMBEDDINGS
     worst_cost = 0.0

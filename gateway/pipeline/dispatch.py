@@ -35,7 +35,7 @@ from gateway.errors import (
     UpstreamUnavailable,
     retry_headers,
 )
-from gateway.pipeline.admit import max_output
+from gateway.pipeline.admit import max_output, prompt_tokens
 from gateway.pipeline.breaker import BreakerOpen, BreakerRegistry, Outcome
 from gateway.pipeline.retry import with_retries
 from gateway.pipeline.route import Plan
@@ -47,7 +47,6 @@ from gateway.providers.base import (
     UpstreamStream,
     Usage,
 )
-from gateway.tokens import count_chat, count_text
 
 T = TypeVar("T")
 Call = Callable[[Provider, UpstreamRequest], Awaitable[T]]
@@ -267,15 +266,6 @@ async def _close(stream: UpstreamStream, frames: AsyncIterator[bytes]) -> None:
             await frames.aclose()
     finally:
         await stream.aclose()
-
-
-def prompt_tokens(operation: Operation, body: Mapping[str, Any], model: str) -> int:
-    """The prompt's token estimate (tiktoken), as admission counts it before its margin."""
-    if operation is Operation.CHAT:
-        return count_chat(body.get("messages") or [], model, body.get("tools"))
-    if operation is Operation.COMPLETIONS:
-        return count_text(body.get("prompt") or "", model)
-    return count_text(body.get("input") or "", model)
 
 
 def breaker_outcome(exc: GatewayError) -> Outcome:
