@@ -44,17 +44,13 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         prepare_encodings()  # fails here, at start-up, when the tokenizer data is missing
         routes, budgets = load(settings.routes_path, settings.budgets_path)
-        client = httpx.AsyncClient(
-            # httpx's API with a lean HTTP/1.1 transport underneath (see gateway/transport.py).
-            transport=transport or FastTransport(max_connections=2000, max_idle=256, keepalive_expiry=30),
-            timeout=httpx.Timeout(60.0),
-            follow_redirects=False,
-        )
+        # A lean HTTP/1.1 keep-alive transport (gateway/transport.py) behind httpx's request/response types.
+        upstream = transport or FastTransport(max_connections=2000, max_idle=256, keepalive_expiry=30)
         store = build_store(settings.redis_url, timeout_s=0.9, max_connections=128)
         runtime_keys = RuntimeKeys(store)
         metrics = Metrics()
         breakers = BreakerRegistry(metrics.circuit_state, settings.redis_url)
-        shared = Shared(client, store, MemoryStore(), runtime_keys.lookup, breakers)
+        shared = Shared(upstream, store, MemoryStore(), runtime_keys.lookup, breakers)
         settler = Settler(store, shared.fallback, metrics)
         state = GatewayState(
             settings, build_runtime(routes, budgets, shared), shared, metrics, runtime_keys, settler
@@ -83,7 +79,7 @@ def create_app(
             for job in jobs:
                 job.cancel()
             await asyncio.gather(*jobs, return_exceptions=True)
-            await client.aclose()
+            await upstream.aclose()
             await store.close()
             await breakers.close()
 

@@ -36,9 +36,9 @@ class Runtime:
 
 @dataclass(frozen=True, slots=True)
 class Shared:
-    """What outlives config versions: the upstream client, the stores, the run-time keys, the breakers."""
+    """What outlives config versions: the upstream transport, the stores, the run-time keys, the breakers."""
 
-    client: httpx.AsyncClient
+    transport: httpx.AsyncBaseTransport
     store: GatewayStore
     fallback: Store
     runtime_keys: RuntimeLookup | None = None
@@ -51,7 +51,7 @@ def build_runtime(routes: RoutesConfig, budgets: BudgetsConfig, shared: Shared) 
         budgets=budgets,
         router=Router(routes),
         keys=KeyIndex(budgets, shared.runtime_keys),
-        providers={name: build_provider(cfg, shared.client) for name, cfg in routes.providers.items()},
+        providers={name: build_provider(cfg, shared.transport) for name, cfg in routes.providers.items()},
         admitter=Admitter(shared.store, shared.fallback, routes.defaults),
         resilience=Resilience(
             breakers=shared.breakers,

@@ -351,6 +351,10 @@ class FastTransport(httpx.AsyncBaseTransport):
                 raise
         raise AssertionError("unreachable")
 
+    def open_connections(self) -> int:
+        """Connections held open, idle or in use, across every origin."""
+        return sum(len(pool.conns) for pool in self._pools.values())
+
     async def aclose(self) -> None:
         conns = [conn for pool in self._pools.values() for conn in pool.conns]
         self._pools.clear()

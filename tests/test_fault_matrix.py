@@ -367,12 +367,8 @@ def loop_tasks(gw: Gateway) -> collections.Counter[str]:
 
 
 def pool_size(gw: Gateway) -> int:
-    """Upstream connections the gateway's client holds open (gateway.transport's pools or httpcore's)."""
-    transport = gw.app.state.gateway.shared.client._transport  # type: ignore[attr-defined]
-    pools = getattr(transport, "_pools", None)
-    if pools is not None:
-        return sum(len(pool.conns) for pool in pools.values())
-    return len(transport._pool.connections)
+    """Upstream connections the gateway's transport holds open."""
+    return int(gw.app.state.gateway.shared.transport.open_connections())  # type: ignore[attr-defined]
 
 
 def settle(condition: Callable[[], bool], within_s: float = 5.0) -> bool:

@@ -20,7 +20,7 @@ ADAPTERS: dict[str, tuple[str, str]] = {
 PROVIDER_TYPES = tuple(ADAPTERS)
 
 
-def build_provider(config: ProviderConfig, client: httpx.AsyncClient) -> Provider:
+def build_provider(config: ProviderConfig, transport: httpx.AsyncBaseTransport) -> Provider:
     module, name = ADAPTERS[config.type]
     adapter = getattr(importlib.import_module(module), name)
-    return cast(Provider, adapter(config, client))
+    return cast(Provider, adapter(config, transport))

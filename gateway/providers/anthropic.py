@@ -33,10 +33,10 @@ class AnthropicProvider:
     requires one; default 4096).
     """
 
-    def __init__(self, config: ProviderConfig, client: httpx.AsyncClient) -> None:
+    def __init__(self, config: ProviderConfig, transport: httpx.AsyncBaseTransport) -> None:
         self.name = config.name
         self._config = config
-        self._client = client
+        self._transport = transport
         base = (config.base_url or DEFAULT_BASE_URL).rstrip("/")
         # The documented base_url is the root, but "…/v1" is a common slip copied from OpenAI configs.
         self._url = base + ("/messages" if base.endswith("/v1") else "/v1/messages")
@@ -47,7 +47,7 @@ class AnthropicProvider:
         """POST a non-streaming Messages request and return the OpenAI ``chat.completion`` body."""
         body = self._body(request, stream=False)
         _, message = await http.post_json(
-            self._client,
+            self._transport,
             self.name,
             self._url,
             body=body,
@@ -64,7 +64,7 @@ class AnthropicProvider:
         """Open a streaming Messages request; return once Anthropic answered 2xx headers."""
         body = self._body(request, stream=True)
         response = await http.open_stream(
-            self._client,
+            self._transport,
             self.name,
             self._url,
             body=body,

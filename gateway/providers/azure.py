@@ -13,8 +13,8 @@ from gateway.providers.openai import PATHS, OpenAIProvider
 
 
 class AzureProvider(OpenAIProvider):
-    def __init__(self, config: ProviderConfig, client: httpx.AsyncClient) -> None:
-        super().__init__(config, client)
+    def __init__(self, config: ProviderConfig, transport: httpx.AsyncBaseTransport) -> None:
+        super().__init__(config, transport)
         self._api_version = config.api_version or "2024-10-21"
 
     def _auth_headers(self, config: ProviderConfig) -> dict[str, str]:

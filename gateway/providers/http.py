@@ -1,4 +1,10 @@
-"""The HTTP plumbing adapters share: send JSON, open a stream, map httpx's errors once."""
+"""The HTTP plumbing adapters share: send JSON, open a stream, map httpx's errors once.
+
+Adapters talk to an ``httpx.AsyncBaseTransport`` directly rather than through ``httpx.AsyncClient``:
+the client's per-request machinery (URL merging, cookies, auth and redirect hooks) costs more CPU
+than the transport underneath and the gateway uses none of it. Tests substitute
+``httpx.MockTransport`` at the same seam.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,7 @@ from typing import Any
 import httpx
 import orjson
 
+from gateway import __version__
 from gateway.errors import DeadlineExceeded, GatewayError, UpstreamStatusError, UpstreamUnavailable
 
 ErrorMapper = Callable[[int, bytes, Mapping[str, str]], UpstreamStatusError]
@@ -53,8 +60,22 @@ def retry_after_of(headers: Mapping[str, str]) -> str | None:
     return headers.get("retry-after")
 
 
+USER_AGENT = "llm-gateway/" + __version__
+
+
+def _request(
+    url: str, body: Mapping[str, Any], headers: Mapping[str, str], timeout_s: float
+) -> httpx.Request:
+    timeout = {"connect": timeout_s, "read": timeout_s, "write": timeout_s, "pool": timeout_s}
+    request = httpx.Request(
+        "POST", url, content=orjson.dumps(body), headers=headers, extensions={"timeout": timeout}
+    )
+    request.headers.setdefault("user-agent", USER_AGENT)
+    return request
+
+
 async def post_json(
-    client: httpx.AsyncClient,
+    transport: httpx.AsyncBaseTransport,
     provider: str,
     url: str,
     *,
@@ -66,7 +87,11 @@ async def post_json(
     """POST a JSON body and return (raw bytes, parsed JSON) of a 2xx answer."""
     try:
         async with asyncio.timeout(timeout_s):
-            resp = await client.post(url, content=orjson.dumps(body), headers=headers, timeout=timeout_s)
+            resp = await transport.handle_async_request(_request(url, body, headers, timeout_s))
+            try:
+                await resp.aread()
+            finally:
+                await resp.aclose()
     except TimeoutError as exc:
         raise DeadlineExceeded(f"upstream '{provider}' timed out") from exc
     except httpx.HTTPError as exc:
@@ -80,7 +105,7 @@ async def post_json(
 
 
 async def open_stream(
-    client: httpx.AsyncClient,
+    transport: httpx.AsyncBaseTransport,
     provider: str,
     url: str,
     *,
@@ -90,12 +115,9 @@ async def open_stream(
     on_error: ErrorMapper = openai_error,
 ) -> httpx.Response:
     """Send a streaming request; return the open 2xx response (the caller must close it)."""
-    request = client.build_request(
-        "POST", url, content=orjson.dumps(body), headers=headers, timeout=timeout_s
-    )
     try:
         async with asyncio.timeout(timeout_s):
-            resp = await client.send(request, stream=True)
+            resp = await transport.handle_async_request(_request(url, body, headers, timeout_s))
     except TimeoutError as exc:
         raise DeadlineExceeded(f"upstream '{provider}' timed out") from exc
     except httpx.HTTPError as exc:

@@ -33,7 +33,7 @@ from gateway.tokens import count_chat, count_text
 
 
 class MockProvider:
-    def __init__(self, config: ProviderConfig, client: httpx.AsyncClient | None = None) -> None:
+    def __init__(self, config: ProviderConfig, transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.name = config.name
         self._latency_s = float(_number(config.options.get("latency_ms"), 0.0)) / 1000.0
         self._fault = str(config.options.get("fault") or "none")

@@ -26,9 +26,9 @@ PATHS = {
 
 
 class OpenAIProvider:
-    def __init__(self, config: ProviderConfig, client: httpx.AsyncClient) -> None:
+    def __init__(self, config: ProviderConfig, transport: httpx.AsyncBaseTransport) -> None:
         self.name = config.name
-        self._client = client
+        self._transport = transport
         self._base = config.base_url.rstrip("/")
         self._headers = {"content-type": "application/json", **self._auth_headers(config), **config.headers}
 
@@ -50,7 +50,7 @@ class OpenAIProvider:
 
     async def send(self, request: UpstreamRequest) -> UpstreamResponse:
         raw, data = await http.post_json(
-            self._client,
+            self._transport,
             self.name,
             self.url(request),
             body=self.upstream_body(request),
@@ -63,7 +63,7 @@ class OpenAIProvider:
 
     async def open_stream(self, request: UpstreamRequest) -> OpenAIStream:
         response = await http.open_stream(
-            self._client,
+            self._transport,
             self.name,
             self.url(request),
             body=self.upstream_body(request),

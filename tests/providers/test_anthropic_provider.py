@@ -68,22 +68,22 @@ def sse_response(
 
 @pytest.fixture
 async def make() -> AsyncIterator[Callable[..., AnthropicProvider]]:
-    clients: list[httpx.AsyncClient] = []
+    transports: list[httpx.MockTransport] = []
 
     def build(handler: Handler, **config: Any) -> AnthropicProvider:
-        client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
-        clients.append(client)
+        transport = httpx.MockTransport(handler)
+        transports.append(transport)
         settings: dict[str, Any] = {
             "name": "claude",
             "type": "anthropic",
             "api_key": "sk-ant-provider",
             **config,
         }
-        return AnthropicProvider(ProviderConfig(**settings), client)
+        return AnthropicProvider(ProviderConfig(**settings), transport)
 
     yield build
-    for client in clients:
-        await client.aclose()
+    for transport in transports:
+        await transport.aclose()
 
 
 def chat(stream: bool = False, headers: dict[str, str] | None = None, **fields: Any) -> UpstreamRequest:
