@@ -20,6 +20,7 @@ from gateway.handlers.anthropic import messages
 from gateway.keys import RuntimeKeys
 from gateway.metrics import Metrics
 from gateway.pipeline.breaker import BreakerRegistry
+from gateway.pipeline.overload import Gate
 from gateway.pipeline.spend import Settler
 from gateway.reload import ConfigWatcher, load
 from gateway.responses import json_response
@@ -50,7 +51,8 @@ def create_app(
         runtime_keys = RuntimeKeys(store)
         metrics = Metrics()
         breakers = BreakerRegistry(metrics.circuit_state, settings.redis_url)
-        shared = Shared(upstream, store, MemoryStore(), runtime_keys.lookup, breakers)
+        gate = Gate(routes.defaults.max_concurrent_upstream)
+        shared = Shared(upstream, store, MemoryStore(), runtime_keys.lookup, breakers, gate)
         settler = Settler(store, shared.fallback, metrics)
         state = GatewayState(
             settings, build_runtime(routes, budgets, shared), shared, metrics, runtime_keys, settler
@@ -75,10 +77,18 @@ def create_app(
         try:
             yield
         finally:
+            # uvicorn gets here after in-flight requests and streams ended (or the grace period ran out):
+            # their settlements run in the background, so wait for them, then retry any the store refused.
             await state.pipeline.drain()
             for job in jobs:
                 job.cancel()
             await asyncio.gather(*jobs, return_exceptions=True)
+            # After the retry job is stopped, so the two never write the same settlement.
+            try:
+                async with asyncio.timeout(5):
+                    await settler.flush()
+            except TimeoutError:
+                log.error("settlement flush timed out at shutdown: %d not written", settler.pending)
             await upstream.aclose()
             await store.close()
             await breakers.close()

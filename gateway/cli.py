@@ -7,8 +7,10 @@ import hashlib
 import logging
 import os
 import secrets
+import signal
 import sys
 from dataclasses import replace
+from types import FrameType
 
 from gateway.config.parse import ConfigError, check
 from gateway.settings import Settings
@@ -116,6 +118,16 @@ def _keys_new(tenant: str, key_id: str, role: str) -> int:
     return 0
 
 
+def _exit_after_graceful_shutdown(signum: int, frame: FrameType | None) -> None:
+    """Exit 0 on the SIGTERM uvicorn re-raises once its graceful shutdown is done.
+
+    uvicorn handles SIGTERM itself (stop accepting, finish in-flight requests and streams, lifespan
+    shutdown), then restores the handler it found and raises the signal again; with the default
+    handler the process would die by the signal (exit -15) although it shut down cleanly.
+    """
+    raise SystemExit(0)
+
+
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -133,6 +145,7 @@ def _serve(args: argparse.Namespace) -> int:
         return 1
     os.environ.update(settings.to_env())
     logging.basicConfig(level=args.log_level.upper(), format="%(message)s")
+    signal.signal(signal.SIGTERM, _exit_after_graceful_shutdown)
     uvicorn.run(
         "gateway.app:app_from_env",
         factory=True,

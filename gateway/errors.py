@@ -15,6 +15,7 @@ Exception tree::
         ├── UpstreamStatusError       an upstream answered non-2xx (4xx passed through as said)
         ├── UpstreamUnavailable       502 connect/reset/malformed after every attempt
         ├── NoHealthyDeployment       503
+        ├── Overloaded                503 this replica's upstream slots stayed full (retry-after)
         ├── StoreUnavailable          503
         └── DeadlineExceeded          504
 
@@ -150,6 +151,19 @@ class UpstreamUnavailable(ServerError):
 class NoHealthyDeployment(ServerError):
     status = 503
     code = "no_healthy_deployment"
+
+
+class Overloaded(ServerError):
+    """Every upstream slot of this replica stayed taken for the whole queue timeout."""
+
+    status = 503
+    code = "overloaded"
+
+    def __init__(self, message: str, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        # A short back-off: slots free up as soon as the requests holding them end.
+        for name, value in retry_headers(1).items():
+            self.headers.setdefault(name, value)
 
 
 class StoreUnavailable(ServerError):

@@ -1,6 +1,6 @@
 """The request pipeline, its stages in the one order DESIGN.md gives them.
 
-    parse → authenticate → route → admit → plugins (pre) → cache → dispatch → plugins (post) → settle
+    parse → authenticate → route → admit → plugins (pre) → cache → gate → dispatch → plugins (post) → settle
 
 An ``Ingress`` adapts the pipeline to a wire format: OpenAI's endpoints use it as is, Anthropic's
 ``/v1/messages`` translates its body in and the answers (JSON, stream, errors) back out.
@@ -19,11 +19,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.context import Exchange
-from gateway.errors import GatewayError, ServerError
+from gateway.errors import GatewayError, Overloaded, ServerError
 from gateway.metrics import Metrics
 from gateway.pipeline.admit import ratelimit_headers
 from gateway.pipeline.auth import authenticate
 from gateway.pipeline.dispatch import Dispatcher
+from gateway.pipeline.overload import Gate
 from gateway.pipeline.parse import parse, read_json
 from gateway.pipeline.settle import format_usd, price_usage, settle
 from gateway.pipeline.spend import Settler
@@ -56,10 +57,11 @@ class Ingress(Protocol):
 
 
 class Pipeline:
-    def __init__(self, source: RuntimeSource, metrics: Metrics, settler: Settler) -> None:
+    def __init__(self, source: RuntimeSource, metrics: Metrics, settler: Settler, gate: Gate) -> None:
         self._source = source
         self._metrics = metrics
         self._settler = settler
+        self._gate = gate
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def handle(self, request: Request, operation: Operation, ingress: Ingress) -> Response:
@@ -97,11 +99,23 @@ class Pipeline:
                 attempts=ex.attempts,
                 resilience=runtime.resilience,
             )
+            # Shed here rather than queue without bound; the admission reservation is released by the
+            # settlement that ``_error`` schedules, like any other refusal.
+            if not await self._gate.acquire(runtime.routes.defaults.queue_timeout_s):
+                raise Overloaded("This gateway replica is at its upstream concurrency limit; retry shortly.")
             if parsed.stream:
-                upstream_stream = await dispatcher.open_stream()
+                try:
+                    upstream_stream = await dispatcher.open_stream()
+                except BaseException:
+                    self._gate.release()
+                    raise
+                # From here the slot is the stream's: ``_stream`` gives it back when the upstream closes.
                 frames = self._stream(ex, ingress, upstream_stream, parsed.include_usage)
                 return SSEResponse(frames, ex.response_headers())
-            upstream = await dispatcher.send()
+            try:
+                upstream = await dispatcher.send()
+            finally:
+                self._gate.release()
             # 8 plugins (post): pass-through until that stage lands
             body_out = ingress.response(upstream)
         except GatewayError as err:
@@ -154,7 +168,10 @@ class Pipeline:
             ex.status, ex.error_code = failure.status, failure.code
             yield ingress.stream_error(failure)
         finally:
-            await upstream.aclose()
+            try:
+                await upstream.aclose()
+            finally:
+                self._gate.release()
             ex.usage = upstream.usage
             # Not awaited here: the client's stream closes without waiting for the store.
             self._background(self._settle(ex))

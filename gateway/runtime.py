@@ -7,7 +7,7 @@ changes the rules under an in-flight request or stream.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import httpx
 
@@ -16,6 +16,7 @@ from gateway.pipeline.admit import Admitter
 from gateway.pipeline.auth import KeyIndex, RuntimeLookup
 from gateway.pipeline.breaker import BreakerRegistry
 from gateway.pipeline.dispatch import Resilience
+from gateway.pipeline.overload import Gate
 from gateway.pipeline.route import Router
 from gateway.providers import build_provider
 from gateway.providers.base import Provider
@@ -36,13 +37,15 @@ class Runtime:
 
 @dataclass(frozen=True, slots=True)
 class Shared:
-    """What outlives config versions: the upstream transport, the stores, the run-time keys, the breakers."""
+    """What outlives config versions: the upstream transport, the stores, the run-time keys, the breakers,
+    the upstream concurrency gate."""
 
     transport: httpx.AsyncBaseTransport
     store: GatewayStore
     fallback: Store
     runtime_keys: RuntimeLookup | None = None
     breakers: BreakerRegistry | None = None
+    gate: Gate = field(default_factory=Gate)
 
 
 def build_runtime(routes: RoutesConfig, budgets: BudgetsConfig, shared: Shared) -> Runtime:

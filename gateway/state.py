@@ -25,7 +25,7 @@ class GatewayState:
     pipeline: Pipeline = field(init=False)
 
     def __post_init__(self) -> None:
-        self.pipeline = Pipeline(self, self.metrics, self.settler)
+        self.pipeline = Pipeline(self, self.metrics, self.settler, self.shared.gate)
 
     @property
     def store(self) -> GatewayStore:
@@ -33,3 +33,5 @@ class GatewayState:
 
     def publish(self, runtime: Runtime) -> None:
         self.runtime = runtime
+        # The gate outlives config versions; a new cap applies from now on, holders keep their slots.
+        self.shared.gate.resize(runtime.routes.defaults.max_concurrent_upstream)

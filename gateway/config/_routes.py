@@ -178,7 +178,16 @@ def _defaults(value: object, c: Checker) -> Defaults:
     base = Defaults()
     if value is None:
         return base
-    fields = ("timeout_s", "retry", "breaker", "max_body_bytes", "store_failure", "estimate_margin")
+    fields = (
+        "timeout_s",
+        "retry",
+        "breaker",
+        "max_body_bytes",
+        "store_failure",
+        "estimate_margin",
+        "max_concurrent_upstream",
+        "queue_timeout_s",
+    )
     d = c.record(value, "defaults", fields)
     if d is None:
         return base
@@ -189,6 +198,8 @@ def _defaults(value: object, c: Checker) -> Defaults:
         max_body_bytes=c.integer(d, "defaults", "max_body_bytes", base.max_body_bytes, ge=1024),
         store_failure=c.choice(d, "defaults", "store_failure", _STORE_FAILURE, base.store_failure),
         estimate_margin=c.number(d, "defaults", "estimate_margin", base.estimate_margin, ge=0, le=1),
+        max_concurrent_upstream=c.opt_integer(d, "defaults", "max_concurrent_upstream", ge=1),
+        queue_timeout_s=c.number(d, "defaults", "queue_timeout_s", base.queue_timeout_s, ge=0),
     )
 
 

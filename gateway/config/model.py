@@ -106,6 +106,10 @@ class Defaults:
     max_body_bytes: int = 10 * 1024 * 1024
     store_failure: Literal["closed", "open"] = "closed"
     estimate_margin: float = 0.10
+    max_concurrent_upstream: int | None = None
+    """Per-replica cap on upstream requests in flight; None is no cap."""
+    queue_timeout_s: float = 1.0
+    """How long a request waits for a free upstream slot before it is shed with 503."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -77,11 +77,21 @@ class Settler:
         """Write queued settlements once the store answers again."""
         while True:
             await asyncio.sleep(self._retry_interval_s)
-            while self._pending:
-                settlement = self._pending[0]
-                try:
-                    spent = await self._store.settle(settlement)
-                except StoreUnavailableError:
-                    break
-                self._pending.popleft()
-                self._observe(settlement, spent)
+            await self._write_pending()
+
+    async def flush(self) -> None:
+        """One last attempt at the queued settlements (graceful shutdown); what is left is logged."""
+        await self._write_pending()
+        if self._pending:
+            log.error("store unreachable at shutdown: %d settlements not written", len(self._pending))
+
+    async def _write_pending(self) -> None:
+        # Oldest first, and stop at the first failure: the store is down, the rest would fail too.
+        while self._pending:
+            settlement = self._pending[0]
+            try:
+                spent = await self._store.settle(settlement)
+            except StoreUnavailableError:
+                return
+            self._pending.popleft()
+            self._observe(settlement, spent)

@@ -170,10 +170,13 @@ class TestDefaults:
                   max_body_bytes: 1024
                   store_failure: open
                   estimate_margin: 0
+                  max_concurrent_upstream: 64
+                  queue_timeout_s: 0
                 """
             )
         )
         d = config.defaults
+        assert (d.max_concurrent_upstream, d.queue_timeout_s) == (64, 0.0)
         assert (d.timeout_s, d.max_body_bytes, d.store_failure, d.estimate_margin) == (5.0, 1024, "open", 0.0)
         assert (d.retry.attempts, d.retry.backoff_initial_s, d.retry.backoff_max_s) == (1, 0.0, 0.0)
         assert (d.breaker.failures, d.breaker.reset_s) == (1, 0.5)
@@ -189,6 +192,8 @@ class TestDefaults:
                   max_body_bytes: 1023
                   store_failure: maybe
                   estimate_margin: 1.5
+                  max_concurrent_upstream: 0
+                  queue_timeout_s: -0.5
                 """
             )
         )
@@ -201,6 +206,8 @@ class TestDefaults:
             "routes.yaml: defaults.max_body_bytes: must be >= 1024",
             "routes.yaml: defaults.store_failure: must be one of closed, open",
             "routes.yaml: defaults.estimate_margin: must be between 0 and 1",
+            "routes.yaml: defaults.max_concurrent_upstream: must be >= 1",
+            "routes.yaml: defaults.queue_timeout_s: must be >= 0",
         ]
 
     def test_backoff_max_below_initial(self) -> None:
@@ -221,6 +228,13 @@ class TestDefaults:
     def test_empty_sections_mean_defaults(self) -> None:
         config, _ = routes_ok(with_minimal("defaults:\n  retry:\n  breaker:\n"))
         assert config.defaults.retry.attempts == 3
+        # No cap on concurrent upstream requests unless one is configured.
+        assert (config.defaults.max_concurrent_upstream, config.defaults.queue_timeout_s) == (None, 1.0)
+
+    def test_concurrency_cap_must_be_an_integer(self) -> None:
+        assert routes_errors(with_minimal("defaults: {max_concurrent_upstream: 2.5}")) == [
+            "routes.yaml: defaults.max_concurrent_upstream: must be an integer"
+        ]
 
 
 # -- routes ---------------------------------------------------------------------------------------------
