@@ -35,6 +35,7 @@ class Exchange:
     """The SDK's ``x-stainless-retry-count``: how many times the client already retried this call."""
     reservation: Reservation | None = None
     limit_headers: dict[str, str] = field(default_factory=dict)
+    stream_ended: bool = False
 
     @property
     def tenant(self) -> str:

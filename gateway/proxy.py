@@ -9,6 +9,7 @@ An ``Ingress`` adapts the pipeline to a wire format: OpenAI's endpoints use it a
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Coroutine
@@ -111,7 +112,9 @@ class Pipeline:
                     raise
                 # From here the slot is the stream's: ``_stream`` gives it back when the upstream closes.
                 frames = self._stream(ex, ingress, upstream_stream, parsed.include_usage)
-                return SSEResponse(frames, ex.response_headers())
+                # A client gone before the first frame never starts ``frames``; on_close still cleans up.
+                on_close = functools.partial(self._end_stream, ex, upstream_stream)
+                return SSEResponse(frames, ex.response_headers(), on_close)
             try:
                 upstream = await dispatcher.send()
             finally:
@@ -168,13 +171,20 @@ class Pipeline:
             ex.status, ex.error_code = failure.status, failure.code
             yield ingress.stream_error(failure)
         finally:
-            try:
-                await upstream.aclose()
-            finally:
-                self._gate.release()
-            ex.usage = upstream.usage
-            # Not awaited here: the client's stream closes without waiting for the store.
-            self._background(self._settle(ex))
+            await self._end_stream(ex, upstream)
+
+    async def _end_stream(self, ex: Exchange, upstream: UpstreamStream) -> None:
+        """Close the upstream, free the slot, settle: once, whether or not the stream ever started."""
+        if ex.stream_ended:
+            return
+        ex.stream_ended = True
+        try:
+            await upstream.aclose()
+        finally:
+            self._gate.release()
+        ex.usage = upstream.usage
+        # Not awaited here: the client's stream closes without waiting for the store.
+        self._background(self._settle(ex))
 
     def _background(self, job: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(job)
