@@ -15,7 +15,7 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Coroutine
 from typing import Any, Protocol
 
-from starlette.background import BackgroundTask
+from starlette.background import BackgroundTask, BackgroundTasks
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -24,9 +24,18 @@ from gateway.errors import GatewayError, Overloaded, ServerError
 from gateway.metrics import Metrics
 from gateway.pipeline.admit import ratelimit_headers
 from gateway.pipeline.auth import authenticate
+from gateway.pipeline.cache import (
+    CachedAnswer,
+    CachedStream,
+    RecordingStream,
+    ResponseCache,
+    canonical_key,
+    is_cacheable,
+    usable,
+)
 from gateway.pipeline.dispatch import Dispatcher
 from gateway.pipeline.overload import Gate
-from gateway.pipeline.parse import parse, read_json
+from gateway.pipeline.parse import ParsedRequest, parse, read_json
 from gateway.pipeline.settle import format_usd, price_usage, settle
 from gateway.pipeline.spend import Settler
 from gateway.providers.base import Operation, UpstreamResponse, UpstreamStream
@@ -58,11 +67,14 @@ class Ingress(Protocol):
 
 
 class Pipeline:
-    def __init__(self, source: RuntimeSource, metrics: Metrics, settler: Settler, gate: Gate) -> None:
+    def __init__(
+        self, source: RuntimeSource, metrics: Metrics, settler: Settler, gate: Gate, cache: ResponseCache
+    ) -> None:
         self._source = source
         self._metrics = metrics
         self._settler = settler
         self._gate = gate
+        self._cache = cache
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def handle(self, request: Request, operation: Operation, ingress: Ingress) -> Response:
@@ -87,14 +99,18 @@ class Pipeline:
             )
             if (reservation := ex.reservation) is not None:
                 ex.limit_headers = ratelimit_headers(reservation.admission.states, reservation.ask.scopes)
-            # 5 plugins (pre) and 6 cache lookup: pass-through until those stages land
-            ex.cache = "skip" if request.headers.get("x-gateway-cache") == "skip" else "miss"
+            # 5 plugins (pre): pass-through until that stage lands
+            # 6 cache: exact-match lookup, tenant-scoped
+            forwarded = ingress.forward_headers(request)
+            cache_key, cached = await self._lookup(ex, request, operation, parsed, forwarded)
+            if cached is not None:
+                return self._hit(ex, ingress, cached, parsed.include_usage)
             # 7 dispatch
             dispatcher = Dispatcher(
                 providers=runtime.providers,
                 operation=operation,
                 body=parsed.body,
-                headers=ingress.forward_headers(request),
+                headers=forwarded,
                 plan=ex.plan,
                 deadline=time.monotonic() + ex.plan.timeout_s,
                 attempts=ex.attempts,
@@ -106,10 +122,13 @@ class Pipeline:
                 raise Overloaded("This gateway replica is at its upstream concurrency limit; retry shortly.")
             if parsed.stream:
                 try:
-                    upstream_stream = await dispatcher.open_stream()
+                    upstream_stream: UpstreamStream = await dispatcher.open_stream()
                 except BaseException:
                     self._gate.release()
                     raise
+                if cache_key is not None and ex.plan.cache is not None:
+                    # recorded as it is sent; ``_end_stream`` stores it if it ran to its end
+                    upstream_stream = RecordingStream(upstream_stream, cache_key, ex.plan.cache.ttl_s)
                 # From here the slot is the stream's: ``_stream`` gives it back when the upstream closes.
                 frames = self._stream(ex, ingress, upstream_stream, parsed.include_usage)
                 # A client gone before the first frame never starts ``frames``; on_close still cleans up.
@@ -133,6 +152,66 @@ class Pipeline:
         headers = ex.response_headers()
         headers["x-gateway-cost-usd"] = format_usd(ex.cost)
         response = json_response(body_out, 200, headers)
+        tasks = BackgroundTasks()
+        if (
+            cache_key is not None
+            and ex.plan is not None
+            and ex.plan.cache is not None
+            and upstream.status == 200
+        ):
+            answer = CachedAnswer(ex.model, upstream.usage, body=upstream.body)
+            tasks.add_task(self._cache.put, cache_key, answer, ex.plan.cache.ttl_s)
+        tasks.add_task(self._settle, ex)
+        response.background = tasks
+        return response
+
+    async def _lookup(
+        self,
+        ex: Exchange,
+        request: Request,
+        operation: Operation,
+        parsed: ParsedRequest,
+        forwarded: dict[str, str],
+    ) -> tuple[str | None, CachedAnswer | None]:
+        """Stage 6: the key to store this answer under (None: do not store) and a stored answer.
+
+        ``x-gateway-cache`` says ``hit`` or ``miss`` when a lookup happened, ``refresh`` when the client
+        asked to replace the entry (no lookup, the fresh answer is stored), and ``skip`` when the client
+        opted out or the request is not cacheable: then the store is not called at all.
+        """
+        plan = ex.plan
+        asked = request.headers.get("x-gateway-cache")
+        if plan is None or asked == "skip" or not is_cacheable(plan.cache, operation, parsed.body):
+            ex.cache = "skip"
+        else:
+            key = canonical_key(ex.tenant, operation, parsed.body, route=plan.route, headers=forwarded)
+            if asked == "refresh":
+                ex.cache = "refresh"
+                self._cache.count(ex.cache)
+                return key, None
+            answer = await self._cache.get(key)
+            # the stored deployment must still be one this key may use on this route
+            deployment = usable(answer, plan.candidates) if answer is not None else None
+            ex.cache = "miss" if deployment is None else "hit"
+            self._cache.count(ex.cache)
+            if deployment is None:
+                return key, None
+            ex.attempts.deployment = deployment
+            return key, answer
+        self._cache.count(ex.cache)
+        return None, None
+
+    def _hit(self, ex: Exchange, ingress: Ingress, answer: CachedAnswer, include_usage: bool) -> Response:
+        """Answer from the cache, rendered like a fresh answer. A hit costs 0 and records no tokens:
+        ``ex.usage`` stays None, so settlement only releases the admission reservation."""
+        headers = ex.response_headers()
+        if answer.body is None:
+            replay = CachedStream(answer)
+            frames = self._stream(ex, ingress, replay, include_usage)
+            on_close = functools.partial(self._end_stream, ex, replay)
+            return SSEResponse(frames, headers, on_close)
+        headers["x-gateway-cost-usd"] = "0"
+        response = json_response(ingress.response(UpstreamResponse(answer.body, answer.usage)), 200, headers)
         response.background = BackgroundTask(self._settle, ex)
         return response
 
@@ -178,11 +257,18 @@ class Pipeline:
         if ex.stream_ended:
             return
         ex.stream_ended = True
+        if isinstance(upstream, CachedStream):
+            # a replay never took an upstream slot, and records no tokens (a hit costs 0)
+            self._background(self._settle(ex))
+            return
         try:
             await upstream.aclose()
         finally:
             self._gate.release()
         ex.usage = upstream.usage
+        if isinstance(upstream, RecordingStream) and upstream.complete and ex.status == 200:
+            answer = upstream.answer(ex.model)
+            self._background(self._cache.put(upstream.key, answer, upstream.ttl_s))
         # Not awaited here: the client's stream closes without waiting for the store.
         self._background(self._settle(ex))
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from gateway.keys import RuntimeKeys
 from gateway.metrics import Metrics
+from gateway.pipeline.cache import ResponseCache
 from gateway.pipeline.spend import Settler
 from gateway.proxy import Pipeline
 from gateway.runtime import Runtime, Shared
@@ -25,7 +26,8 @@ class GatewayState:
     pipeline: Pipeline = field(init=False)
 
     def __post_init__(self) -> None:
-        self.pipeline = Pipeline(self, self.metrics, self.settler, self.shared.gate)
+        cache = ResponseCache(self.shared.store, self.metrics)
+        self.pipeline = Pipeline(self, self.metrics, self.settler, self.shared.gate, cache)
 
     @property
     def store(self) -> GatewayStore:

@@ -1,8 +1,9 @@
 """Where admission state lives: Redis for several replicas, process memory for one.
 
 ``build_store`` picks one from ``GATEWAY_REDIS_URL``. Both keep the contract in ``base`` (admit,
-settle, spend — exact under concurrency, one atomic step each) and store run-time API keys for the
-admin API (``KeyStore``); the same contract tests run against both.
+settle, spend — exact under concurrency, one atomic step each), store run-time API keys for the
+admin API (``KeyStore``) and hold the response cache (``cache_get`` / ``cache_put``); the same
+contract tests run against both.
 """
 
 from __future__ import annotations
@@ -43,6 +44,14 @@ class GatewayStore(Store, KeyStore, Protocol):
     async def spend(self, tenant: str, scope: ScopeLimits, now: float | None = None) -> Spend:
         """Spent (current period) and live reserved for one scope; ``now`` (default: the wall clock)
         decides which leases have expired and are reaped first."""
+        ...
+
+    async def cache_get(self, key: str) -> bytes | None:
+        """The response-cache entry under ``key`` (``gw:{<tenant>}:cache:<sha256>``), if live."""
+        ...
+
+    async def cache_put(self, key: str, value: bytes, ttl_s: int) -> None:
+        """Store a response-cache entry for ``ttl_s`` seconds, replacing any entry under ``key``."""
         ...
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import heapq
 import time
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -38,6 +39,8 @@ SPENT_RETENTION_S = 32 * 86_400
 """A period's spent is kept this long after the period starts: the longest period (a 31-day month)
 plus a day for settles straddling the boundary and for clock skew. ``total`` (period_start 0) is kept."""
 SWEEP_EVERY_MS = 60_000
+CACHE_ENTRIES = 10_000
+"""The response cache holds at most this many answers; the oldest put goes first."""
 
 _KINDS: tuple[Literal["rpm", "tpm", "budget"], ...] = ("rpm", "tpm", "budget")
 
@@ -103,8 +106,11 @@ def _state(scope: str, used: list[int], oldest: list[int | None], now_ms: int) -
 class MemoryStore:
     """Admission, settlement and run-time keys held in this process's memory."""
 
-    def __init__(self) -> None:
+    def __init__(self, cache_entries: int = CACHE_ENTRIES) -> None:
         self._tenants: dict[str, _Tenant] = {}
+        self._cache: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+        """key → (monotonic expiry, value), oldest put first."""
+        self._cache_entries = cache_entries
         self._keys: dict[str, dict[str, Any]] = {}
         self._keys_version = 0
         self._next_sweep_ms = 0
@@ -225,6 +231,25 @@ class MemoryStore:
 
     async def close(self) -> None:
         return None
+
+    # -- response cache ------------------------------------------------------------------------------------
+
+    async def cache_get(self, key: str) -> bytes | None:
+        entry = self._cache.get(key)
+        if entry is None:
+            return None
+        if entry[0] <= time.monotonic():
+            del self._cache[key]
+            return None
+        return entry[1]
+
+    async def cache_put(self, key: str, value: bytes, ttl_s: int) -> None:
+        # Bounded by count, not bytes: answers are capped by max_tokens, and this store is for one
+        # process in development; production caches live in Redis (maxmemory decides there).
+        self._cache.pop(key, None)
+        self._cache[key] = (time.monotonic() + ttl_s, value)
+        while len(self._cache) > self._cache_entries:
+            self._cache.popitem(last=False)
 
     # -- internals ------------------------------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ Key layout (``{T}`` is the tenant as a Redis Cluster hash tag, so one script cal
     gw:{T}:rpm:<scope>            HASH   <unix second> → requests;  n → sum;  lo → oldest second
     gw:{T}:tpm:<scope>            HASH   <unix second> → tokens;    n → sum;  lo → oldest second
     gw:{T}:spent:<scope>:<start>  STRING spent nano in the budget period starting at <start>
+    gw:{T}:cache:<sha256>         STRING a cached answer (gateway/pipeline/cache.py), TTL per route
     gw:{admin}:keys               HASH   sha256 → run-time key record (JSON)
     gw:{admin}:key-ids            HASH   key id → sha256
     gw:{admin}:keys-version       STRING bumped on every key change
@@ -240,6 +241,15 @@ class RedisStore:
 
     async def close(self) -> None:
         await self._redis.aclose()
+
+    # -- response cache ------------------------------------------------------------------------------------
+
+    async def cache_get(self, key: str) -> bytes | None:
+        value = await self._call(lambda: self._redis.get(key))
+        return value.encode() if isinstance(value, str) else value
+
+    async def cache_put(self, key: str, value: bytes, ttl_s: int) -> None:
+        await self._call(lambda: self._redis.set(key, value, ex=ttl_s))
 
     # -- run-time keys (admin API, off the hot path) --------------------------------------------------------
 

@@ -1,0 +1,48 @@
+"""The response cache's store methods, on both stores (see the ``store`` fixture)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import redis
+
+from gateway.store import GatewayStore
+from gateway.store.memory import MemoryStore
+from gateway.store.redis import RedisStore
+
+KEY = "gw:{acme}:cache:" + "0" * 64
+
+
+async def test_put_then_get(store: GatewayStore) -> None:
+    assert await store.cache_get(KEY) is None
+    await store.cache_put(KEY, b"answer", 60)
+    assert await store.cache_get(KEY) == b"answer"
+    await store.cache_put(KEY, b"replaced", 60)
+    assert await store.cache_get(KEY) == b"replaced"
+    assert await store.cache_get(KEY.replace("acme", "initech")) is None
+
+
+async def test_an_entry_expires_after_its_ttl(store: GatewayStore) -> None:
+    await store.cache_put(KEY, b"answer", 1)
+    await asyncio.sleep(1.1)
+    assert await store.cache_get(KEY) is None
+
+
+@pytest.mark.redis
+async def test_redis_sets_the_ttl_in_the_tenant_slot(clean_redis: str) -> None:
+    store = RedisStore(clean_redis, timeout_s=2.0)
+    try:
+        await store.cache_put(KEY, b"answer", 60)
+        with redis.Redis.from_url(clean_redis) as client:
+            assert 55 <= int(client.ttl(KEY)) <= 60
+            assert client.get(KEY) == b"answer"
+    finally:
+        await store.close()
+
+
+async def test_memory_cache_is_bounded_oldest_first() -> None:
+    store = MemoryStore(cache_entries=3)
+    for i in range(5):
+        await store.cache_put(f"k{i}", b"v", 60)
+    assert [await store.cache_get(f"k{i}") for i in range(5)] == [None, None, b"v", b"v", b"v"]
