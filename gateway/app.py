@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator
 
 import httpx
@@ -18,7 +19,7 @@ from gateway.errors import GatewayError, NotFound, ServerError, render_openai
 from gateway.handlers import admin, health, openai
 from gateway.handlers.anthropic import messages
 from gateway.keys import RuntimeKeys
-from gateway.metrics import Metrics
+from gateway.metrics import Metrics, mark_dead
 from gateway.pipeline.breaker import BreakerRegistry
 from gateway.pipeline.overload import Gate
 from gateway.pipeline.spend import Settler
@@ -92,6 +93,9 @@ def create_app(
             await upstream.aclose()
             await store.close()
             await breakers.close()
+            # In multiprocess mode this worker's live gauges (circuit states) must stop counting once it
+            # is gone; its counters stay in the directory so totals never go back.
+            mark_dead(os.getpid())
 
     routes = [
         Route("/v1/chat/completions", openai.chat_completions, methods=["POST"]),

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import glob
 import hashlib
 import logging
 import os
 import secrets
+import shutil
 import signal
 import sys
+import tempfile
 from dataclasses import replace
 from types import FrameType
 
@@ -144,18 +147,46 @@ def _serve(args: argparse.Namespace) -> int:
         print("\n".join(errors), file=sys.stderr)
         return 1
     os.environ.update(settings.to_env())
+    created_dir = _prepare_multiprocess_metrics(settings.workers)
     logging.basicConfig(level=args.log_level.upper(), format="%(message)s")
     signal.signal(signal.SIGTERM, _exit_after_graceful_shutdown)
-    uvicorn.run(
-        "gateway.app:app_from_env",
-        factory=True,
-        host=settings.host,
-        port=settings.port,
-        workers=settings.workers if settings.workers > 1 else None,
-        loop="uvloop",
-        http="httptools",
-        access_log=False,
-        log_level=args.log_level,
-        timeout_graceful_shutdown=30,
-    )
+    try:
+        uvicorn.run(
+            "gateway.app:app_from_env",
+            factory=True,
+            host=settings.host,
+            port=settings.port,
+            workers=settings.workers if settings.workers > 1 else None,
+            loop="uvloop",
+            http="httptools",
+            access_log=False,
+            log_level=args.log_level,
+            timeout_graceful_shutdown=30,
+        )
+    finally:
+        if created_dir is not None:
+            # Ours alone, and nothing reads it once the workers are gone.
+            shutil.rmtree(created_dir, ignore_errors=True)
     return 0
+
+
+def _prepare_multiprocess_metrics(workers: int) -> str | None:
+    """Switch prometheus-client to multiprocess mode for the workers; return the dir if we made it.
+
+    prometheus-client picks its value class (in-memory or mmap file) once, when it is first imported,
+    from ``PROMETHEUS_MULTIPROC_DIR``. uvicorn starts workers as fresh ``spawn`` processes that inherit
+    this environment and import everything anew, so setting the variable here, before ``uvicorn.run``,
+    reaches every worker. With one worker nothing changes unless the user set the variable. A leftover
+    file from an earlier run would be summed into this one's totals, so the directory starts empty.
+    """
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if workers <= 1 and not path:
+        return None
+    created = None
+    if not path:
+        path = created = tempfile.mkdtemp(prefix="gateway-metrics-")
+    os.makedirs(path, exist_ok=True)
+    for name in glob.glob(os.path.join(path, "*.db")):
+        os.remove(name)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    return created

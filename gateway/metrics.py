@@ -1,11 +1,32 @@
 """Prometheus metrics, named as DESIGN.md lists them; base units, bounded labels.
 
-One ``Metrics`` per app, on its own registry, so tests can build many apps in one process.
+Two modes, chosen by the environment when ``Metrics`` is built:
+
+- single process (the default, and what the tests use): one ``Metrics`` per app, each on its own
+  registry, so a test process can build many apps side by side; ``/metrics`` renders that registry.
+- multiprocess (``PROMETHEUS_MULTIPROC_DIR`` set; ``python -m gateway serve --workers N`` sets it before
+  uvicorn spawns the workers): prometheus-client keeps every value in per-process mmap files in that
+  directory, and ``/metrics`` sums the files of all workers, so any worker answers a scrape with the
+  totals of the whole server. The metric objects still live on a private registry: rendering it would
+  show only the answering worker's share.
+
+Gauges need a ``multiprocess_mode`` to say how the workers' values combine:
+``gateway_budget_remaining_usd`` is ``mostrecent`` (the budget lives in the shared store, so the
+latest value any worker read is the freshest, and it stays true after that worker exits);
+``gateway_circuit_state`` is ``livemax`` (the worst state any live worker sees: a worker that sees the
+circuit open is refusing that deployment; a dead worker's view no longer matters).
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+import glob
+import os
+import re
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# prometheus_client.multiprocess carries no annotations, hence the ``no-untyped-call`` ignores below.
 
 LATENCY_BUCKETS = (
     0.0005,
@@ -28,10 +49,53 @@ LATENCY_BUCKETS = (
 )
 OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
 
+# The files prometheus-client keeps per process for gauges in a ``live*`` mode: gauge_liveall_1234.db.
+_LIVE_GAUGE_FILE = re.compile(r"gauge_live\w+?_(\d+)\.db$")
+
+
+def multiprocess_dir() -> str | None:
+    """The multiprocess directory when multiprocess mode is on, else None."""
+    return os.environ.get(MULTIPROC_ENV) or None
+
+
+def mark_dead(pid: int) -> None:
+    """Drop a finished worker's ``live*`` gauge files (counters stay: totals must never go back)."""
+    path = multiprocess_dir()
+    if path is not None:
+        multiprocess.mark_process_dead(pid, path)  # type: ignore[no-untyped-call]
+
+
+def reap_dead_workers(path: str) -> None:
+    """Mark workers that died without a lifespan shutdown (killed, crashed) as dead.
+
+    uvicorn's supervisor restarts such workers but offers no hook to run code for the dead one, so the
+    scrape does it: any ``live*`` gauge file whose process no longer exists is dropped.
+    """
+    for name in glob.glob(os.path.join(path, "gauge_live*_*.db")):
+        match = _LIVE_GAUGE_FILE.search(name)
+        if match is None:
+            continue
+        pid = int(match.group(1))
+        if not _alive(pid):
+            multiprocess.mark_process_dead(pid, path)  # type: ignore[no-untyped-call]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: existence check only
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else (a reused pid): leave its files alone
+    return True
+
 
 class Metrics:
+    """Every gateway metric, created once per app."""
+
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
+        self.multiprocess_dir = multiprocess_dir()
         r = self.registry
         self.requests = Counter(
             "gateway_requests", "Requests by outcome.", ["tenant", "route", "model", "status"], registry=r
@@ -39,7 +103,11 @@ class Metrics:
         self.tokens = Counter("gateway_tokens", "Tokens by kind.", ["tenant", "model", "kind"], registry=r)
         self.cost = Counter("gateway_cost_usd", "Spend in USD.", ["tenant", "model"], registry=r)
         self.budget_remaining = Gauge(
-            "gateway_budget_remaining_usd", "Remaining budget this period.", ["tenant"], registry=r
+            "gateway_budget_remaining_usd",
+            "Remaining budget this period.",
+            ["tenant"],
+            registry=r,
+            multiprocess_mode="mostrecent",
         )
         self.request_duration = Histogram(
             "gateway_request_duration_seconds", "Whole request.", buckets=LATENCY_BUCKETS, registry=r
@@ -63,7 +131,11 @@ class Metrics:
         self.retries = Counter("gateway_retries", "Upstream retries.", registry=r)
         self.fallbacks = Counter("gateway_fallbacks", "Moves to the next candidate.", registry=r)
         self.circuit_state = Gauge(
-            "gateway_circuit_state", "0 closed, 1 half-open, 2 open.", ["deployment"], registry=r
+            "gateway_circuit_state",
+            "0 closed, 1 half-open, 2 open.",
+            ["deployment"],
+            registry=r,
+            multiprocess_mode="livemax",
         )
         self.budget_overrun = Counter(
             "gateway_budget_overrun_usd",
@@ -76,4 +148,11 @@ class Metrics:
         )
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        """The text exposition: this app's registry, or the sum over all workers in multiprocess mode."""
+        if self.multiprocess_dir is None:
+            return generate_latest(self.registry)
+        reap_dead_workers(self.multiprocess_dir)
+        # A fresh registry per scrape, as prometheus-client documents: the collector reads the files.
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=self.multiprocess_dir)  # type: ignore[no-untyped-call]
+        return generate_latest(registry)

@@ -16,7 +16,17 @@ ADMIN_KEY = "admin-secret-for-tests"
 
 
 class Replica:
-    def __init__(self, routes: Path, budgets: Path, redis_url: str, log: Path) -> None:
+    def __init__(
+        self,
+        routes: Path,
+        budgets: Path,
+        redis_url: str,
+        log: Path,
+        *,
+        workers: int = 1,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        """``workers`` > 1 runs uvicorn's supervisor with that many workers behind one port."""
         self.port = free_port()
         env = {
             **os.environ,
@@ -24,6 +34,7 @@ class Replica:
             "GATEWAY_ADMIN_KEY": ADMIN_KEY,
             "GATEWAY_LOG_LEVEL": "warning",
             "GATEWAY_RELOAD_INTERVAL_S": "0.2",
+            **(env or {}),
         }
         cmd = [
             sys.executable,
@@ -36,6 +47,8 @@ class Replica:
             str(routes),
             "--budgets",
             str(budgets),
+            "--workers",
+            str(workers),
         ]
         self.log = log
         self.proc = subprocess.Popen(cmd, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
