@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,otel]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -46,3 +46,16 @@ bench-quick: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+# Deployment artefacts (Dockerfile, deploy/compose.yaml, deploy/k8s). kubernetes-validate bundles the
+# Kubernetes JSON schemas, so the manifests are validated offline, without a cluster.
+.PHONY: lock validate-deploy
+
+lock: $(STAMP)
+	$(PY) tests/test_deploy.py --lock > requirements.lock.tmp && mv requirements.lock.tmp requirements.lock
+
+validate-deploy: $(STAMP)
+	$(PY) -m pip install --quiet 'kubernetes-validate>=1.29'
+	$(VENV)/bin/kubernetes-validate --strict --quiet -k 1.29.0 $(filter-out %/kustomization.yaml,$(wildcard deploy/k8s/*.yaml))
+	$(VENV)/bin/kubernetes-validate --strict --quiet -k 1.37.0 $(filter-out %/kustomization.yaml,$(wildcard deploy/k8s/*.yaml))
+	$(PY) -m pytest -q tests/test_deploy.py

@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from gateway import otel
 from gateway.errors import GatewayError, NotFound, ServerError, render_openai
 from gateway.handlers import admin, health, openai
 from gateway.handlers.anthropic import messages
@@ -67,6 +68,8 @@ def create_app(
             state.runtime,
             settings.reload_interval_s,
         )
+        # Tracing is off (None) unless OTEL_EXPORTER_OTLP_ENDPOINT or GATEWAY_OTEL=1 is set.
+        metrics.spans = otel.from_env(lambda: state.runtime.routes.providers)
         app.state.gateway = state
         app.state.watcher = watcher
         jobs = [
@@ -92,6 +95,8 @@ def create_app(
                 log.error("settlement flush timed out at shutdown: %d not written", settler.pending)
             await upstream.aclose()
             await store.close()
+            if metrics.spans is not None:
+                metrics.spans.shutdown()  # exports the spans still batched
             await breakers.close()
             # In multiprocess mode this worker's live gauges (circuit states) must stop counting once it
             # is gone; its counters stay in the directory so totals never go back.

@@ -26,6 +26,8 @@ class Exchange:
     attempts: Attempts = field(default_factory=Attempts)
     cache: str = "miss"
     usage: Usage | None = None
+    usage_source: str | None = None
+    """``upstream`` (reported by the provider), ``counted`` (tiktoken, the upstream gave none) or None."""
     cost: Decimal = Decimal(0)
     status: int = 200
     error_code: str | None = None
@@ -36,6 +38,8 @@ class Exchange:
     reservation: Reservation | None = None
     limit_headers: dict[str, str] = field(default_factory=dict)
     stream_ended: bool = False
+    content: dict[str, str] | None = None
+    """Redacted prompt/answer text for the log line; set only on routes with ``log_content``."""
 
     @property
     def tenant(self) -> str:

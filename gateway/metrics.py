@@ -22,8 +22,12 @@ from __future__ import annotations
 import glob
 import os
 import re
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
+
+if TYPE_CHECKING:
+    from gateway.otel import Spans
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # prometheus_client.multiprocess carries no annotations, hence the ``no-untyped-call`` ignores below.
@@ -146,6 +150,8 @@ class Metrics:
         self.config_reload = Counter(
             "gateway_config_reload", "Config reloads.", ["file", "result"], registry=r
         )
+        self.spans: Spans | None = None
+        """OpenTelemetry traces, set in lifespan when configured (gateway/otel.py); None costs nothing."""
 
     def render(self) -> bytes:
         """The text exposition: this app's registry, or the sum over all workers in multiprocess mode."""

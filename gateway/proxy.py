@@ -13,6 +13,7 @@ import functools
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Coroutine
+from decimal import Decimal
 from typing import Any, Protocol
 
 from starlette.background import BackgroundTask, BackgroundTasks
@@ -33,11 +34,13 @@ from gateway.pipeline.cache import (
     is_cacheable,
     usable,
 )
+from gateway.pipeline.content_log import content_for_log
 from gateway.pipeline.dispatch import Dispatcher
 from gateway.pipeline.overload import Gate
 from gateway.pipeline.parse import ParsedRequest, parse, read_json
 from gateway.pipeline.settle import format_usd, price_usage, settle
 from gateway.pipeline.spend import Settler
+from gateway.pipeline.usage import MeteredStream, UsageCounter, response_usage, with_cost
 from gateway.providers.base import Operation, UpstreamResponse, UpstreamStream
 from gateway.responses import SSEResponse, json_response
 from gateway.runtime import Runtime
@@ -129,10 +132,14 @@ class Pipeline:
                 if cache_key is not None and ex.plan.cache is not None:
                     # recorded as it is sent; ``_end_stream`` stores it if it ran to its end
                     upstream_stream = RecordingStream(upstream_stream, cache_key, ex.plan.cache.ttl_s)
+                # Outermost, so the ingress reads the priced (or synthesized) usage chunk at the end.
+                metered = MeteredStream(upstream_stream, ex, UsageCounter(operation, parsed.body))
+                if ex.plan.log_content is not None:  # opt-in content logging: the prompt only, for streams
+                    ex.content = content_for_log(ex.plan.log_content, parsed.body, None)
                 # From here the slot is the stream's: ``_stream`` gives it back when the upstream closes.
-                frames = self._stream(ex, ingress, upstream_stream, parsed.include_usage)
+                frames = self._stream(ex, ingress, metered, parsed.include_usage)
                 # A client gone before the first frame never starts ``frames``; on_close still cleans up.
-                on_close = functools.partial(self._end_stream, ex, upstream_stream)
+                on_close = functools.partial(self._end_stream, ex, metered)
                 return SSEResponse(frames, ex.response_headers(), on_close)
             try:
                 upstream = await dispatcher.send()
@@ -140,6 +147,8 @@ class Pipeline:
                 self._gate.release()
             # 8 plugins (post): pass-through until that stage lands
             body_out = ingress.response(upstream)
+            if ex.plan.log_content is not None:  # opt-in content logging (gateway/pipeline/content_log.py)
+                ex.content = content_for_log(ex.plan.log_content, parsed.body, upstream.body)
         except GatewayError as err:
             return self._error(ex, ingress, err)
         except Exception:  # a bug must not leave a reservation held until its lease runs out
@@ -147,7 +156,7 @@ class Pipeline:
             failure = ServerError("The gateway hit an internal error.", code="internal_error")
             return self._error(ex, ingress, failure)
         # 9 settle: the cost header is known now; metrics and the log line go after the response.
-        ex.usage = upstream.usage
+        response_usage(ex, upstream, UsageCounter(operation, parsed.body))
         price_usage(ex)
         headers = ex.response_headers()
         headers["x-gateway-cost-usd"] = format_usd(ex.cost)
@@ -207,6 +216,8 @@ class Pipeline:
         headers = ex.response_headers()
         if answer.body is None:
             replay = CachedStream(answer)
+            if replay.usage_frame is not None:
+                replay.usage_frame = with_cost(replay.usage_frame, Decimal(0))
             frames = self._stream(ex, ingress, replay, include_usage)
             on_close = functools.partial(self._end_stream, ex, replay)
             return SSEResponse(frames, headers, on_close)
@@ -265,10 +276,15 @@ class Pipeline:
             await upstream.aclose()
         finally:
             self._gate.release()
+        recording = upstream
+        if isinstance(upstream, MeteredStream):
+            # a stream cut short (client gone, upstream broke) is billed for what was sent so far
+            upstream.finish()
+            recording = upstream.inner
         ex.usage = upstream.usage
-        if isinstance(upstream, RecordingStream) and upstream.complete and ex.status == 200:
-            answer = upstream.answer(ex.model)
-            self._background(self._cache.put(upstream.key, answer, upstream.ttl_s))
+        if isinstance(recording, RecordingStream) and recording.complete and ex.status == 200:
+            answer = recording.answer(ex.model)
+            self._background(self._cache.put(recording.key, answer, recording.ttl_s))
         # Not awaited here: the client's stream closes without waiting for the store.
         self._background(self._settle(ex))
 

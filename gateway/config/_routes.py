@@ -7,8 +7,10 @@ from typing import Literal
 
 from gateway.config._validate import Checker, key_path
 from gateway.config.model import (
+    DEFAULT_LOG_CHARS,
     BreakerPolicy,
     CachePolicy,
+    ContentLogPolicy,
     Defaults,
     Match,
     ModelConfig,
@@ -262,7 +264,17 @@ def _plugins(value: object, c: Checker) -> dict[str, PluginConfig]:
 
 # -- routes ---------------------------------------------------------------------------------------------
 
-_ROUTE_FIELDS = ("name", "match", "targets", "fallbacks", "cache", "plugins", "timeout_s", "retry")
+_ROUTE_FIELDS = (
+    "name",
+    "match",
+    "targets",
+    "fallbacks",
+    "cache",
+    "plugins",
+    "timeout_s",
+    "retry",
+    "log_content",
+)
 
 
 def _routes(
@@ -318,6 +330,7 @@ def _route(
         plugins=route_plugins,
         timeout_s=c.opt_number(d, path, "timeout_s", gt=0),
         retry=_retry(d["retry"], key_path(path, "retry"), retry, c) if "retry" in d else None,
+        log_content=_log_content(d.get("log_content"), key_path(path, "log_content"), c),
     )
 
 
@@ -360,3 +373,24 @@ def _cache(value: object, path: str, c: Checker) -> CachePolicy | None:
         ttl_s=c.integer(d, path, "ttl_s", 1, ge=1),
         mode=c.choice(d, path, "mode", _CACHE_MODES, "deterministic"),
     )
+
+
+def _log_content(value: object, path: str, c: Checker) -> ContentLogPolicy | None:
+    """``log_content: true``, ``false`` or ``{enabled: true, max_chars: 2000}`` (enabled defaults to true)."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        return ContentLogPolicy()
+    if not isinstance(value, dict):
+        c.error(path, "must be true, false or a mapping")
+        return None
+    d = c.record(value, path, ("enabled", "max_chars"))
+    if d is None:
+        return None
+    enabled = d.get("enabled", True)
+    if not isinstance(enabled, bool):
+        # A string "false" would otherwise read as on: logging content by mistake is the costly error.
+        c.error(key_path(path, "enabled"), "must be true or false")
+        return None
+    max_chars = c.integer(d, path, "max_chars", DEFAULT_LOG_CHARS, ge=1)
+    return ContentLogPolicy(max_chars=max_chars) if enabled else None

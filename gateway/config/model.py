@@ -8,6 +8,7 @@ from typing import Literal
 
 Period = Literal["daily", "weekly", "monthly", "total"]
 Role = Literal["user", "admin", "reviewer"]
+DEFAULT_LOG_CHARS = 2000
 ROLES: tuple[Role, ...] = ("user", "admin", "reviewer")
 PERIODS: tuple[Period, ...] = ("daily", "weekly", "monthly", "total")
 
@@ -79,6 +80,14 @@ class BreakerPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class ContentLogPolicy:
+    """A route's opt-in to put the (redacted, truncated) prompt and answer text in its access log lines."""
+
+    max_chars: int = DEFAULT_LOG_CHARS
+    """Each of ``prompt`` and ``answer`` is cut to this many characters after redaction."""
+
+
+@dataclass(frozen=True, slots=True)
 class Route:
     name: str
     match: Match
@@ -88,6 +97,8 @@ class Route:
     plugins: tuple[str, ...] = ()
     timeout_s: float | None = None
     retry: RetryPolicy | None = None
+    log_content: ContentLogPolicy | None = None
+    """None (the default): no prompt or answer text is ever logged for this route."""
 
 
 @dataclass(frozen=True, slots=True)

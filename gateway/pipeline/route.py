@@ -11,7 +11,7 @@ import fnmatch
 import random
 from dataclasses import dataclass
 
-from gateway.config.model import CachePolicy, ModelConfig, RetryPolicy, Route, RoutesConfig
+from gateway.config.model import CachePolicy, ContentLogPolicy, ModelConfig, RetryPolicy, Route, RoutesConfig
 from gateway.errors import NotFound, PermissionDenied
 from gateway.pipeline.auth import Principal
 
@@ -26,6 +26,8 @@ class Plan:
     retry: RetryPolicy
     cache: CachePolicy | None
     plugins: tuple[str, ...]
+    log_content: ContentLogPolicy | None = None
+    """Set when the route opted in to logging (redacted) prompt and answer text."""
 
 
 class Router:
@@ -56,11 +58,13 @@ class Router:
             names: list[str] = [model]
             plugins: tuple[str, ...] = ()
             name, cache, timeout, retry = DEFAULT_ROUTE, None, defaults.timeout_s, defaults.retry
+            log_content = None
         else:
             names = self._ordered_targets(route) + list(route.fallbacks)
             name, cache, plugins = route.name, route.cache, route.plugins
             timeout = route.timeout_s or defaults.timeout_s
             retry = route.retry or defaults.retry
+            log_content = route.log_content
         seen: set[str] = set()
         candidates = []
         for n in names:
@@ -70,7 +74,7 @@ class Router:
             candidates.append(self._config.models[n])
         if not candidates:
             raise PermissionDenied(f"This key is not allowed to use the model '{model}'.", param="model")
-        return Plan(name, tuple(candidates), timeout, retry, cache, plugins)
+        return Plan(name, tuple(candidates), timeout, retry, cache, plugins, log_content)
 
     def _ordered_targets(self, route: Route) -> list[str]:
         pool = list(route.targets)

@@ -46,6 +46,7 @@ def price_usage(ex: Exchange) -> None:
 
 
 def settle(ex: Exchange, metrics: Metrics) -> None:
+    """Price the request, count it in the metrics, write its access log line (and span, if tracing)."""
     price_usage(ex)
     tenant, model = ex.tenant, ex.model
     metrics.requests.labels(tenant, ex.route, model, str(ex.status)).inc()
@@ -67,11 +68,14 @@ def settle(ex: Exchange, metrics: Metrics) -> None:
         metrics.cost.labels(tenant, model).inc(float(ex.cost))
     if log.isEnabledFor(logging.INFO):
         log.info(orjson.dumps(_log_record(ex, elapsed)).decode())
+    if metrics.spans is not None:
+        metrics.spans.record(ex)
 
 
 def _log_record(ex: Exchange, elapsed: float) -> dict[str, object]:
+    """The access log line. No secrets and no prompt or answer text, unless the route opted in."""
     usage = ex.usage
-    return {
+    record: dict[str, object] = {
         "request_id": ex.request_id,
         "trace": ex.trace,
         "client_retry": ex.client_retry,
@@ -84,10 +88,13 @@ def _log_record(ex: Exchange, elapsed: float) -> dict[str, object]:
         "provider": ex.attempts.deployment.provider if ex.attempts.deployment else None,
         "stream": ex.stream,
         "attempts": ex.attempts.count,
+        "retries": ex.attempts.retries,
+        "fallbacks": ex.attempts.fallbacks,
         "cache": ex.cache,
         "input_tokens": usage.prompt_tokens if usage else None,
         "output_tokens": usage.completion_tokens if usage else None,
         "cached_tokens": usage.cached_tokens if usage else None,
+        "usage_source": ex.usage_source,
         "cost_usd": format_usd(ex.cost),
         "status": ex.status,
         "error_code": ex.error_code,
@@ -96,3 +103,6 @@ def _log_record(ex: Exchange, elapsed: float) -> dict[str, object]:
         "gateway_ms": round(max(elapsed - ex.attempts.upstream_s, 0.0) * 1000, 3),
         "ttft_ms": round(ex.ttft_s * 1000, 3) if ex.ttft_s is not None else None,
     }
+    if ex.content is not None:  # only on routes with log_content, already redacted and truncated
+        record.update(ex.content)
+    return record

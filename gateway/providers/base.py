@@ -33,6 +33,8 @@ class Usage:
     completion_tokens: int = 0
     cached_tokens: int = 0
     cache_write_tokens: int = 0
+    estimated: bool = False
+    """Counted by the gateway with tiktoken because the upstream reported no usage."""
 
     @property
     def total_tokens(self) -> int:

@@ -344,6 +344,30 @@ class TestRoutes:
             "routes.yaml: routes[1]: unreachable: route 'all' before it matches every request"
         ]
 
+    def test_log_content_is_off_by_default_and_opt_in(self) -> None:
+        assert route_ok("{name: r, targets: [{model: a}]}").routes[0].log_content is None
+        assert route_ok("{name: r, targets: [{model: a}], log_content: false}").routes[0].log_content is None
+        on = route_ok("{name: r, targets: [{model: a}], log_content: true}").routes[0].log_content
+        assert on is not None and on.max_chars == 2000
+        sized = route_ok("{name: r, targets: [{model: a}], log_content: {max_chars: 50}}").routes[0]
+        assert sized.log_content is not None and sized.log_content.max_chars == 50
+        off = route_ok("{name: r, targets: [{model: a}], log_content: {enabled: false, max_chars: 9}}")
+        assert off.routes[0].log_content is None
+
+    def test_log_content_rules(self) -> None:
+        assert route_errors("{name: r, targets: [{model: a}], log_content: yes please}") == [
+            "routes.yaml: routes[0].log_content: must be true, false or a mapping"
+        ]
+        assert route_errors(
+            "{name: r, targets: [{model: a}], log_content: {enabled: 'no', max_chars: 0, max_char: 5}}"
+        ) == [
+            "routes.yaml: routes[0].log_content: unknown field 'max_char' (did you mean 'max_chars'?)",
+            "routes.yaml: routes[0].log_content.enabled: must be true or false",
+        ]
+        assert route_errors("{name: r, targets: [{model: a}], log_content: {max_chars: 0}}") == [
+            "routes.yaml: routes[0].log_content.max_chars: must be >= 1"
+        ]
+
     def test_routes_must_be_a_list_of_mappings(self) -> None:
         assert routes_errors(with_minimal("routes: {a: 1}")) == ["routes.yaml: routes: must be a list"]
         assert routes_errors(with_minimal("routes: [x]")) == ["routes.yaml: routes[0]: must be a mapping"]
