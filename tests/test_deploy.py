@@ -1,0 +1,320 @@
+"""The deployment artefacts: Dockerfile, requirements.lock, deploy/compose.yaml, deploy/k8s.
+
+Nothing here needs Docker or a cluster. Kubernetes manifests are validated against the JSON schemas
+bundled in ``kubernetes-validate`` (offline) when it is installed (``make validate-deploy``).
+
+Run as a script, ``python tests/test_deploy.py --lock`` prints requirements.lock (``make lock``).
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import sys
+import tomllib
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+import yaml
+from packaging.requirements import Requirement
+
+ROOT = Path(__file__).resolve().parent.parent
+K8S = ROOT / "deploy" / "k8s"
+K8S_VERSIONS = ["1.29.0", "1.37.0"]  # the oldest version we claim to support, and the newest bundled
+
+LOCK_HEADER = """\
+# requirements.lock: exact versions of the gateway's runtime dependencies (pyproject's
+# [project].dependencies, with their extras, and everything they pull in, for CPython 3.11 on Linux).
+# The Docker image installs exactly these. Dev tools (pytest, ruff, mypy, openai, anthropic) are not here.
+# Regenerate from the current venv after changing or upgrading dependencies:
+#     make lock        # = .venv/bin/python tests/test_deploy.py --lock > requirements.lock
+# tests/test_deploy.py checks that every dependency the venv resolves to is pinned here.
+"""
+
+
+def _norm(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _runtime_dependencies() -> list[str]:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+
+
+def runtime_closure() -> dict[str, str]:
+    """Name → installed version of the runtime dependencies and everything they need, from the venv."""
+    found: dict[str, str] = {}
+    seen: set[tuple[str, frozenset[str]]] = set()
+    todo = [Requirement(d) for d in _runtime_dependencies()]
+    while todo:
+        req = todo.pop()
+        key = (_norm(req.name), frozenset(req.extras))
+        if key in seen:
+            continue
+        seen.add(key)
+        dist = metadata.distribution(req.name)
+        found[key[0]] = dist.version
+        envs = [{"extra": e} for e in req.extras] or [{"extra": ""}]
+        for line in dist.requires or []:
+            sub = Requirement(line)
+            if sub.marker is None or any(sub.marker.evaluate(env) for env in envs):
+                todo.append(sub)
+    return found
+
+
+def _lock() -> dict[str, str]:
+    pins: dict[str, str] = {}
+    for raw in (ROOT / "requirements.lock").read_text().splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        m = re.fullmatch(r"([A-Za-z0-9][A-Za-z0-9._-]*)==([A-Za-z0-9.+!-]+)", line)
+        assert m, f"requirements.lock: not an exact pin: {raw!r}"
+        pins[_norm(m.group(1))] = m.group(2)
+    return pins
+
+
+def _docs(path: Path) -> list[dict]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+def _k8s_resources() -> list[tuple[str, dict]]:
+    return [
+        (f"{p.name}:{d['kind']}/{d['metadata']['name']}", d)
+        for p in sorted(K8S.glob("*.yaml"))
+        if p.name != "kustomization.yaml"
+        for d in _docs(p)
+    ]
+
+
+def _one(kind: str) -> dict:
+    found = [d for _, d in _k8s_resources() if d["kind"] == kind]
+    assert len(found) == 1, f"expected one {kind}, found {len(found)}"
+    return found[0]
+
+
+def _gateway_deployment() -> dict:
+    found = [
+        d for _, d in _k8s_resources() if d["kind"] == "Deployment" and d["metadata"]["name"] == "llm-gateway"
+    ]
+    assert len(found) == 1
+    return found[0]
+
+
+# --- requirements.lock ---------------------------------------------------------------------------
+
+
+def test_lock_pins_every_runtime_dependency() -> None:
+    pins = _lock()
+    for dep in _runtime_dependencies():
+        req = Requirement(dep)
+        name = _norm(req.name)
+        assert name in pins, f"{req.name} is a runtime dependency but not pinned in requirements.lock"
+        assert req.specifier.contains(pins[name], prereleases=True), f"{name}=={pins[name]} violates {dep}"
+
+
+def test_lock_covers_the_resolved_closure_and_no_dev_tools() -> None:
+    pins = _lock()
+    closure = runtime_closure()
+    missing = sorted(set(closure) - set(pins))
+    assert not missing, f"not pinned in requirements.lock (run `make lock`): {missing}"
+    for dev in ("pytest", "ruff", "mypy", "openai", "anthropic", "kubernetes-validate"):
+        assert dev not in pins, f"{dev} is a dev tool, not a runtime dependency"
+    extra = sorted(set(pins) - set(closure))
+    assert not extra, f"pinned but not needed at run time (run `make lock`): {extra}"
+
+
+# --- Dockerfile ------------------------------------------------------------------------------------
+
+
+def _stages() -> list[list[str]]:
+    """The Dockerfile's instructions (continuations joined), split into build stages."""
+    text = (ROOT / "Dockerfile").read_text()
+    logical = re.sub(r"\\\n", " ", text)
+    stages: list[list[str]] = []
+    for line in logical.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.upper().startswith("FROM "):
+            stages.append([])
+        if stages:
+            stages[-1].append(line)
+    return stages
+
+
+def test_dockerfile_is_multi_stage_slim_non_root_with_healthcheck() -> None:
+    stages = _stages()
+    assert len(stages) >= 2, "a builder stage and a runtime stage"
+    text = (ROOT / "Dockerfile").read_text()
+    assert "python:3.11-slim" in text
+    final = stages[-1]
+    final_text = "\n".join(final)
+    users = [ln.split(None, 1)[1] for ln in final if ln.upper().startswith("USER ")]
+    assert users, "the final stage must switch to a non-root USER"
+    assert users[-1].split(":")[0] not in ("root", "0"), users[-1]
+    health = [ln for ln in final if ln.upper().startswith("HEALTHCHECK ")]
+    assert health and "/healthz" in health[0] and "urllib" in health[0]
+    assert re.search(r"^EXPOSE 8080\b", final_text, re.M)
+    assert re.search(r"GATEWAY_HOST=0\.0\.0\.0", final_text)
+    assert re.search(r"TIKTOKEN_CACHE_DIR=/opt/tiktoken", final_text)
+    assert "prepare_encodings('/opt/tiktoken')" in final_text
+    cmd = [ln for ln in final if ln.upper().startswith("CMD ")]
+    assert cmd and cmd[-1] == 'CMD ["python", "-m", "gateway", "serve"]'
+    # no build tools in the image that ships
+    for bad in ("build-essential", "gcc", "g++", "python3-dev", "apt-get install"):
+        assert bad not in final_text, f"{bad!r} in the final stage"
+    assert "requirements.lock" in "\n".join(stages[0])
+    assert "--no-index" in final_text, "the final stage installs only the builder's wheels"
+    # the tiktoken files are prepared as root, before switching user
+    prep = next(i for i, ln in enumerate(final) if "prepare_encodings" in ln)
+    user = max(i for i, ln in enumerate(final) if ln.upper().startswith("USER "))
+    assert prep < user
+
+
+def test_dockerignore_keeps_the_context_small() -> None:
+    ignored = {ln.strip() for ln in (ROOT / ".dockerignore").read_text().splitlines()}
+    for entry in (".venv", ".git", "tests"):
+        assert entry in ignored
+    for needed in ("gateway", "pyproject.toml", "README.md", "requirements.lock"):
+        assert needed not in ignored
+
+
+# --- deploy/compose.yaml ---------------------------------------------------------------------------
+
+
+def test_compose_runs_three_replicas_behind_a_load_balancer() -> None:
+    compose = yaml.safe_load((ROOT / "deploy" / "compose.yaml").read_text())
+    services = compose["services"]
+    gateways = sorted(n for n in services if re.fullmatch(r"gateway-\d+", n))
+    assert gateways == ["gateway-1", "gateway-2", "gateway-3"]
+    for name in ("lb", "redis", "prometheus", "grafana"):
+        assert name in services, name
+    for name in gateways:
+        env = services[name]["environment"]
+        assert env["GATEWAY_REDIS_URL"] == "redis://redis:6379/0"
+        assert "GATEWAY_ADMIN_KEY" in env
+        mounts = services[name]["volumes"]
+        assert any(m.endswith("/etc/gateway/routes.yaml:ro") for m in mounts)
+        assert any(m.endswith("/etc/gateway/budgets.yaml:ro") for m in mounts)
+        assert env["GATEWAY_ROUTES"] == "/etc/gateway/routes.yaml"
+        assert env["GATEWAY_BUDGETS"] == "/etc/gateway/budgets.yaml"
+    # every bind-mounted file or directory exists, relative to deploy/
+    for svc in services.values():
+        for mount in svc.get("volumes", []):
+            src = mount.split(":", 1)[0]
+            if src.startswith("."):
+                assert (ROOT / "deploy" / src).resolve().exists(), mount
+    nginx = (ROOT / "deploy" / "nginx.conf").read_text()
+    for name in gateways:
+        assert f"server {name}:8080" in nginx
+    assert "proxy_buffering off" in nginx  # streaming
+
+
+def test_prometheus_scrapes_every_compose_replica() -> None:
+    scrape = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    targets = {t for sc in scrape["scrape_configs"] for st in sc["static_configs"] for t in st["targets"]}
+    assert {"gateway-1:8080", "gateway-2:8080", "gateway-3:8080"} <= targets
+
+
+# --- deploy/k8s ------------------------------------------------------------------------------------
+
+
+def test_kustomization_lists_every_manifest() -> None:
+    kust = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    files = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
+    assert set(kust["resources"]) == files
+
+
+def test_deployment_probes_resources_and_shutdown() -> None:
+    dep = _gateway_deployment()
+    spec = dep["spec"]
+    assert spec["replicas"] == 3
+    pod = spec["template"]["spec"]
+    assert pod["terminationGracePeriodSeconds"] > 30
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["topologySpreadConstraints"]
+    assert spec["template"]["metadata"]["annotations"]["prometheus.io/scrape"] == "true"
+    (container,) = pod["containers"]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["startupProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["resources"]["requests"]["cpu"] and container["resources"]["requests"]["memory"]
+    assert container["resources"]["limits"]["memory"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["lifecycle"]["preStop"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["GATEWAY_REDIS_URL"].startswith("redis://")
+
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    assert "emptyDir" in volumes[mounts["/tmp"]["name"]]
+    config_mounts = [m for m in container["volumeMounts"] if "configMap" in volumes[m["name"]]]
+    assert config_mounts, "the ConfigMap must be mounted"
+    for m in config_mounts:
+        assert "subPath" not in m and "subPathExpr" not in m, "subPath mounts never update"
+        assert env["GATEWAY_ROUTES"] == f"{m['mountPath']}/routes.yaml"
+        assert env["GATEWAY_BUDGETS"] == f"{m['mountPath']}/budgets.yaml"
+        assert "items" not in volumes[m["name"]]["configMap"]
+    secret_refs = {e["secretRef"]["name"] for e in container.get("envFrom", []) if "secretRef" in e}
+    assert _one("Secret")["metadata"]["name"] in secret_refs
+
+
+def test_hpa_pdb_and_redis() -> None:
+    hpa = _one("HorizontalPodAutoscaler")
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    assert hpa["spec"]["scaleTargetRef"]["name"] == "llm-gateway"
+    (metric,) = hpa["spec"]["metrics"]
+    assert metric["resource"]["name"] == "cpu"
+    assert metric["resource"]["target"]["averageUtilization"] == 70
+    pdb = _one("PodDisruptionBudget")
+    assert pdb["apiVersion"] == "policy/v1"
+    labels = _gateway_deployment()["spec"]["template"]["metadata"]["labels"]
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    redis = _one("StatefulSet")
+    assert redis["spec"]["replicas"] == 1
+    svc_names = {d["metadata"]["name"] for _, d in _k8s_resources() if d["kind"] == "Service"}
+    assert "redis" in svc_names
+
+
+def test_configmap_passes_gateway_check(tmp_path: Path) -> None:
+    from gateway.config.parse import check
+
+    data = _one("ConfigMap")["data"]
+    assert set(data) == {"routes.yaml", "budgets.yaml"}
+    for name, text in data.items():
+        (tmp_path / name).write_text(text)
+    secret = _one("Secret")["stringData"]
+    referenced = set(re.findall(r"\$\{([A-Z0-9_]+)", data["routes.yaml"]))
+    assert referenced, "provider keys come from the Secret as ${VAR}"
+    assert referenced <= set(secret), f"routes.yaml references {referenced - set(secret)} not in the Secret"
+    errors, warnings = check(tmp_path / "routes.yaml", tmp_path / "budgets.yaml", environ=secret)
+    assert errors == [] and warnings == []
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_manifests_match_the_kubernetes_schema(version: str) -> None:
+    kv = pytest.importorskip("kubernetes_validate")
+    resources = _k8s_resources()
+    assert len(resources) >= 9
+    for where, doc in resources:
+        try:
+            kv.validate(doc, version, strict=True)
+        except kv.ValidationError as exc:  # pragma: no cover - the message is the point
+            pytest.fail(f"{where} (k8s {version}): {exc.message} at {list(exc.path)}")
+
+
+def test_the_schema_validation_catches_a_typo() -> None:
+    kv = pytest.importorskip("kubernetes_validate")
+    bad = copy.deepcopy(_gateway_deployment())
+    bad["spec"]["template"]["spec"]["containers"][0]["readinesProbe"] = {}
+    with pytest.raises(kv.ValidationError):
+        kv.validate(bad, K8S_VERSIONS[0], strict=True)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["--lock"]:
+        sys.exit("usage: python tests/test_deploy.py --lock > requirements.lock")
+    sys.stdout.write(LOCK_HEADER)
+    for name, version in sorted(runtime_closure().items()):
+        print(f"{name}=={version}")
