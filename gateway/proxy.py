@@ -118,6 +118,7 @@ class Pipeline:
                 deadline=time.monotonic() + ex.plan.timeout_s,
                 attempts=ex.attempts,
                 resilience=runtime.resilience,
+                prompt_tokens=parsed.prompt_tokens,
             )
             # Shed here rather than queue without bound; the admission reservation is released by the
             # settlement that ``_error`` schedules, like any other refusal.

@@ -20,6 +20,7 @@ from starlette.responses import Response
 from gateway.config.model import PERIODS, ROLES, Budget
 from gateway.errors import AuthenticationFailed, BadRequest, GatewayError, NotFound, render_openai
 from gateway.explain import explain
+from gateway.keys import principal_from_record
 from gateway.pipeline.admit import period_start
 from gateway.pipeline.auth import authenticate, presented_key
 from gateway.pipeline.parse import read_json
@@ -162,10 +163,11 @@ async def spend(request: Request) -> Response:
             records = [r for r in await state.store.list_keys(tenant_name) if r["id"] == key_id]
             if key is None and not records:
                 raise NotFound(f"Tenant '{tenant_name}' has no key '{key_id}'.", code="key_not_found")
-            rb = records[0].get("budget") if records else None
-            budget = (
-                key.budget if key is not None else (Budget(float(rb["usd"]), rb["period"]) if rb else None)
-            )
+            if key is not None:
+                budget = key.budget
+            else:
+                runtime_key = principal_from_record(records[0], runtime.budgets)
+                budget = runtime_key.key_budget if runtime_key is not None else None
             scope_name = f"k:{key_id}"
         now = time.time()
         start = period_start(budget, now)

@@ -100,7 +100,8 @@ class Estimate:
 
 def estimate(parsed: ParsedRequest, plan: Plan, margin: float) -> Estimate:
     first = plan.candidates[0]
-    prompt = math.ceil(prompt_tokens(parsed.operation, parsed.body, first.upstream) * (1 + margin))
+    parsed.prompt_tokens = prompt_tokens(parsed.operation, parsed.body, first.upstream)
+    prompt = math.ceil(parsed.prompt_tokens * (1 + margin))
     asked = max_output(parsed.body, first)
     embeddings = parsed.operation is Operation.EMBEDDINGS
     worst_cost = 0.0

@@ -91,7 +91,8 @@ class Dispatcher:
     """``time.monotonic()`` by which everything, every attempt and a stream's last frame, is done."""
     attempts: Attempts = field(default_factory=Attempts)
     resilience: Resilience = field(default_factory=Resilience)
-    _prompt_tokens: int | None = field(default=None, init=False)
+    prompt_tokens: int | None = None
+    """The prompt's token count if admission already made it; counted on first need otherwise."""
 
     async def send(self) -> UpstreamResponse:
         return await self._fallback(_send)
@@ -135,12 +136,12 @@ class Dispatcher:
         window = deployment.context_window
         if window is None or self.operation is Operation.EMBEDDINGS:
             return True
-        if self._prompt_tokens is None:
-            self._prompt_tokens = prompt_tokens(self.operation, self.body, deployment.upstream)
+        if self.prompt_tokens is None:
+            self.prompt_tokens = prompt_tokens(self.operation, self.body, deployment.upstream)
         output = max_output(self.body, deployment) or 0
         if deployment.max_output_tokens is not None:
             output = min(output, deployment.max_output_tokens)
-        return self._prompt_tokens + output <= window
+        return self.prompt_tokens + output <= window
 
     # -- breaker -----------------------------------------------------------------------------------------
 

@@ -25,6 +25,8 @@ class ParsedRequest:
     stream: bool
     include_usage: bool
     task: str | None
+    prompt_tokens: int | None = None
+    """The prompt's tiktoken count once admission made it, so dispatch need not count again."""
 
 
 async def read_json(request: Request, limit: int) -> dict[str, Any]:
