@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test install redis lint typecheck bench bench-quick check clean
+.PHONY: run test replicas install redis lint typecheck bench bench-quick check clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,11 @@ redis:
 test: $(STAMP) redis
 	$(PY) -m pytest -q
 
+# The multi-replica proof: gateway processes on loopback sharing one redis-server behave as one gateway
+# (limits, budgets, reservations, key revocation, circuit breakers, response cache), figures printed.
+replicas: $(STAMP) redis
+	$(PY) -m pytest -v -s -m slow tests/test_replicas.py tests/test_replicas_shared.py
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -38,10 +43,11 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
-bench: $(STAMP)
+# The whole pipeline (Redis admission, settlement and response cache) needs redis-server; see bench/README.md.
+bench: $(STAMP) redis
 	$(PY) -m bench.run
 
-bench-quick: $(STAMP)
+bench-quick: $(STAMP) redis
 	$(PY) -m bench.run --quick
 
 clean:
