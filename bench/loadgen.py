@@ -5,6 +5,11 @@ Each of ``concurrency`` keep-alive connections sends one prebuilt request, parse
 library, a few microseconds of client CPU per request. For streams it also records the time to the
 first ``data:`` line of the body (TTFE) and checks the stream ends with ``data: [DONE]``.
 A run stops at whichever comes first: its request budget, its deadline, or too many errors.
+
+A body holding ``SEQ_MARK`` is made unique per request: the mark is replaced by the next number of a
+sequence shared by all runs, at the same width, so the content-length never changes and a response
+cache in front of the upstream misses every time. The ``x-gateway-cache`` header of each answer is
+counted, so a run can show that it did.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -19,6 +25,10 @@ from bench.http1 import Head, ProtocolError, response_status, take_chunks, take_
 
 MAX_ERRORS = 50
 DONE_LINE = b"data: [DONE]"
+SEQ_WIDTH = 12
+SEQ_MARK = b"@" * SEQ_WIDTH
+"""Replaced in each request by the next number of the run's sequence, zero-padded to the same width."""
+CACHE_HEADER = b"x-gateway-cache"
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +37,8 @@ class Target:
     port: int
     path: str
     bearer: str | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+    """Extra request headers (the mock upstream reads ``x-bench-chunks`` and ``x-bench-delay-ms``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +47,8 @@ class Load:
     max_requests: int
     duration_s: float
     stream: bool
+    ramp_s: float = 0.0
+    """Open the connections evenly over this many seconds instead of all at once."""
 
 
 @dataclass(slots=True)
@@ -46,6 +60,8 @@ class Result:
     errors: int = 0
     error_sample: str | None = None
     elapsed_s: float = 0.0
+    cache: dict[str, int] = field(default_factory=dict)
+    """Completed answers by their ``x-gateway-cache`` header (``none`` when absent)."""
 
     @property
     def ok(self) -> int:
@@ -63,17 +79,21 @@ def build_request(target: Target, body: bytes, stream: bool) -> bytes:
     ]
     if target.bearer:
         lines.append(b"authorization: Bearer " + target.bearer.encode())
+    lines += [b"%s: %s" % (name.encode(), value.encode()) for name, value in target.headers]
     return b"\r\n".join(lines) + b"\r\n\r\n" + body
 
 
 class _Run:
     """State shared by the connections of one run."""
 
-    def __init__(self, load: Load, request: bytes) -> None:
+    def __init__(self, load: Load, request: bytes, seq: Iterator[int] | None) -> None:
         self.request = request
+        at = request.find(SEQ_MARK) if seq is not None else -1
+        self._seq = seq if at >= 0 else None
+        self._prefix, self._suffix = request[:at], request[at + SEQ_WIDTH :]
         self.stream = load.stream
         self.remaining = load.max_requests
-        self.deadline_ns = time.perf_counter_ns() + int(load.duration_s * 1e9)
+        self.deadline_ns = time.perf_counter_ns() + int((load.ramp_s + load.duration_s) * 1e9)
         self.result = Result()
 
     def open(self) -> bool:
@@ -88,6 +108,11 @@ class _Run:
             return False
         self.remaining -= 1
         return True
+
+    def next_request(self) -> bytes:
+        if self._seq is None:
+            return self.request
+        return self._prefix + b"%012d" % next(self._seq) + self._suffix
 
     def fail(self, why: str) -> None:
         self.result.errors += 1
@@ -154,7 +179,7 @@ class _Conn(asyncio.Protocol):
         self._in_flight = True
         self._ttfe = 0
         self._t0 = time.perf_counter_ns()
-        transport.write(self._run.request)
+        transport.write(self._run.next_request())
 
     def _parse(self) -> None:
         while self._parse_one() and self._buf:
@@ -209,11 +234,15 @@ class _Conn(asyncio.Protocol):
             result.latencies_ns.append(now - self._t0)
             if self._run.stream:
                 result.ttfe_ns.append(self._ttfe - self._t0)
+            cache = head.headers.get(CACHE_HEADER, b"none").decode()
+            result.cache[cache] = result.cache.get(cache, 0) + 1
 
 
-async def _connection_loop(target: Target, run: _Run, conns: list[_Conn]) -> None:
+async def _connection_loop(target: Target, run: _Run, conns: list[_Conn], delay_s: float = 0.0) -> None:
     """Keep one connection busy until the run ends, reconnecting if the server closes it."""
     loop = asyncio.get_running_loop()
+    if delay_s > 0:
+        await asyncio.sleep(delay_s)
     while run.open():
         try:
             _, conn = await loop.create_connection(lambda: _Conn(run), target.host, target.port)
@@ -225,13 +254,21 @@ async def _connection_loop(target: Target, run: _Run, conns: list[_Conn]) -> Non
         await conn.finished
 
 
-async def run_load(target: Target, load: Load, body: bytes, grace_s: float = 30.0) -> Result:
-    """Drive ``load`` against ``target``; a request stuck past the deadline + grace counts as an error."""
-    run = _Run(load, build_request(target, body, load.stream))
+async def run_load(
+    target: Target, load: Load, body: bytes, grace_s: float = 30.0, seq: Iterator[int] | None = None
+) -> Result:
+    """Drive ``load`` against ``target``; a request stuck past the deadline + grace counts as an error.
+
+    With ``seq``, each request's ``SEQ_MARK`` in ``body`` is replaced by ``next(seq)``.
+    """
+    run = _Run(load, build_request(target, body, load.stream), seq)
     conns: list[_Conn] = []
     start = time.perf_counter()
-    tasks = [asyncio.ensure_future(_connection_loop(target, run, conns)) for _ in range(load.concurrency)]
-    _, pending = await asyncio.wait(tasks, timeout=load.duration_s + grace_s)
+    step = load.ramp_s / load.concurrency
+    tasks = [
+        asyncio.ensure_future(_connection_loop(target, run, conns, i * step)) for i in range(load.concurrency)
+    ]
+    _, pending = await asyncio.wait(tasks, timeout=load.ramp_s + load.duration_s + grace_s)
     run.result.elapsed_s = time.perf_counter() - start
     for task in pending:
         task.cancel()

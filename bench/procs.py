@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -60,6 +61,45 @@ def cpu_seconds(root: int) -> float:
         if fields is not None:  # utime, stime, cutime, cstime are fields 14-17 of stat(5)
             ticks += sum(int(v) for v in fields[11:15])
     return ticks / CLOCK_TICKS
+
+
+def rss_kib(pid: int) -> int | None:
+    """Resident set size of one process (``VmRSS`` of /proc/<pid>/status), in KiB; None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def worker_pids(root: int) -> list[int]:
+    """The processes of a server tree that serve requests.
+
+    uvicorn with several workers runs them as ``multiprocessing`` spawn children of a supervisor that
+    serves nothing; with one worker the root process itself serves.
+    """
+    workers = []
+    for pid in _descendants(root)[1:]:
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"spawn_main" in cmdline:
+            workers.append(pid)
+    return sorted(workers) or [root]
+
+
+def raise_fd_limit() -> int:
+    """Raise this process's open-file soft limit to its hard limit (children inherit it); return it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 def python_module(module: str, *args: str) -> list[str]:

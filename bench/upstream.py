@@ -6,6 +6,10 @@ an SSE stream (a role chunk, N content chunks, a finish chunk, a usage chunk whe
 Responses are prebuilt bytes, so the upstream costs a few microseconds per request and is never
 the bottleneck of a gateway measurement. ``GET /healthz`` answers 200.
 
+Two request headers override the command line for one request, so one upstream serves every shape a
+benchmark needs (the gateway sends them as provider ``headers`` from routes.yaml): ``x-bench-chunks: N``
+(content chunks of this stream) and ``x-bench-delay-ms: D`` (pause before each chunk of this stream).
+
 Run: ``python -m bench.upstream --port 9001 [--chunks 20] [--delay-ms 0]``.
 """
 
@@ -66,7 +70,7 @@ class Responses:
     def __init__(self, cfg: UpstreamConfig) -> None:
         self._cfg = cfg
         self._chat: dict[str, bytes] = {}
-        self._streams: dict[tuple[str, bool], list[bytes]] = {}
+        self._streams: dict[tuple[str, bool, int], list[bytes]] = {}
 
     def chat(self, model: str) -> bytes:
         cached = self._chat.get(model)
@@ -75,13 +79,14 @@ class Responses:
             self._remember(self._chat, model, cached)
         return cached
 
-    def stream(self, model: str, include_usage: bool) -> list[bytes]:
+    def stream(self, model: str, include_usage: bool, chunks: int) -> list[bytes]:
         """The stream as transfer-encoded frames: head + first event, ..., last event + last chunk."""
-        key = (model, include_usage)
+        key = (model, include_usage, chunks)
         cached = self._streams.get(key)
         if cached is None:
             events = [
-                chunk(b"data: " + orjson.dumps(c) + b"\n\n") for c in self._chunks(model, include_usage)
+                chunk(b"data: " + orjson.dumps(c) + b"\n\n")
+                for c in self._chunks(model, include_usage, chunks)
             ]
             events.append(chunk(b"data: [DONE]\n\n") + LAST_CHUNK)
             events[0] = STREAM_HEAD + events[0]
@@ -109,9 +114,7 @@ class Responses:
             "usage": self._usage(7),
         }
 
-    def _chunks(self, model: str, include_usage: bool) -> list[dict[str, object]]:
-        n = self._cfg.chunks
-
+    def _chunks(self, model: str, include_usage: bool, n: int) -> list[dict[str, object]]:
         def make(delta: dict[str, object], finish: str | None) -> dict[str, object]:
             choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
             out: dict[str, object] = {
@@ -199,10 +202,11 @@ class _Connection(asyncio.Protocol):
         method, _, rest = head.start_line.partition(b" ")
         path = rest.split(b" ", 1)[0].split(b"?", 1)[0]
         if method == b"POST" and path.endswith(b"/chat/completions"):
-            frames = self._chat(transport, body)
-            if frames is not None:
+            paced = self._chat(transport, head, body)
+            if paced is not None:
+                frames, delay_s = paced
                 self._task = asyncio.get_running_loop().create_task(
-                    self._stream_slowly(transport, frames, head.wants_close)
+                    self._stream_slowly(transport, frames, delay_s, head.wants_close)
                 )
                 return False
         elif method == b"GET" and path == b"/healthz":
@@ -216,8 +220,10 @@ class _Connection(asyncio.Protocol):
             return False
         return True
 
-    def _chat(self, transport: asyncio.Transport, body: bytes) -> list[bytes] | None:
-        """Write the answer; return the frames instead when they must be paced by a task."""
+    def _chat(
+        self, transport: asyncio.Transport, head: Head, body: bytes
+    ) -> tuple[list[bytes], float] | None:
+        """Write the answer; return the frames and their pace instead when a task must pace them."""
         try:
             request = orjson.loads(body)
         except orjson.JSONDecodeError:
@@ -232,16 +238,24 @@ class _Connection(asyncio.Protocol):
             return None
         options = request.get("stream_options")
         include_usage = isinstance(options, dict) and options.get("include_usage") is True
-        frames = self._responses.stream(model, include_usage)
-        if self._cfg.delay_s <= 0:
+        try:
+            chunks = int(head.headers.get(b"x-bench-chunks", self._cfg.chunks))
+            delay_s = float(head.headers.get(b"x-bench-delay-ms", self._cfg.delay_s * 1000)) / 1000
+        except ValueError:
+            transport.write(_error(b"400 Bad Request", "bad x-bench-chunks or x-bench-delay-ms"))
+            return None
+        frames = self._responses.stream(model, include_usage, max(0, chunks))
+        if delay_s <= 0:
             transport.writelines(frames)
             return None
-        return frames
+        return frames, delay_s
 
-    async def _stream_slowly(self, transport: asyncio.Transport, frames: list[bytes], close: bool) -> None:
+    async def _stream_slowly(
+        self, transport: asyncio.Transport, frames: list[bytes], delay_s: float, close: bool
+    ) -> None:
         transport.write(frames[0])
         for frame in frames[1:]:
-            await asyncio.sleep(self._cfg.delay_s)
+            await asyncio.sleep(delay_s)
             if transport.is_closing():
                 return
             transport.write(frame)

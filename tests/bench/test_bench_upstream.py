@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +15,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 if str(REPO_ROOT) not in sys.path:  # bench/ is not installed with the package; a conftest here would
     sys.path.append(str(REPO_ROOT))  # shadow tests/conftest.py, which other tests import by name
 
-from bench.loadgen import Load, Target, run_load  # noqa: E402
+from bench.loadgen import SEQ_MARK, Load, Target, run_load  # noqa: E402
 from bench.procs import ChildProcess, free_port, python_module  # noqa: E402
 
 MESSAGES: list[openai.types.chat.ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
@@ -85,3 +86,22 @@ async def test_load_generator_counts_every_request(upstream_port: int) -> None:
         result = await run_load(target, load, body)
         assert (result.ok, result.errors) == (40, 0), result.error_sample
         assert len(result.ttfe_ns) == (40 if stream else 0)
+
+
+def test_headers_override_chunks_per_request(upstream_port: int) -> None:
+    body = {"model": "bench-model", "messages": MESSAGES, "stream": True}
+    url = f"http://127.0.0.1:{upstream_port}/v1/chat/completions"
+    with httpx.stream("POST", url, json=body, headers={"x-bench-chunks": "3"}) as response:
+        raw = response.read().decode()
+    assert raw.count('"content":" tok"') == 3
+
+
+async def test_load_generator_makes_each_request_unique(upstream_port: int) -> None:
+    target = Target("127.0.0.1", upstream_port, "/v1/chat/completions")
+    body = b'{"model": "bench-model", "messages": [{"role": "user", "content": "n %s"}]}' % SEQ_MARK
+    seq = itertools.count(7)
+    load = Load(concurrency=3, max_requests=30, duration_s=10.0, stream=False)
+    result = await run_load(target, load, body, seq=seq)
+    assert (result.ok, result.errors) == (30, 0), result.error_sample
+    assert next(seq) == 37  # one number per request, none skipped or reused
+    assert result.cache == {"none": 30}  # no x-gateway-cache header from the upstream
