@@ -22,7 +22,9 @@ def _free_port() -> int:
 class RedisServer:
     """A throwaway redis-server on 127.0.0.1 without persistence; it can be stopped and restarted."""
 
-    def __init__(self) -> None:
+    def __init__(self, *args: str) -> None:
+        """``args`` go to redis-server as they are, e.g. ``"--requirepass", "secret"``."""
+        self.args = args
         if REDIS_SERVER is None:
             pytest.fail("redis-server is not on PATH: the store tests need a real one (apt install redis)")
         self.port = _free_port()
@@ -36,10 +38,13 @@ class RedisServer:
         """Start (or restart, on the same port) and wait until it answers PING."""
         assert REDIS_SERVER is not None
         cmd = [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1"]
-        cmd += ["--save", "", "--appendonly", "no"]  # nothing on disk
+        cmd += ["--save", "", "--appendonly", "no", *self.args]  # nothing on disk
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 10
-        with redis.Redis.from_url(self.url, socket_timeout=0.2, socket_connect_timeout=0.2) as client:
+        password = self.args[self.args.index("--requirepass") + 1] if "--requirepass" in self.args else None
+        with redis.Redis.from_url(
+            self.url, password=password, socket_timeout=0.2, socket_connect_timeout=0.2
+        ) as client:
             while True:
                 try:
                     if client.ping():

@@ -37,16 +37,13 @@ import math
 import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pybreaker
 from prometheus_client import Gauge
-from redis.exceptions import RedisError
 
 from gateway.config.model import BreakerPolicy
-
-if TYPE_CHECKING:
-    from redis.asyncio import Redis
+from gateway.store.resp import Command, ReplyError, RespClient, Script
 
 log = logging.getLogger("gateway.breaker")
 
@@ -268,14 +265,8 @@ class BreakerRegistry:
         self._wake = asyncio.Event()
         self._interval_s = interval_s
         self._prefix = f"{prefix}:{{breaker}}:"
-        self._redis: Redis | None = None
-        if redis_url:
-            from redis.asyncio import Redis  # only imported when it is used
-
-            self._redis = Redis.from_url(
-                redis_url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, max_connections=4
-            )
-            self._script = self._redis.register_script(_RECORD_LUA)
+        self._redis = RespClient(redis_url, timeout_s=timeout_s) if redis_url else None
+        self._script = Script(_RECORD_LUA)
         self._warned = False
 
     @property
@@ -313,30 +304,32 @@ class BreakerRegistry:
             try:
                 await self._exchange(self._redis)
                 self._warned = False
-            except (RedisError, OSError) as exc:  # OSError covers the builtin TimeoutError too
+            except (ReplyError, OSError) as exc:  # OSError covers the builtin TimeoutError too
                 if not self._warned:
                     log.warning("circuit breakers: redis unreachable, using local state: %r", exc)
                     self._warned = True
         for breaker in list(self._breakers.values()):
             breaker.refresh()
 
-    async def _exchange(self, redis: Redis) -> None:
+    async def _exchange(self, redis: RespClient) -> None:
         pending, self._pending = self._pending, {}
         names = list(self._breakers)
         now = time.time()
-        async with redis.pipeline(transaction=False) as pipe:
-            for name, outcomes in pending.items():
-                policy = self._breakers[name].policy
-                ttl = max(3600, math.ceil(policy.reset_s * 4))
-                args: list[str | int | float] = [now, policy.failures, policy.reset_s, ttl, *outcomes]
-                await self._script(keys=[self._prefix + name], args=args, client=pipe)
-            for name in names:
-                pipe.hmget(self._prefix + name, "state", "failures", "opened_at")
-            try:
-                replies: list[Any] = await pipe.execute()
-            except Exception:
-                self._requeue(pending)
-                raise
+        commands: list[Command] = []
+        for name, outcomes in pending.items():
+            policy = self._breakers[name].policy
+            ttl = max(3600, math.ceil(policy.reset_s * 4))
+            args: list[str | int | float] = [now, policy.failures, policy.reset_s, ttl, *outcomes]
+            commands.append(self._script.command([self._prefix + name], args))
+        for name in names:
+            commands.append(("HMGET", self._prefix + name, "state", "failures", "opened_at"))
+        try:
+            replies = await self._script.run(redis, commands)
+            if failed := next((r for r in replies if isinstance(r, ReplyError)), None):
+                raise failed
+        except Exception:
+            self._requeue(pending)
+            raise
         written = dict(zip(pending, replies[: len(pending)], strict=True))
         for name, record in written.items():
             self._load(name, record)
@@ -356,4 +349,4 @@ class BreakerRegistry:
 
     async def close(self) -> None:
         if self._redis is not None:
-            await self._redis.aclose()
+            await self._redis.close()

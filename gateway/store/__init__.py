@@ -55,7 +55,7 @@ class GatewayStore(Store, KeyStore, Protocol):
         ...
 
 
-def build_store(redis_url: str | None, *, timeout_s: float = 0.25, max_connections: int = 64) -> GatewayStore:
+def build_store(redis_url: str | None, *, timeout_s: float = 0.25) -> GatewayStore:
     """A ``RedisStore`` for a URL, else a ``MemoryStore`` (one process only). Nothing connects yet."""
     if not redis_url:
         from gateway.store.memory import MemoryStore
@@ -63,4 +63,4 @@ def build_store(redis_url: str | None, *, timeout_s: float = 0.25, max_connectio
         return MemoryStore()
     from gateway.store.redis import RedisStore  # redis is only imported when it is used
 
-    return RedisStore(redis_url, timeout_s=timeout_s, max_connections=max_connections)
+    return RedisStore(redis_url, timeout_s=timeout_s)

@@ -26,18 +26,18 @@ minute or more, so a skewed replica at worst counts a request into the neighbour
 set relative to the caller's clock too. Money is integer nano-USD; Lua compares it as doubles, which
 is exact up to 2**53 nano (about 9 million USD per budget).
 
-One round-trip per admit and per settle, except for redis-py's idle-connection health check (a
-PING after ``health_check_interval`` s idle) and the one-time script reload after a Redis restart.
-Every call has one deadline, ``timeout_s``, covering the wait for a pooled connection, the connect
-and the reply. redis-py's own retries are off because admit is not idempotent: a retry after a lost
-reply would count the request twice. A call that times out may still have run on the server; its
-reservation is then held until its lease expires. Connection errors, timeouts and OSErrors become
-``StoreUnavailableError`` here and nowhere else.
+One round-trip per admit and per settle, through the lean pipelined client in ``resp.py`` (one
+connection, commands of the same event-loop turn written together). Every call has one deadline,
+``timeout_s``, covering the connect and the reply. There are no client-side retries, because admit is
+not idempotent: a retry after a lost reply would count the request twice. A call that times out may
+still have run on the server; its reservation is then held until its lease expires. Connection
+errors, timeouts, OSErrors and READONLY replies (a failed-over primary) become
+``StoreUnavailableError`` here and nowhere else. After a Redis restart the scripts reload by
+themselves (EVALSHA, then SCRIPT LOAD on NOSCRIPT).
 """
 
 from __future__ import annotations
 
-import asyncio
 import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -45,12 +45,6 @@ from importlib.resources import files
 from typing import Any, Literal, TypeVar
 
 import orjson
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ReadOnlyError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.store.base import (
     Admission,
@@ -62,15 +56,13 @@ from gateway.store.base import (
     StoreUnavailableError,
 )
 from gateway.store.memory import SPENT_RETENTION_S, key_id_of
+from gateway.store.resp import ReplyError, RespClient, Script
 
 T = TypeVar("T")
 
 _KINDS: tuple[Literal["rpm", "tpm", "budget"], ...] = ("rpm", "tpm", "budget")
 _LEASE_KEY_MARGIN_S = 60
 """The reservation keys outlive the longest lease by this much."""
-# ReadOnlyError: a failed-over primary that became a replica refuses writes until clients move on.
-_UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, OSError)
-"""OSError also covers the builtin TimeoutError raised by the per-call deadline."""
 
 
 def _lua(name: str) -> str:
@@ -88,68 +80,29 @@ def _text(value: bytes | str) -> str:
 class RedisStore:
     """The store shared by every replica; see the module docstring for the key layout."""
 
-    def __init__(
-        self,
-        url: str,
-        *,
-        timeout_s: float = 0.25,
-        max_connections: int = 64,
-        health_check_interval: int = 30,
-        prefix: str = "gw",
-    ) -> None:
-        # A blocking pool: a burst beyond max_connections waits (within the deadline) for a connection
-        # instead of failing at once, as the default pool would.
-        pool = BlockingConnectionPool.from_url(
-            url,
-            max_connections=max_connections,
-            timeout=timeout_s,
-            socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s,
-            health_check_interval=health_check_interval,
-            retry=Retry(NoBackoff(), 0),
-        )
-        self._redis = Redis.from_pool(pool)
+    def __init__(self, url: str, *, timeout_s: float = 0.25, prefix: str = "gw") -> None:
+        self._redis = RespClient(url, timeout_s=timeout_s)
         self._timeout_s = timeout_s
         self._prefix = prefix
         lib = _lua("lib.lua")
-        # register_script = EVALSHA, reloading the script by itself after a restart or SCRIPT FLUSH
-        self._admit = self._redis.register_script(lib + _lua("admit.lua"))
-        self._spend = self._redis.register_script(lib + _lua("spend.lua"))
-        self._settle = self._redis.register_script(lib + _lua("settle.lua"))
-        self._keys = self._redis.register_script(_lua("keys.lua"))
+        self._admit = Script(lib + _lua("admit.lua"))
+        self._spend = Script(lib + _lua("spend.lua"))
+        self._settle = Script(lib + _lua("settle.lua"))
+        self._keys = Script(_lua("keys.lua"))
         admin = f"{prefix}:{{admin}}"
         self._key_names = [f"{admin}:keys", f"{admin}:key-ids", f"{admin}:keys-version"]
-        self._loaded = False
-        self._loading = asyncio.Lock()
 
     async def _call(self, make: Callable[[], Awaitable[T]]) -> T:
         """The one boundary where Redis failures become ``StoreUnavailableError``."""
         try:
-            async with asyncio.timeout(self._timeout_s):
-                if not self._loaded:
-                    await self._load_scripts()
-                return await make()
-        except _UNAVAILABLE as exc:
-            if isinstance(exc, RedisConnectionError):
-                # The server went away: every idle pooled connection is dead too. Drop them now, so
-                # that once it is back each request gets a fresh connection instead of a stale one.
-                await self._redis.connection_pool.disconnect(inuse_connections=False)
+            return await make()
+        except OSError as exc:  # ConnectionError, and the builtin TimeoutError of the deadline
             raise StoreUnavailableError(f"redis unavailable: {exc!r}") from exc
-
-    async def _load_scripts(self) -> None:
-        """Load every script once, in one round-trip, before the first call.
-
-        Without this, each call of a cold burst would get NOSCRIPT and load the script itself (three
-        round-trips each). After a Redis restart the scripts reload by themselves, call by call.
-        """
-        async with self._loading:
-            if self._loaded:
-                return
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for script in (self._admit, self._spend, self._settle, self._keys):
-                    pipe.script_load(script.script)
-                await pipe.execute()
-            self._loaded = True
+        except ReplyError as exc:
+            # a failed-over primary that became a replica refuses writes until clients move on
+            if str(exc).startswith("READONLY"):
+                raise StoreUnavailableError(f"redis is read-only: {exc}") from exc
+            raise
 
     def _tenant_keys(self, tenant: str) -> tuple[str, list[str]]:
         base = f"{self._prefix}:{{{tenant}}}"
@@ -177,7 +130,7 @@ class RedisStore:
                 f"{base}:spent:{s.scope}:{s.period_start}",
             ]
             args += [s.scope, _limit(s.rpm), _limit(s.tpm), _limit(s.budget_nano)]
-        raw: list[int] = await self._call(lambda: self._admit(keys=keys, args=args))
+        raw: list[int] = await self._call(lambda: self._admit.call(self._redis, keys, args))
         states = tuple(
             ScopeState(
                 scope=s.scope,
@@ -219,7 +172,7 @@ class RedisStore:
             # relative to the caller's clock, like everything else here (see the module docstring)
             ttl = max(s.period_start + SPENT_RETENTION_S - int(st.now), 60) if s.period_start else 0
             args += [s.scope, 0 if s.tpm is None else 1, ttl]
-        raw: list[int] = await self._call(lambda: self._settle(keys=keys, args=args))
+        raw: list[int] = await self._call(lambda: self._settle.call(self._redis, keys, args))
         return {s.scope: spent for s, spent in zip(st.scopes, raw, strict=True)}
 
     async def spend(self, tenant: str, scope: ScopeLimits, now: float | None = None) -> Spend:
@@ -227,49 +180,53 @@ class RedisStore:
         base, keys = self._tenant_keys(tenant)
         keys.append(f"{base}:spent:{scope.scope}:{scope.period_start}")
         now_ms = int((time.time() if now is None else now) * 1000)
-        raw: list[bytes] = await self._call(lambda: self._spend(keys=keys, args=[now_ms, scope.scope]))
+        raw: list[bytes] = await self._call(
+            lambda: self._spend.call(self._redis, keys, [now_ms, scope.scope])
+        )
         return Spend(spent_nano=int(raw[0]), reserved_nano=int(raw[1]))
 
     async def ping(self) -> bool:
         # Twice: the first try may only discover that a pooled connection died with an old server.
         for _ in range(2):
             try:
-                return bool(await self._call(self._redis.ping))
+                return bool(await self._call(lambda: self._redis.execute("PING")))
             except StoreUnavailableError:
                 continue
         return False
 
     async def close(self) -> None:
-        await self._redis.aclose()
+        await self._redis.close()
 
     # -- response cache ------------------------------------------------------------------------------------
 
     async def cache_get(self, key: str) -> bytes | None:
-        value = await self._call(lambda: self._redis.get(key))
-        return value.encode() if isinstance(value, str) else value
+        value: bytes | None = await self._call(lambda: self._redis.execute("GET", key))
+        return value
 
     async def cache_put(self, key: str, value: bytes, ttl_s: int) -> None:
-        await self._call(lambda: self._redis.set(key, value, ex=ttl_s))
+        await self._call(lambda: self._redis.execute("SET", key, value, "EX", ttl_s))
 
     # -- run-time keys (admin API, off the hot path) --------------------------------------------------------
 
     async def put_key(self, sha256: str, record: Mapping[str, Any]) -> None:
         """Store a key record under its sha256; re-using a key id replaces that id's old secret."""
         args = ["put", sha256, key_id_of(record), orjson.dumps(dict(record)).decode()]
-        await self._call(lambda: self._keys(keys=self._key_names, args=args))
+        await self._call(lambda: self._keys.call(self._redis, self._key_names, args))
 
     async def delete_key(self, key_id: str) -> bool:
-        return bool(await self._call(lambda: self._keys(keys=self._key_names, args=["delete", key_id])))
+        deleted = await self._call(lambda: self._keys.call(self._redis, self._key_names, ["delete", key_id]))
+        return bool(deleted)
 
     async def list_keys(self, tenant: str | None = None) -> list[dict[str, Any]]:
-        records = (orjson.loads(v) for v in await self._call(lambda: self._redis.hvals(self._key_names[0])))
+        raw: list[bytes] = await self._call(lambda: self._redis.execute("HVALS", self._key_names[0]))
+        records = (orjson.loads(v) for v in raw)
         return sorted(
             (r for r in records if tenant is None or r.get("tenant") == tenant), key=lambda r: str(r["id"])
         )
 
     async def keys_version(self) -> int:
-        return int(await self._call(lambda: self._redis.get(self._key_names[2])) or 0)
+        return int(await self._call(lambda: self._redis.execute("GET", self._key_names[2])) or 0)
 
     async def all_keys(self) -> dict[str, dict[str, Any]]:
-        raw = await self._call(lambda: self._redis.hgetall(self._key_names[0]))
-        return {_text(sha): orjson.loads(record) for sha, record in raw.items()}
+        raw: list[bytes] = await self._call(lambda: self._redis.execute("HGETALL", self._key_names[0]))
+        return {_text(sha): orjson.loads(record) for sha, record in zip(raw[::2], raw[1::2], strict=True)}

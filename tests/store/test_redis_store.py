@@ -19,7 +19,7 @@ pytestmark = pytest.mark.redis
 
 
 async def test_replicas_sharing_redis_never_pass_the_budget(clean_redis: str) -> None:
-    replicas = [RedisStore(clean_redis, timeout_s=2.0, max_connections=8) for _ in range(4)]
+    replicas = [RedisStore(clean_redis, timeout_s=2.0) for _ in range(4)]
     try:
         t = ScopeLimits("t", budget_nano=37 * 1_000)
         calls = [replicas[i % 4].admit(ask(t, cost=1_000)) for i in range(200)]
