@@ -49,6 +49,11 @@ class Shared:
 
 
 def build_runtime(routes: RoutesConfig, budgets: BudgetsConfig, shared: Shared) -> Runtime:
+    if shared.breakers is not None:
+        # Follow every deployment's shared circuit from the start, not from its first call: a replica
+        # that starts (or scales up) during an outage must not send the open deployment a request.
+        for name in routes.models:
+            shared.breakers.get(name, routes.defaults.breaker)
     return Runtime(
         routes=routes,
         budgets=budgets,

@@ -5,12 +5,16 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 
+import httpx
 import pytest
 from prometheus_client import CollectorRegistry, Gauge
 from redis_server import RedisServer
 
 from gateway.config.model import BreakerPolicy
+from gateway.config.parse import parse_budgets, parse_routes
 from gateway.pipeline.breaker import CLOSED, HALF_OPEN, OPEN, BreakerOpen, BreakerRegistry, Outcome
+from gateway.runtime import Shared, build_runtime
+from gateway.store.memory import MemoryStore
 
 POLICY = BreakerPolicy(failures=3, reset_s=30)
 QUICK = BreakerPolicy(failures=2, reset_s=0.05)
@@ -187,3 +191,40 @@ async def test_unreachable_redis_keeps_the_local_view(caplog: pytest.LogCaptureF
         assert registry._pending == {"m": ["f", "f", "f", "f"]}, "kept for when Redis is back"
     finally:
         await registry.close()
+
+
+async def test_a_new_replica_follows_open_circuits_before_its_first_call(redis_url: str) -> None:
+    """A replica that starts during an outage knows every configured deployment's shared circuit at
+    once (build_runtime registers them, the app syncs before serving): no request reaches the
+    deployment whose circuit another replica opened."""
+    routes, _ = parse_routes(
+        {
+            "providers": {"p": {"type": "mock"}},
+            "models": {"m": {"provider": "p"}, "n": {"provider": "p"}},
+            "defaults": {"breaker": {"failures": 2, "reset_s": 60}},
+        }
+    )
+    budgets, _ = parse_budgets({"tenants": {}}, routes=routes)
+    policy = routes.defaults.breaker
+    old = BreakerRegistry(gauge(), redis_url, prefix="t9")
+    new = BreakerRegistry(gauge(), redis_url, prefix="t9")
+    try:
+        on_old = old.get("m", policy)
+        on_old.record(Outcome.FAILURE, probe=False)
+        on_old.record(Outcome.FAILURE, probe=False)
+        await old.sync()
+        assert on_old.state == OPEN
+        build_runtime(
+            routes,
+            budgets,
+            Shared(
+                httpx.MockTransport(lambda r: httpx.Response(500)), MemoryStore(), MemoryStore(), breakers=new
+            ),
+        )
+        await new.sync()
+        with pytest.raises(BreakerOpen):
+            new.get("m", policy).allow()
+        assert new.get("n", policy).state == CLOSED
+    finally:
+        await old.close()
+        await new.close()
