@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import glob
 import hashlib
-import logging
 import os
 import secrets
 import shutil
@@ -15,6 +14,7 @@ import tempfile
 from dataclasses import replace
 from types import FrameType
 
+from gateway import logs
 from gateway.config.parse import ConfigError, check
 from gateway.settings import Settings
 
@@ -148,7 +148,8 @@ def _serve(args: argparse.Namespace) -> int:
         return 1
     os.environ.update(settings.to_env())
     created_dir = _prepare_multiprocess_metrics(settings.workers)
-    logging.basicConfig(level=args.log_level.upper(), format="%(message)s")
+    os.environ[logs.LEVEL_ENV] = args.log_level  # for the worker processes, which configure their own
+    logs.configure(args.log_level)
     signal.signal(signal.SIGTERM, _exit_after_graceful_shutdown)
     try:
         uvicorn.run(
