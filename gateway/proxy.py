@@ -16,7 +16,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Coroutine
 from decimal import Decimal
 from typing import Any, Protocol
 
-from starlette.background import BackgroundTask, BackgroundTasks
+from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -82,7 +82,7 @@ class Pipeline:
 
     async def handle(self, request: Request, operation: Operation, ingress: Ingress) -> Response:
         ex = Exchange(
-            endpoint=request.url.path,
+            endpoint=request.scope["path"],
             trace=request.headers.get("x-gateway-trace"),
             client_retry=request.headers.get("x-stainless-retry-count"),
         )
@@ -96,16 +96,25 @@ class Pipeline:
             ex.principal = authenticate(request.headers, runtime.keys)
             # 3 route
             ex.plan = runtime.router.plan(parsed.model, parsed.task, ex.principal)
+            # The cache lookup (stage 6) is sent now, so that it shares admission's store round-trip
+            # (the store writes commands of one event-loop turn together); its answer is used only
+            # once the request is admitted. ``max_tokens`` that admission may add is not part of the key.
+            forwarded = ingress.forward_headers(request)
+            cache_key, lookup = self._start_lookup(ex, request, operation, parsed, forwarded)
             # 4 admit: rate limits and the budget reservation, one store round-trip
-            ex.reservation = await runtime.admitter.reserve(
-                ex.request_id, ex.principal, parsed, ex.plan, time.time()
-            )
+            try:
+                ex.reservation = await runtime.admitter.reserve(
+                    ex.request_id, ex.principal, parsed, ex.plan, time.time()
+                )
+            except BaseException:
+                if lookup is not None:
+                    lookup.cancel()
+                raise
             if (reservation := ex.reservation) is not None:
                 ex.limit_headers = ratelimit_headers(reservation.admission.states, reservation.ask.scopes)
             # 5 plugins (pre): pass-through until that stage lands
             # 6 cache: exact-match lookup, tenant-scoped
-            forwarded = ingress.forward_headers(request)
-            cache_key, cached = await self._lookup(ex, request, operation, parsed, forwarded)
+            cached = await self._finish_lookup(ex, lookup) if lookup is not None else None
             if cached is not None:
                 return self._hit(ex, ingress, cached, parsed.include_usage)
             # 7 dispatch
@@ -162,7 +171,7 @@ class Pipeline:
         headers = ex.response_headers()
         headers["x-gateway-cost-usd"] = format_usd(ex.cost)
         response = json_response(body_out, 200, headers)
-        tasks = BackgroundTasks()
+        entry = None
         if (
             cache_key is not None
             and ex.plan is not None
@@ -170,20 +179,25 @@ class Pipeline:
             and upstream.status == 200
         ):
             answer = CachedAnswer(ex.model, upstream.usage, body=upstream.body)
-            tasks.add_task(self._cache.put, cache_key, answer, ex.plan.cache.ttl_s)
-        tasks.add_task(self._settle, ex)
-        response.background = tasks
+            entry = (cache_key, answer, ex.plan.cache.ttl_s)
+        response.background = BackgroundTask(self._store_and_settle, ex, entry)
         return response
 
-    async def _lookup(
+    async def _store_and_settle(self, ex: Exchange, entry: tuple[str, CachedAnswer, int] | None) -> None:
+        """After the response: the cache put and the settlement leave in one store write."""
+        if entry is not None:
+            self._background(self._cache.put(*entry))
+        await self._settle(ex)
+
+    def _start_lookup(
         self,
         ex: Exchange,
         request: Request,
         operation: Operation,
         parsed: ParsedRequest,
         forwarded: dict[str, str],
-    ) -> tuple[str | None, CachedAnswer | None]:
-        """Stage 6: the key to store this answer under (None: do not store) and a stored answer.
+    ) -> tuple[str | None, asyncio.Task[CachedAnswer | None] | None]:
+        """Stage 6, begun: the key to store this answer under (None: do not store) and the lookup.
 
         ``x-gateway-cache`` says ``hit`` or ``miss`` when a lookup happened, ``refresh`` when the client
         asked to replace the entry (no lookup, the fresh answer is stored), and ``skip`` when the client
@@ -193,23 +207,29 @@ class Pipeline:
         asked = request.headers.get("x-gateway-cache")
         if plan is None or asked == "skip" or not is_cacheable(plan.cache, operation, parsed.body):
             ex.cache = "skip"
-        else:
-            key = canonical_key(ex.tenant, operation, parsed.body, route=plan.route, headers=forwarded)
-            if asked == "refresh":
-                ex.cache = "refresh"
-                self._cache.count(ex.cache)
-                return key, None
-            answer = await self._cache.get(key)
-            # the stored deployment must still be one this key may use on this route
-            deployment = usable(answer, plan.candidates) if answer is not None else None
-            ex.cache = "miss" if deployment is None else "hit"
             self._cache.count(ex.cache)
-            if deployment is None:
-                return key, None
-            ex.attempts.deployment = deployment
-            return key, answer
+            return None, None
+        key = canonical_key(ex.tenant, operation, parsed.body, route=plan.route, headers=forwarded)
+        if asked == "refresh":
+            ex.cache = "refresh"
+            self._cache.count(ex.cache)
+            return key, None
+        return key, asyncio.ensure_future(self._cache.get(key))
+
+    async def _finish_lookup(
+        self, ex: Exchange, lookup: asyncio.Task[CachedAnswer | None]
+    ) -> CachedAnswer | None:
+        """Stage 6, ended: the stored answer, if there is one this request may use."""
+        answer = await lookup
+        assert ex.plan is not None
+        # the stored deployment must still be one this key may use on this route
+        deployment = usable(answer, ex.plan.candidates) if answer is not None else None
+        ex.cache = "miss" if deployment is None else "hit"
         self._cache.count(ex.cache)
-        return None, None
+        if deployment is None:
+            return None
+        ex.attempts.deployment = deployment
+        return answer
 
     def _hit(self, ex: Exchange, ingress: Ingress, answer: CachedAnswer, include_usage: bool) -> Response:
         """Answer from the cache, rendered like a fresh answer. A hit costs 0 and records no tokens:

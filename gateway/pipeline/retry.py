@@ -98,7 +98,26 @@ async def with_retries(
     deadline: float,
     on_retry: Callable[[], None],
 ) -> T:
-    """Run ``attempt`` until it succeeds, fails for good, or the policy or the deadline says stop."""
+    """Run ``attempt`` until it succeeds, fails for good, or the policy or the deadline says stop.
+
+    The first try runs bare: most requests succeed at once, and tenacity's machinery (~25 µs) is
+    only built when there is something to retry. Its first trial then replays that first failure
+    instead of calling again, so waits and stops are computed exactly as if it had made the call.
+    """
+    try:
+        return await attempt()
+    except Exception as exc:
+        if policy.attempts <= 1 or not is_retryable(exc):
+            raise
+        first: Exception | None = exc
+
+    async def replay_then_attempt() -> T:
+        nonlocal first
+        if first is not None:
+            failed, first = first, None
+            raise failed
+        return await attempt()
+
     retrying = AsyncRetrying(
         stop=stop_after_attempt(max(policy.attempts, 1)) | DeadlineStop(deadline, policy.backoff_max_s),
         wait=BackoffWait(policy),
@@ -108,7 +127,7 @@ async def with_retries(
     try:
         async for trial in retrying:
             with trial:
-                return await attempt()
+                return await replay_then_attempt()
     except RetryError as exc:
         last = exc.last_attempt.exception()
         if isinstance(last, GatewayError):

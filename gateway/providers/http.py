@@ -8,7 +8,7 @@ than the transport underneath and the gateway uses none of it. Tests substitute
 
 from __future__ import annotations
 
-import asyncio
+import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -63,15 +63,21 @@ def retry_after_of(headers: Mapping[str, str]) -> str | None:
 USER_AGENT = "llm-gateway/" + __version__
 
 
+@functools.lru_cache(maxsize=1024)
+def _url(url: str) -> httpx.URL:
+    """Parsed once per upstream URL: httpx's URL parsing costs more than the rest of the request."""
+    return httpx.URL(url)
+
+
 def _request(
     url: str, body: Mapping[str, Any], headers: Mapping[str, str], timeout_s: float
 ) -> httpx.Request:
     timeout = {"connect": timeout_s, "read": timeout_s, "write": timeout_s, "pool": timeout_s}
-    request = httpx.Request(
-        "POST", url, content=orjson.dumps(body), headers=headers, extensions={"timeout": timeout}
+    if not any(name.lower() == "user-agent" for name in headers):
+        headers = {**headers, "user-agent": USER_AGENT}
+    return httpx.Request(
+        "POST", _url(url), content=orjson.dumps(body), headers=headers, extensions={"timeout": timeout}
     )
-    request.headers.setdefault("user-agent", USER_AGENT)
-    return request
 
 
 async def post_json(
@@ -84,16 +90,17 @@ async def post_json(
     timeout_s: float,
     on_error: ErrorMapper = openai_error,
 ) -> tuple[bytes, Any]:
-    """POST a JSON body and return (raw bytes, parsed JSON) of a 2xx answer."""
+    """POST a JSON body and return (raw bytes, parsed JSON) of a 2xx answer.
+
+    The whole call is bounded by dispatch's attempt deadline (one timer per attempt, not one per layer);
+    ``timeout_s`` also goes to the transport for its connect/read/write/pool waits.
+    """
     try:
-        async with asyncio.timeout(timeout_s):
-            resp = await transport.handle_async_request(_request(url, body, headers, timeout_s))
-            try:
-                await resp.aread()
-            finally:
-                await resp.aclose()
-    except TimeoutError as exc:
-        raise DeadlineExceeded(f"upstream '{provider}' timed out") from exc
+        resp = await transport.handle_async_request(_request(url, body, headers, timeout_s))
+        try:
+            await resp.aread()
+        finally:
+            await resp.aclose()
     except httpx.HTTPError as exc:
         raise map_transport_error(exc, provider) from exc
     if resp.status_code // 100 != 2:
@@ -114,12 +121,10 @@ async def open_stream(
     timeout_s: float,
     on_error: ErrorMapper = openai_error,
 ) -> httpx.Response:
-    """Send a streaming request; return the open 2xx response (the caller must close it)."""
+    """Send a streaming request; return the open 2xx response (the caller must close it). Bounded by
+    dispatch's attempt deadline, like ``post_json``."""
     try:
-        async with asyncio.timeout(timeout_s):
-            resp = await transport.handle_async_request(_request(url, body, headers, timeout_s))
-    except TimeoutError as exc:
-        raise DeadlineExceeded(f"upstream '{provider}' timed out") from exc
+        resp = await transport.handle_async_request(_request(url, body, headers, timeout_s))
     except httpx.HTTPError as exc:
         raise map_transport_error(exc, provider) from exc
     if resp.status_code // 100 != 2:
