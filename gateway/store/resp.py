@@ -88,6 +88,7 @@ class _Connection(asyncio.Protocol):
         self._waiting: collections.deque[_Pending] = collections.deque()
         self._out: list[bytes] = []
         self._flush_scheduled = False
+        self._timer: asyncio.TimerHandle | None = None
         self._on_lost = on_lost
         self.transport: asyncio.Transport | None = None
         self.closed = False
@@ -127,19 +128,28 @@ class _Connection(asyncio.Protocol):
 
     # -- sending ------------------------------------------------------------------------------------------
 
-    def send(self, packed: bytes, n: int) -> asyncio.Future[list[Any]]:
+    def send(self, packed: bytes, n: int, linger_s: float = 0.0) -> asyncio.Future[list[Any]]:
+        """Queue a command for the next write: this loop turn's, or within ``linger_s`` if lingering
+        (then it rides along with the next urgent command, or leaves on its own when the time is up)."""
         if self.closed or self.transport is None:
             raise ConnectionError("redis connection is closed")
-        future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[Any]] = loop.create_future()
         self._waiting.append(_Pending(future, n))
         self._out.append(packed)
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+        if linger_s <= 0:
+            if not self._flush_scheduled:
+                self._flush_scheduled = True
+                loop.call_soon(self._flush)
+        elif self._timer is None and not self._flush_scheduled:
+            self._timer = loop.call_later(linger_s, self._flush)
         return future
 
     def _flush(self) -> None:
         self._flush_scheduled = False
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self._out and self.transport is not None and not self.closed:
             out, self._out = self._out, []
             self.transport.write(out[0] if len(out) == 1 else b"".join(out))
@@ -180,21 +190,33 @@ class RespClient:
             raise reply
         return reply
 
-    async def pipeline(self, commands: Sequence[Command]) -> list[Any]:
+    async def pipeline(self, commands: Sequence[Command], *, linger_s: float = 0.0) -> list[Any]:
         """Run commands back to back in one write; their replies, error replies included as
-        ``ReplyError`` instances (not raised), in order."""
+        ``ReplyError`` instances (not raised), in order.
+
+        ``linger_s`` > 0 lets the write wait that long for company (see ``_Connection.send``): for
+        commands nobody waits on, such as settlements after the response has gone.
+        """
         packed = b"".join(hiredis.pack_command(tuple(c)) for c in commands)  # type: ignore[arg-type]
-        async with asyncio.timeout(self.timeout_s):
-            conn = self._conn if self._conn is not None and not self._conn.closed else await self._connect()
-            future = conn.send(packed, len(commands))
-            try:
-                return await future
-            except asyncio.CancelledError:
-                # The deadline (or the caller) gave up: a connection silent for a whole deadline is
-                # presumed dead, so the next call dials a fresh one rather than queue behind it.
-                if conn.stalled_for() >= self.timeout_s:
-                    conn.close()
-                raise
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout_s
+        conn = self._conn
+        if conn is None or conn.closed:
+            async with asyncio.timeout_at(deadline):
+                conn = await self._connect()
+        future = conn.send(packed, len(commands), linger_s)
+        # A bare timer rather than asyncio.timeout: the same deadline for less work per call.
+        timer = loop.call_at(deadline, _expire, future)
+        try:
+            return await future
+        except TimeoutError:
+            # A connection silent for a whole deadline is presumed dead, so the next call dials a
+            # fresh one rather than queue behind it.
+            if conn.stalled_for() >= self.timeout_s:
+                conn.close()
+            raise
+        finally:
+            timer.cancel()
 
     async def _connect(self) -> _Connection:
         """One dial shared by every caller that needs a connection at the same moment."""
@@ -249,6 +271,11 @@ class RespClient:
             self._conn = None
 
 
+def _expire(future: asyncio.Future[list[Any]]) -> None:
+    if not future.done():
+        future.set_exception(TimeoutError("redis did not answer within the deadline"))
+
+
 def _consume(future: asyncio.Future[_Connection]) -> None:
     if not future.cancelled():
         future.exception()
@@ -264,15 +291,19 @@ class Script:
     def command(self, keys: Sequence[str], args: Sequence[Arg]) -> tuple[Arg, ...]:
         return ("EVALSHA", self.sha, len(keys), *keys, *args)
 
-    async def call(self, client: RespClient, keys: Sequence[str], args: Sequence[Arg]) -> Any:
-        (reply,) = await self.run(client, [self.command(keys, args)])
+    async def call(
+        self, client: RespClient, keys: Sequence[str], args: Sequence[Arg], *, linger_s: float = 0.0
+    ) -> Any:
+        (reply,) = await self.run(client, [self.command(keys, args)], linger_s=linger_s)
         if isinstance(reply, ReplyError):
             raise reply
         return reply
 
-    async def run(self, client: RespClient, commands: Sequence[Command]) -> list[Any]:
+    async def run(
+        self, client: RespClient, commands: Sequence[Command], *, linger_s: float = 0.0
+    ) -> list[Any]:
         """Run a pipeline that contains this script's EVALSHAs; re-run the NOSCRIPT ones after loading."""
-        replies = await client.pipeline(commands)
+        replies = await client.pipeline(commands, linger_s=linger_s)
         missing = [i for i, r in enumerate(replies) if is_noscript(r)]
         if missing:
             await client.execute("SCRIPT", "LOAD", self.source)
