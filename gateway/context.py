@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
+import os
 import time
-import uuid
 from dataclasses import dataclass, field
 from decimal import Decimal
 
@@ -13,10 +14,27 @@ from gateway.pipeline.dispatch import Attempts
 from gateway.pipeline.route import Plan
 from gateway.providers.base import Usage
 
+_PROCESS = os.urandom(8).hex()
+_SEQUENCE = itertools.count(1)
+
+
+def _reseed() -> None:
+    global _PROCESS, _SEQUENCE
+    _PROCESS, _SEQUENCE = os.urandom(8).hex(), itertools.count(1)
+
+
+os.register_at_fork(after_in_child=_reseed)  # a forked worker must not repeat its parent's ids
+
+
+def new_request_id() -> str:
+    """``req_`` + 32 hex digits, unique across replicas: 64 random bits per process, then a counter
+    (a uuid4 per request costs a getrandom syscall; these ids need uniqueness, not secrecy)."""
+    return f"req_{_PROCESS}{next(_SEQUENCE):016x}"
+
 
 @dataclass(slots=True)
 class Exchange:
-    request_id: str = field(default_factory=lambda: "req_" + uuid.uuid4().hex)
+    request_id: str = field(default_factory=new_request_id)
     started: float = field(default_factory=time.perf_counter)
     endpoint: str = ""
     model_requested: str = ""

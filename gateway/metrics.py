@@ -22,7 +22,7 @@ from __future__ import annotations
 import glob
 import os
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 
@@ -99,6 +99,7 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self.multiprocess_dir = multiprocess_dir()
         r = self.registry
         self.requests = Counter(
@@ -152,6 +153,14 @@ class Metrics:
         )
         self.spans: Spans | None = None
         """OpenTelemetry traces, set in lifespan when configured (gateway/otel.py); None costs nothing."""
+
+    def child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, looked up once per label set (labels() costs more than inc())."""
+        key = (id(metric), labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
 
     def render(self) -> bytes:
         """The text exposition: this app's registry, or the sum over all workers in multiprocess mode."""

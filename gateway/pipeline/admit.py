@@ -8,6 +8,7 @@ candidate's output price. So that the output really is bounded, a request with a
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Mapping
@@ -42,10 +43,16 @@ def period_start(budget: Budget | None, now: float) -> int:
     """Start of the budget's current period, unix seconds, on UTC boundaries (weeks start Monday)."""
     if budget is None or budget.period == "total":
         return 0
-    day = datetime.fromtimestamp(now, UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-    if budget.period == "weekly":
+    return _period_start(budget.period, int(now // 86400))
+
+
+@functools.lru_cache(maxsize=64)
+def _period_start(period: str, day_number: int) -> int:
+    """Computed once per period kind and UTC day (``day_number`` = days since the epoch)."""
+    day = datetime.fromtimestamp(day_number * 86400, UTC)
+    if period == "weekly":
         day -= timedelta(days=day.weekday())
-    elif budget.period == "monthly":
+    elif period == "monthly":
         day = day.replace(day=1)
     return int(day.timestamp())
 

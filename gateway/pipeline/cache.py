@@ -200,7 +200,7 @@ class ResponseCache:
         self._warned_at = -_WARN_EVERY_S
 
     def count(self, result: str) -> None:
-        self._metrics.cache_requests.labels(result).inc()
+        self._metrics.child(self._metrics.cache_requests, result).inc()
 
     async def get(self, key: str) -> CachedAnswer | None:
         try:

@@ -6,6 +6,7 @@ price × tokens product, not a float's approximation of it.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from decimal import Decimal
@@ -21,14 +22,21 @@ log = logging.getLogger("gateway.access")
 MTOK = Decimal(1_000_000)
 
 
+@functools.lru_cache(maxsize=1024)
+def _rates(price: Price) -> tuple[Decimal, Decimal, Decimal, Decimal]:
+    """Input, cached input, cache write and output prices per Mtok as Decimals (from their decimal
+    text, so 0.15 is exactly 0.15), once per price."""
+    p_in = Decimal(str(price.input_per_mtok))
+    p_cached = Decimal(str(price.cached_input_per_mtok)) if price.cached_input_per_mtok is not None else p_in
+    p_write = Decimal(str(price.cache_write_per_mtok)) if price.cache_write_per_mtok is not None else p_in
+    return p_in, p_cached, p_write, Decimal(str(price.output_per_mtok))
+
+
 def cost_of(usage: Usage, price: Price) -> Decimal:
     cached = min(usage.cached_tokens, usage.prompt_tokens)
     written = min(usage.cache_write_tokens, usage.prompt_tokens - cached)
     fresh = usage.prompt_tokens - cached - written
-    p_in = Decimal(str(price.input_per_mtok))
-    p_cached = Decimal(str(price.cached_input_per_mtok)) if price.cached_input_per_mtok is not None else p_in
-    p_write = Decimal(str(price.cache_write_per_mtok)) if price.cache_write_per_mtok is not None else p_in
-    p_out = Decimal(str(price.output_per_mtok))
+    p_in, p_cached, p_write, p_out = _rates(price)
     total = fresh * p_in + cached * p_cached + written * p_write + usage.completion_tokens * p_out
     return total / MTOK
 
@@ -49,7 +57,7 @@ def settle(ex: Exchange, metrics: Metrics) -> None:
     """Price the request, count it in the metrics, write its access log line (and span, if tracing)."""
     price_usage(ex)
     tenant, model = ex.tenant, ex.model
-    metrics.requests.labels(tenant, ex.route, model, str(ex.status)).inc()
+    metrics.child(metrics.requests, tenant, ex.route, model, str(ex.status)).inc()
     elapsed = time.perf_counter() - ex.started
     metrics.request_duration.observe(elapsed)
     if ex.attempts.count:
@@ -62,10 +70,10 @@ def settle(ex: Exchange, metrics: Metrics) -> None:
     usage = ex.usage
     if usage is not None:
         cached = usage.cached_tokens
-        metrics.tokens.labels(tenant, model, "input").inc(usage.prompt_tokens - cached)
-        metrics.tokens.labels(tenant, model, "cached").inc(cached)
-        metrics.tokens.labels(tenant, model, "output").inc(usage.completion_tokens)
-        metrics.cost.labels(tenant, model).inc(float(ex.cost))
+        metrics.child(metrics.tokens, tenant, model, "input").inc(usage.prompt_tokens - cached)
+        metrics.child(metrics.tokens, tenant, model, "cached").inc(cached)
+        metrics.child(metrics.tokens, tenant, model, "output").inc(usage.completion_tokens)
+        metrics.child(metrics.cost, tenant, model).inc(float(ex.cost))
     if log.isEnabledFor(logging.INFO):
         log.info(orjson.dumps(_log_record(ex, elapsed)).decode())
     if metrics.spans is not None:
