@@ -16,6 +16,7 @@ import uvicorn
 from starlette.types import ASGIApp
 
 from gateway.app import create_app
+from gateway.server import GatewayHttpProtocol
 from gateway.settings import Settings
 
 KEY_ACME = "sk-test-acme"
@@ -63,7 +64,14 @@ class LiveServer:
 
     def __init__(self, app: ASGIApp) -> None:
         self.port = free_port()
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
+        config = uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=self.port,
+            log_level="warning",
+            lifespan="on",
+            http=GatewayHttpProtocol,  # as `gateway serve` runs it
+        )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
