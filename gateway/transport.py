@@ -13,11 +13,13 @@ import asyncio
 import math
 import ssl
 from collections import deque
-from collections.abc import AsyncIterator
-from typing import cast
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TypeVar, cast
 
 import httptools
 import httpx
+
+T = TypeVar("T")
 
 _HIGH_WATER = 256 * 1024  # buffered body bytes past which the socket is no longer read
 _DEFAULT_PORTS = {b"http": 80, b"https": 443}
@@ -322,8 +324,7 @@ class FastTransport(httpx.AsyncBaseTransport):
             self._ssl = ssl.create_default_context()
         return self._ssl
 
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        url = request.url
+    def _pool(self, url: httpx.URL) -> _Pool:
         scheme = url.raw_scheme
         if scheme not in _DEFAULT_PORTS:
             raise httpx.UnsupportedProtocol(f"unsupported URL scheme {scheme.decode()!r}")
@@ -331,16 +332,46 @@ class FastTransport(httpx.AsyncBaseTransport):
         pool = self._pools.get(origin)
         if pool is None:
             pool = self._pools[origin] = _Pool(origin, self)
+        return pool
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        pool = self._pool(request.url)
         timeouts = request.extensions.get("timeout") or {}
         try:
             body = request.content
         except httpx.RequestNotRead:
             body = await _read_body(request)
-        payload = _encode_head(request) + body
+        payload = (
+            _encode_head(request.method.encode("ascii"), request.url.raw_path, request.headers.raw) + body
+        )
+        head_only = request.method == "HEAD"
+        return await self._send(
+            pool, timeouts, lambda conn: _exchange(conn, head_only, payload, timeouts.get("read"))
+        )
+
+    async def fetch(
+        self, url: httpx.URL, headers: list[tuple[bytes, bytes]], body: bytes, timeout_s: float
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        """POST ``body`` and read the whole answer: (status, raw headers, body bytes).
+
+        The short path for non-streamed calls, without httpx's Request and Response objects (about a
+        tenth of the gateway's CPU per request). Host and Content-Length are added as httpx would;
+        the same pool, timeouts, stale-connection retry and errors as ``handle_async_request``.
+        """
+        pool = self._pool(url)
+        host = url.raw_host if url.port is None else b"%s:%d" % (url.raw_host, url.port)
+        wire = [(b"Host", host), *headers, (b"Content-Length", b"%d" % len(body))]
+        payload = _encode_head(b"POST", url.raw_path, wire) + body
+        timeouts = {"pool": timeout_s, "connect": timeout_s}
+        return await self._send(pool, timeouts, lambda conn: _fetch(conn, payload, timeout_s))
+
+    async def _send(
+        self, pool: _Pool, timeouts: dict[str, float], exchange: Callable[[_Connection], Awaitable[T]]
+    ) -> T:
         for attempt in (1, 2):
             conn = await pool.acquire(timeouts.get("pool"), timeouts.get("connect"), fresh=attempt == 2)
             try:
-                return await _exchange(conn, request.method == "HEAD", payload, timeouts.get("read"))
+                return await exchange(conn)
             except httpx.TransportError as exc:
                 conn.close()
                 stale = conn.reused and not conn.received and not isinstance(exc, httpx.TimeoutException)
@@ -363,7 +394,8 @@ class FastTransport(httpx.AsyncBaseTransport):
         await asyncio.gather(*(conn.lost for conn in conns if conn.transport is not None))
 
 
-async def _exchange(conn: _Connection, head_only: bool, data: bytes, read_s: float | None) -> httpx.Response:
+async def _head(conn: _Connection, head_only: bool, data: bytes, read_s: float | None) -> None:
+    """Send a request and wait for its response's status line and headers."""
     conn.begin(head_only=head_only)
     if conn.closed or conn.transport is None or conn.transport.is_closing():
         raise httpx.WriteError("connection closed")
@@ -373,6 +405,10 @@ async def _exchange(conn: _Connection, head_only: bool, data: bytes, read_s: flo
             raise conn.error
         if not await conn.wait(read_s):
             raise httpx.ReadTimeout("timed out waiting for the response")
+
+
+async def _exchange(conn: _Connection, head_only: bool, data: bytes, read_s: float | None) -> httpx.Response:
+    await _head(conn, head_only, data, read_s)
     return httpx.Response(
         conn.status,
         headers=conn.headers,
@@ -381,9 +417,28 @@ async def _exchange(conn: _Connection, head_only: bool, data: bytes, read_s: flo
     )
 
 
-def _encode_head(request: httpx.Request) -> bytes:
-    lines = [b"%s %s HTTP/1.1" % (request.method.encode("ascii"), request.url.raw_path)]
-    lines += [name + b": " + value for name, value in request.headers.raw]
+async def _fetch(
+    conn: _Connection, data: bytes, read_s: float
+) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    await _head(conn, False, data, read_s)
+    parts: list[bytes] = []
+    while True:
+        if conn.chunks:
+            parts.append(conn.take())
+        elif conn.complete:
+            break
+        elif conn.error is not None:
+            raise conn.error
+        elif not await conn.wait(read_s):
+            raise httpx.ReadTimeout("timed out reading the response body")
+    status, headers = conn.status, conn.headers
+    conn.finish()
+    return status, headers, parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def _encode_head(method: bytes, path: bytes, headers: list[tuple[bytes, bytes]]) -> bytes:
+    lines = [b"%s %s HTTP/1.1" % (method, path)]
+    lines += [name + b": " + value for name, value in headers]
     head = b"\r\n".join(lines) + b"\r\n\r\n"
     # a CR or LF inside a name or value would smuggle in a header or a whole request
     if head.count(b"\n") != len(lines) + 1 or head.count(b"\r") != len(lines) + 1:

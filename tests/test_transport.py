@@ -466,3 +466,70 @@ async def test_idle_connections_expire_and_are_bounded(upstream: Start) -> None:
         assert up.accepted == 5  # the idle ones had expired
         await asyncio.sleep(0.05)
         assert up.open == 1
+
+
+# -- fetch: the short path for whole answers (gateway/providers/http.py uses it) --------------------------
+
+
+async def test_fetch_sends_what_httpx_would_and_keeps_the_connection(upstream: Start) -> None:
+    up = await upstream(echo)
+    transport = FastTransport()
+    try:
+        url = httpx.URL(f"{up.url}/v1/chat?x=1")
+        for i in range(3):
+            status, headers, body = await transport.fetch(url, [(b"x-k", b"v")], b'{"n":%d}' % i, 2.0)
+            assert status == 200 and (b"content-type", b"application/json") in headers
+            got = orjson.loads(body)
+            assert (got["method"], got["path"], got["body"]) == ("POST", "/v1/chat?x=1", f'{{"n":{i}}}')
+            assert got["headers"]["host"] == up.url.removeprefix("http://")
+            assert got["headers"]["content-length"] == str(len(got["body"]))
+            assert got["headers"]["x-k"] == "v"
+        assert up.accepted == 1
+    finally:
+        await transport.aclose()
+
+
+async def test_fetch_reads_chunked_and_interim_answers_and_raises_httpx_errors(upstream: Start) -> None:
+    async def chunked(_q: Request, _r: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 503 Busy\r\ntransfer-encoding: chunked\r\n\r\n")
+        writer.write(chunk(b'{"error":') + chunk(b'"busy"}') + b"0\r\n\r\n")
+        return True
+
+    async def silent(_q: Request, reader: asyncio.StreamReader, _w: asyncio.StreamWriter) -> bool:
+        await reader.read()
+        return False
+
+    transport = FastTransport()
+    try:
+        up = await upstream(chunked)
+        status, _, body = await transport.fetch(httpx.URL(up.url), [], b"{}", 2.0)
+        assert (status, body) == (503, b'{"error":"busy"}')
+        slow = await upstream(silent)
+        with pytest.raises(httpx.ReadTimeout):
+            await transport.fetch(httpx.URL(slow.url), [], b"{}", 0.2)
+        with pytest.raises(httpx.LocalProtocolError):
+            await transport.fetch(httpx.URL(up.url), [(b"x", b"a\r\nevil: 1")], b"{}", 2.0)
+        with pytest.raises(httpx.ConnectError):
+            await transport.fetch(httpx.URL(f"http://127.0.0.1:{free_port()}"), [], b"{}", 2.0)
+    finally:
+        await transport.aclose()
+
+
+async def test_fetch_retries_a_stale_keep_alive_connection_once(upstream: Start) -> None:
+    served: dict[asyncio.StreamWriter, int] = {}
+
+    async def racy(request: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        n = served[writer] = served.get(writer, 0) + 1
+        if n == 2 and len(served) == 1:
+            return False
+        return await echo(request, reader, writer)
+
+    up = await upstream(racy)
+    transport = FastTransport()
+    try:
+        for i in range(3):
+            _, _, body = await transport.fetch(httpx.URL(up.url), [], b"%d" % i, 2.0)
+            assert orjson.loads(body)["body"] == str(i)
+        assert up.accepted == 2
+    finally:
+        await transport.aclose()

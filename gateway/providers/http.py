@@ -17,6 +17,7 @@ import orjson
 
 from gateway import __version__
 from gateway.errors import DeadlineExceeded, GatewayError, UpstreamStatusError, UpstreamUnavailable
+from gateway.transport import FastTransport
 
 ErrorMapper = Callable[[int, bytes, Mapping[str, str]], UpstreamStatusError]
 
@@ -61,6 +62,7 @@ def retry_after_of(headers: Mapping[str, str]) -> str | None:
 
 
 USER_AGENT = "llm-gateway/" + __version__
+USER_AGENT_BYTES = USER_AGENT.encode()
 
 
 @functools.lru_cache(maxsize=1024)
@@ -95,20 +97,46 @@ async def post_json(
     The whole call is bounded by dispatch's attempt deadline (one timer per attempt, not one per layer);
     ``timeout_s`` also goes to the transport for its connect/read/write/pool waits.
     """
-    try:
-        resp = await transport.handle_async_request(_request(url, body, headers, timeout_s))
+    if isinstance(transport, FastTransport):
+        status, raw_headers, content = await _fetch(transport, provider, url, body, headers, timeout_s)
+    else:
         try:
-            await resp.aread()
-        finally:
-            await resp.aclose()
-    except httpx.HTTPError as exc:
-        raise map_transport_error(exc, provider) from exc
-    if resp.status_code // 100 != 2:
-        raise on_error(resp.status_code, resp.content, resp.headers)
+            resp = await transport.handle_async_request(_request(url, body, headers, timeout_s))
+            try:
+                await resp.aread()
+            finally:
+                await resp.aclose()
+        except httpx.HTTPError as exc:
+            raise map_transport_error(exc, provider) from exc
+        status, raw_headers, content = resp.status_code, resp.headers.raw, resp.content
+    if status // 100 != 2:
+        raise on_error(status, content, httpx.Headers(raw_headers))
     try:
-        return resp.content, orjson.loads(resp.content)
+        return content, orjson.loads(content)
     except orjson.JSONDecodeError as exc:
         raise UpstreamUnavailable(f"upstream '{provider}' sent a malformed body") from exc
+
+
+async def _fetch(
+    transport: FastTransport,
+    provider: str,
+    url: str,
+    body: Mapping[str, Any],
+    headers: Mapping[str, str],
+    timeout_s: float,
+) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """``FastTransport``'s short path: no httpx Request/Response objects, same wire bytes."""
+    wire = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()]
+    if not any(name.lower() == "user-agent" for name in headers):
+        wire.append((b"user-agent", USER_AGENT_BYTES))
+    try:
+        status, raw_headers, content = await transport.fetch(_url(url), wire, orjson.dumps(body), timeout_s)
+    except httpx.HTTPError as exc:
+        raise map_transport_error(exc, provider) from exc
+    if any(name.lower() == b"content-encoding" for name, _ in raw_headers):
+        # compressed although the gateway asked for nothing of the kind: let httpx decode it
+        content = httpx.Response(status, headers=raw_headers, content=content).read()
+    return status, raw_headers, content
 
 
 async def open_stream(
