@@ -89,6 +89,7 @@ class _Connection(asyncio.Protocol):
         self._out: list[bytes] = []
         self._flush_scheduled = False
         self._timer: asyncio.TimerHandle | None = None
+        self.loop = asyncio.get_running_loop()  # once: each lookup costs a getpid() on 3.11
         self._on_lost = on_lost
         self.transport: asyncio.Transport | None = None
         self.closed = False
@@ -133,7 +134,7 @@ class _Connection(asyncio.Protocol):
         (then it rides along with the next urgent command, or leaves on its own when the time is up)."""
         if self.closed or self.transport is None:
             raise ConnectionError("redis connection is closed")
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         future: asyncio.Future[list[Any]] = loop.create_future()
         self._waiting.append(_Pending(future, n))
         self._out.append(packed)
@@ -198,12 +199,14 @@ class RespClient:
         commands nobody waits on, such as settlements after the response has gone.
         """
         packed = b"".join(hiredis.pack_command(tuple(c)) for c in commands)  # type: ignore[arg-type]
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.timeout_s
         conn = self._conn
         if conn is None or conn.closed:
+            deadline = asyncio.get_running_loop().time() + self.timeout_s
             async with asyncio.timeout_at(deadline):
                 conn = await self._connect()
+        else:
+            deadline = conn.loop.time() + self.timeout_s
+        loop = conn.loop
         future = conn.send(packed, len(commands), linger_s)
         # A bare timer rather than asyncio.timeout: the same deadline for less work per call.
         timer = loop.call_at(deadline, _expire, future)
