@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-from gateway.store.base import ScopeLimits, Spend, Store
+from gateway.store.base import CacheLookup, ScopeLimits, Spend, Store
 
 
 class KeyStore(Protocol):
@@ -48,6 +48,11 @@ class GatewayStore(Store, KeyStore, Protocol):
 
     async def cache_get(self, key: str) -> bytes | None:
         """The response-cache entry under ``key`` (``gw:{<tenant>}:cache:<sha256>``), if live."""
+        ...
+
+    def cache_lookup(self, key: str) -> CacheLookup:
+        """``cache_get`` sent now and awaited later (it shares the store write of whatever else is sent
+        in this loop turn, e.g. the admission). ``cancel()`` it if its answer is no longer wanted."""
         ...
 
     async def cache_put(self, key: str, value: bytes, ttl_s: int) -> None:

@@ -18,8 +18,9 @@ which errs on the side of the limit (a sliding window never lets more than the l
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 NANO = 1_000_000_000
 
@@ -85,6 +86,14 @@ class Settlement:
 class Spend:
     spent_nano: int
     reserved_nano: int
+
+
+class CacheLookup(Protocol):
+    """A cache read in flight: await it for the entry (or ``StoreUnavailableError``), or cancel it."""
+
+    def __await__(self) -> Generator[Any, None, bytes | None]: ...
+
+    def cancel(self) -> bool: ...
 
 
 class StoreUnavailableError(Exception):

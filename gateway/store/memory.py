@@ -25,6 +25,7 @@ Semantics both stores keep, where ``base`` leaves a choice:
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import time
 from collections import OrderedDict
@@ -235,6 +236,14 @@ class MemoryStore:
     # -- response cache ------------------------------------------------------------------------------------
 
     async def cache_get(self, key: str) -> bytes | None:
+        return self._cached(key)
+
+    def cache_lookup(self, key: str) -> asyncio.Future[bytes | None]:
+        found: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
+        found.set_result(self._cached(key))
+        return found
+
+    def _cached(self, key: str) -> bytes | None:
         entry = self._cache.get(key)
         if entry is None:
             return None

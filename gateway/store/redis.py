@@ -38,9 +38,10 @@ themselves (EVALSHA, then SCRIPT LOAD on NOSCRIPT).
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Generator, Mapping
 from importlib.resources import files
 from typing import Any, Literal, TypeVar
 
@@ -210,6 +211,9 @@ class RedisStore:
         value: bytes | None = await self._call(lambda: self._redis.execute("GET", key))
         return value
 
+    def cache_lookup(self, key: str) -> _Lookup:
+        return _Lookup(self._redis.submit([("GET", key)]))
+
     async def cache_put(self, key: str, value: bytes, ttl_s: int) -> None:
         command = ("SET", key, value, "EX", ttl_s)
         (reply,) = await self._call(lambda: self._redis.pipeline([command], linger_s=self._linger_s))
@@ -240,3 +244,25 @@ class RedisStore:
     async def all_keys(self) -> dict[str, dict[str, Any]]:
         raw: list[bytes] = await self._call(lambda: self._redis.execute("HGETALL", self._key_names[0]))
         return {_text(sha): orjson.loads(record) for sha, record in zip(raw[::2], raw[1::2], strict=True)}
+
+
+class _Lookup:
+    """A GET in flight (see ``GatewayStore.cache_lookup``), with this module's error boundary."""
+
+    __slots__ = ("_replies",)
+
+    def __init__(self, replies: asyncio.Future[list[Any]]) -> None:
+        self._replies = replies
+
+    def __await__(self) -> Generator[Any, None, bytes | None]:
+        try:
+            (reply,) = yield from self._replies.__await__()
+        except OSError as exc:
+            raise StoreUnavailableError(f"redis unavailable: {exc!r}") from exc
+        if isinstance(reply, ReplyError):
+            raise reply
+        value: bytes | None = reply
+        return value
+
+    def cancel(self) -> bool:
+        return self._replies.cancel()

@@ -86,7 +86,11 @@ class _Connection(asyncio.Protocol):
     def __init__(self, on_lost: Any) -> None:
         self._reader = hiredis.Reader(replyError=ReplyError)
         self._waiting: collections.deque[_Pending] = collections.deque()
-        self._out: list[bytes] = []
+        # Not yet written: urgent commands, then lingering ones. A write sends the urgent ones first
+        # (an admission does not wait behind the settlements that share its write); the replies are
+        # expected in the order written.
+        self._urgent: list[tuple[bytes, _Pending]] = []
+        self._lingering: list[tuple[bytes, _Pending]] = []
         self._flush_scheduled = False
         self._timer: asyncio.TimerHandle | None = None
         self.loop = asyncio.get_running_loop()  # once: each lookup costs a getpid() on 3.11
@@ -136,14 +140,15 @@ class _Connection(asyncio.Protocol):
             raise ConnectionError("redis connection is closed")
         loop = self.loop
         future: asyncio.Future[list[Any]] = loop.create_future()
-        self._waiting.append(_Pending(future, n))
-        self._out.append(packed)
         if linger_s <= 0:
+            self._urgent.append((packed, _Pending(future, n)))
             if not self._flush_scheduled:
                 self._flush_scheduled = True
                 loop.call_soon(self._flush)
-        elif self._timer is None and not self._flush_scheduled:
-            self._timer = loop.call_later(linger_s, self._flush)
+        else:
+            self._lingering.append((packed, _Pending(future, n)))
+            if self._timer is None and not self._flush_scheduled:
+                self._timer = loop.call_later(linger_s, self._flush)
         return future
 
     def _flush(self) -> None:
@@ -151,9 +156,14 @@ class _Connection(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self._out and self.transport is not None and not self.closed:
-            out, self._out = self._out, []
-            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+        if self.transport is None or self.closed:
+            return
+        queued = self._urgent + self._lingering if self._lingering else self._urgent
+        if not queued:
+            return
+        self._urgent, self._lingering = [], []
+        self._waiting.extend(pending for _, pending in queued)
+        self.transport.write(queued[0][0] if len(queued) == 1 else b"".join(p for p, _ in queued))
 
     def stalled_for(self) -> float:
         """Seconds since the last reply while replies are awaited (0 when nothing is awaited)."""
@@ -168,10 +178,12 @@ class _Connection(asyncio.Protocol):
         if self.closed:
             return
         self.closed = True
-        while self._waiting:
-            future = self._waiting.popleft().future
-            if not future.done():
-                future.set_exception(exc)
+        unsent = [pending for _, pending in self._urgent + self._lingering]
+        self._urgent, self._lingering = [], []
+        for pending in [*self._waiting, *unsent]:
+            if not pending.future.done():
+                pending.future.set_exception(exc)
+        self._waiting.clear()
         self._on_lost(self)
 
 
@@ -198,28 +210,38 @@ class RespClient:
         ``linger_s`` > 0 lets the write wait that long for company (see ``_Connection.send``): for
         commands nobody waits on, such as settlements after the response has gone.
         """
-        packed = b"".join(hiredis.pack_command(tuple(c)) for c in commands)  # type: ignore[arg-type]
         conn = self._conn
         if conn is None or conn.closed:
-            deadline = asyncio.get_running_loop().time() + self.timeout_s
-            async with asyncio.timeout_at(deadline):
+            async with asyncio.timeout(self.timeout_s):
                 conn = await self._connect()
-        else:
-            deadline = conn.loop.time() + self.timeout_s
-        loop = conn.loop
+        return await self._send(conn, commands, linger_s)
+
+    def submit(self, commands: Sequence[Command], *, linger_s: float = 0.0) -> asyncio.Future[list[Any]]:
+        """``pipeline`` started now, awaited later: the commands join this loop turn's write at once
+        (no task needed when connected). Cancel the future to abandon the replies."""
+        conn = self._conn
+        if conn is None or conn.closed:
+            return asyncio.ensure_future(self.pipeline(commands, linger_s=linger_s))
+        return self._send(conn, commands, linger_s)
+
+    def _send(
+        self, conn: _Connection, commands: Sequence[Command], linger_s: float
+    ) -> asyncio.Future[list[Any]]:
+        packed = b"".join(hiredis.pack_command(tuple(c)) for c in commands)  # type: ignore[arg-type]
         future = conn.send(packed, len(commands), linger_s)
         # A bare timer rather than asyncio.timeout: the same deadline for less work per call.
-        timer = loop.call_at(deadline, _expire, future)
-        try:
-            return await future
-        except TimeoutError:
-            # A connection silent for a whole deadline is presumed dead, so the next call dials a
-            # fresh one rather than queue behind it.
-            if conn.stalled_for() >= self.timeout_s:
-                conn.close()
-            raise
-        finally:
-            timer.cancel()
+        timer = conn.loop.call_at(conn.loop.time() + self.timeout_s, self._expire, conn, future)
+        future.add_done_callback(lambda _: timer.cancel())
+        return future
+
+    def _expire(self, conn: _Connection, future: asyncio.Future[list[Any]]) -> None:
+        if future.done():
+            return
+        future.set_exception(TimeoutError("redis did not answer within the deadline"))
+        # A connection silent for a whole deadline is presumed dead, so the next call dials a fresh
+        # one rather than queue behind it.
+        if conn.stalled_for() >= self.timeout_s:
+            conn.close()
 
     async def _connect(self) -> _Connection:
         """One dial shared by every caller that needs a connection at the same moment."""
@@ -272,11 +294,6 @@ class RespClient:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
-
-
-def _expire(future: asyncio.Future[list[Any]]) -> None:
-    if not future.done():
-        future.set_exception(TimeoutError("redis did not answer within the deadline"))
 
 
 def _consume(future: asyncio.Future[_Connection]) -> None:

@@ -156,3 +156,25 @@ async def test_refused_and_lost_connections_raise_connection_errors(
     server.start()
     assert await c.execute("PING") == b"PONG"  # redialled by itself
     await c.close()
+
+
+async def test_lingering_commands_ride_along_after_the_urgent_ones(client: RespClient) -> None:
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    lazy = client.submit([("SET", "k", "new")], linger_s=5.0)
+    # the urgent GET shares the lingering SET's write and runs first, so it still sees no value
+    assert await client.execute("GET", "k") is None
+    assert await lazy == [b"OK"]
+    assert loop.time() - started < 1.0  # it left with the GET, not after its 5 s linger
+    assert await client.execute("GET", "k") == b"new"
+    alone = client.submit([("INCR", "n")], linger_s=0.05)
+    assert await alone == [1]  # nothing else came: it left when its linger ran out
+    assert loop.time() - started >= 0.05
+
+
+async def test_an_abandoned_submit_does_not_put_the_replies_out_of_step(client: RespClient) -> None:
+    await client.execute("PING")  # connected: submit writes at once (before that, it is a task)
+    gone = client.submit([("SET", "a", "1"), ("GET", "a")])
+    gone.cancel()
+    assert await client.execute("GET", "a") == b"1"  # ran anyway; its replies were dropped in order
+    assert await client.pipeline([("INCR", "b"), ("INCR", "b")]) == [1, 2]
