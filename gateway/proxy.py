@@ -44,6 +44,7 @@ from gateway.pipeline.usage import MeteredStream, UsageCounter, response_usage, 
 from gateway.providers.base import Operation, UpstreamResponse, UpstreamStream
 from gateway.responses import SSEResponse, json_response
 from gateway.runtime import Runtime
+from gateway.store.base import CacheLookup
 
 log = logging.getLogger("gateway")
 
@@ -108,13 +109,13 @@ class Pipeline:
                 )
             except BaseException:
                 if lookup is not None:
-                    lookup.cancel()
+                    lookup.cancel()  # its reply, when it comes, is dropped
                 raise
             if (reservation := ex.reservation) is not None:
                 ex.limit_headers = ratelimit_headers(reservation.admission.states, reservation.ask.scopes)
             # 5 plugins (pre): pass-through until that stage lands
             # 6 cache: exact-match lookup, tenant-scoped
-            cached = await self._finish_lookup(ex, lookup) if lookup is not None else None
+            cached = await self._finish_lookup(ex, cache_key, lookup) if lookup is not None else None
             if cached is not None:
                 return self._hit(ex, ingress, cached, parsed.include_usage)
             # 7 dispatch
@@ -196,7 +197,7 @@ class Pipeline:
         operation: Operation,
         parsed: ParsedRequest,
         forwarded: dict[str, str],
-    ) -> tuple[str | None, asyncio.Task[CachedAnswer | None] | None]:
+    ) -> tuple[str | None, CacheLookup | None]:
         """Stage 6, begun: the key to store this answer under (None: do not store) and the lookup.
 
         ``x-gateway-cache`` says ``hit`` or ``miss`` when a lookup happened, ``refresh`` when the client
@@ -214,13 +215,12 @@ class Pipeline:
             ex.cache = "refresh"
             self._cache.count(ex.cache)
             return key, None
-        return key, asyncio.ensure_future(self._cache.get(key))
+        return key, self._cache.lookup(key)
 
-    async def _finish_lookup(
-        self, ex: Exchange, lookup: asyncio.Task[CachedAnswer | None]
-    ) -> CachedAnswer | None:
+    async def _finish_lookup(self, ex: Exchange, key: str | None, lookup: CacheLookup) -> CachedAnswer | None:
         """Stage 6, ended: the stored answer, if there is one this request may use."""
-        answer = await lookup
+        assert key is not None
+        answer = await self._cache.answer(lookup, key)
         assert ex.plan is not None
         # the stored deployment must still be one this key may use on this route
         deployment = usable(answer, ex.plan.candidates) if answer is not None else None

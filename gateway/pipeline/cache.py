@@ -29,7 +29,7 @@ import orjson
 from gateway.config.model import CachePolicy, ModelConfig
 from gateway.metrics import Metrics
 from gateway.providers.base import Operation, UpstreamStream, Usage
-from gateway.store.base import StoreUnavailableError
+from gateway.store.base import CacheLookup, StoreUnavailableError
 
 log = logging.getLogger("gateway.cache")
 
@@ -55,6 +55,8 @@ class CacheStore(Protocol):
     """The two store methods the cache needs (``MemoryStore`` and ``RedisStore`` have them)."""
 
     async def cache_get(self, key: str) -> bytes | None: ...
+
+    def cache_lookup(self, key: str) -> CacheLookup: ...
 
     async def cache_put(self, key: str, value: bytes, ttl_s: int) -> None: ...
 
@@ -203,8 +205,15 @@ class ResponseCache:
         self._metrics.child(self._metrics.cache_requests, result).inc()
 
     async def get(self, key: str) -> CachedAnswer | None:
+        return await self.answer(self.lookup(key), key)
+
+    def lookup(self, key: str) -> CacheLookup:
+        """Send the read now (no task); ``answer`` awaits it. Cancel it to abandon the read."""
+        return self._store.cache_lookup(key)
+
+    async def answer(self, lookup: CacheLookup, key: str) -> CachedAnswer | None:
         try:
-            raw = await self._store.cache_get(key)
+            raw = await lookup
         except StoreUnavailableError as exc:
             self._warn("cache lookup failed, served as a miss: %s", exc)
             return None

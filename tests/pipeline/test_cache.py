@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from typing import Any
@@ -109,6 +110,11 @@ def test_a_stored_answer_round_trips() -> None:
 class DownStore:
     async def cache_get(self, key: str) -> bytes | None:
         raise StoreUnavailableError("redis unavailable")
+
+    def cache_lookup(self, key: str) -> asyncio.Future[bytes | None]:
+        failed: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
+        failed.set_exception(StoreUnavailableError("redis unavailable"))
+        return failed
 
     async def cache_put(self, key: str, value: bytes, ttl_s: int) -> None:
         raise StoreUnavailableError("redis unavailable")
