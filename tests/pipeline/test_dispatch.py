@@ -302,3 +302,30 @@ async def test_a_stream_ends_at_the_deadline() -> None:
     assert time.monotonic() - started < 0.2 + 0.1
     await stream.aclose()
     assert inner.closed
+
+
+async def test_a_deadline_passing_while_the_client_is_written_to_ends_the_stream_at_the_next_wait() -> None:
+    inner = FakeStream(b"data: 1\n\n", b"data: 2\n\n", b"data: 3\n\n")
+    stream = await dispatcher(Scripted("a", inner), timeout_s=0.1).open_stream()
+    received = []
+    with pytest.raises(DeadlineExceeded):
+        async for frame in stream:
+            received.append(frame)
+            if len(received) == 2:
+                await asyncio.sleep(0.15)  # busy elsewhere (not awaiting the upstream) past the deadline
+    assert received == [b"data: 1\n\n", b"data: 2\n\n"]
+
+
+async def test_a_client_cancel_during_a_stream_stays_a_cancel() -> None:
+    stream = await dispatcher(Scripted("a", SlowStream()), timeout_s=5.0).open_stream()
+
+    async def consume() -> None:
+        async for _ in stream:
+            pass
+
+    task = asyncio.ensure_future(consume())
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await stream.aclose()
