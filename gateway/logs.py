@@ -69,6 +69,9 @@ class BatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
 def configure(level: str | None = None) -> None:
     """Send the root logger's records to a ``BatchingHandler`` once per process; set the level."""
     name = (level or os.environ.get(LEVEL_ENV) or "info").upper()
+    # The lines are "%(message)s": skip looking up the process and thread for every record (a getpid()
+    # syscall each, on Python 3.11).
+    logging.logProcesses = logging.logThreads = logging.logMultiprocessing = False
     root = logging.getLogger()
     root.setLevel(name)
     if not any(isinstance(h, BatchingHandler) for h in root.handlers):

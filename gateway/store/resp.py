@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import hashlib
+import math
 import ssl
 import time
 from collections.abc import Sequence
@@ -74,16 +75,19 @@ class Endpoint:
 class _Pending:
     """A call's place in the reply queue; ``n`` replies are collected into one result list."""
 
-    __slots__ = ("future", "n", "replies")
+    __slots__ = ("deadline", "future", "n", "replies")
 
-    def __init__(self, future: asyncio.Future[list[Any]], n: int) -> None:
+    def __init__(self, future: asyncio.Future[list[Any]], n: int, deadline: float) -> None:
         self.future = future
         self.n = n
+        self.deadline = deadline
         self.replies: list[Any] = []
 
 
 class _Connection(asyncio.Protocol):
-    def __init__(self, on_lost: Any) -> None:
+    def __init__(self, on_lost: Any, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+        self._watchdog: asyncio.TimerHandle | None = None
         self._reader = hiredis.Reader(replyError=ReplyError)
         self._waiting: collections.deque[_Pending] = collections.deque()
         # Not yet written: urgent commands, then lingering ones. A write sends the urgent ones first
@@ -140,13 +144,16 @@ class _Connection(asyncio.Protocol):
             raise ConnectionError("redis connection is closed")
         loop = self.loop
         future: asyncio.Future[list[Any]] = loop.create_future()
+        pending = _Pending(future, n, loop.time() + self.timeout_s)
+        if self._watchdog is None:
+            self._watchdog = loop.call_at(pending.deadline, self._check_deadlines)
         if linger_s <= 0:
-            self._urgent.append((packed, _Pending(future, n)))
+            self._urgent.append((packed, pending))
             if not self._flush_scheduled:
                 self._flush_scheduled = True
                 loop.call_soon(self._flush)
         else:
-            self._lingering.append((packed, _Pending(future, n)))
+            self._lingering.append((packed, pending))
             if self._timer is None and not self._flush_scheduled:
                 self._timer = loop.call_later(linger_s, self._flush)
         return future
@@ -165,6 +172,29 @@ class _Connection(asyncio.Protocol):
         self._waiting.extend(pending for _, pending in queued)
         self.transport.write(queued[0][0] if len(queued) == 1 else b"".join(p for p, _ in queued))
 
+    def _check_deadlines(self) -> None:
+        """One timer per connection, not one per call: at the earliest deadline of the calls still
+        waiting, fail those past theirs with ``TimeoutError`` (their replies, if any come, are dropped
+        in order) and re-arm for the next. A connection silent for a whole deadline is presumed dead
+        (a partition sends no RST) and closed, so the next call dials a fresh one."""
+        self._watchdog = None
+        now = self.loop.time()
+        expired = False
+        upcoming = math.inf
+        unsent = [pending for _, pending in self._urgent + self._lingering]
+        for pending in [*self._waiting, *unsent]:
+            if pending.future.done():
+                continue
+            if pending.deadline <= now:
+                pending.future.set_exception(TimeoutError("redis did not answer within the deadline"))
+                expired = True
+            else:
+                upcoming = min(upcoming, pending.deadline)
+        if expired and self.stalled_for() >= self.timeout_s:
+            self.close()
+        elif upcoming != math.inf:
+            self._watchdog = self.loop.call_at(upcoming, self._check_deadlines)
+
     def stalled_for(self) -> float:
         """Seconds since the last reply while replies are awaited (0 when nothing is awaited)."""
         return time.monotonic() - self.last_reply if self._waiting else 0.0
@@ -178,6 +208,9 @@ class _Connection(asyncio.Protocol):
         if self.closed:
             return
         self.closed = True
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         unsent = [pending for _, pending in self._urgent + self._lingering]
         self._urgent, self._lingering = [], []
         for pending in [*self._waiting, *unsent]:
@@ -227,21 +260,11 @@ class RespClient:
     def _send(
         self, conn: _Connection, commands: Sequence[Command], linger_s: float
     ) -> asyncio.Future[list[Any]]:
-        packed = b"".join(hiredis.pack_command(tuple(c)) for c in commands)  # type: ignore[arg-type]
-        future = conn.send(packed, len(commands), linger_s)
-        # A bare timer rather than asyncio.timeout: the same deadline for less work per call.
-        timer = conn.loop.call_at(conn.loop.time() + self.timeout_s, self._expire, conn, future)
-        future.add_done_callback(lambda _: timer.cancel())
-        return future
-
-    def _expire(self, conn: _Connection, future: asyncio.Future[list[Any]]) -> None:
-        if future.done():
-            return
-        future.set_exception(TimeoutError("redis did not answer within the deadline"))
-        # A connection silent for a whole deadline is presumed dead, so the next call dials a fresh
-        # one rather than queue behind it.
-        if conn.stalled_for() >= self.timeout_s:
-            conn.close()
+        if len(commands) == 1:
+            packed = hiredis.pack_command(tuple(commands[0]))  # type: ignore[arg-type]
+        else:
+            packed = b"".join(hiredis.pack_command(tuple(c)) for c in commands)  # type: ignore[arg-type]
+        return conn.send(packed, len(commands), linger_s)  # its deadline: see _check_deadlines
 
     async def _connect(self) -> _Connection:
         """One dial shared by every caller that needs a connection at the same moment."""
@@ -264,11 +287,13 @@ class RespClient:
         ep = self.endpoint
         conn: _Connection
         if ep.path is not None:
-            _, conn = await loop.create_unix_connection(lambda: _Connection(self._lost), ep.path)
+            _, conn = await loop.create_unix_connection(
+                lambda: _Connection(self._lost, self.timeout_s), ep.path
+            )
         else:
             context = ssl.create_default_context() if ep.tls else None
             _, conn = await loop.create_connection(
-                lambda: _Connection(self._lost), ep.host, ep.port, ssl=context
+                lambda: _Connection(self._lost, self.timeout_s), ep.host, ep.port, ssl=context
             )
         hello: list[Command] = []
         if ep.password is not None:
