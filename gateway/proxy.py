@@ -115,7 +115,11 @@ class Pipeline:
                 ex.limit_headers = ratelimit_headers(reservation.admission.states, reservation.ask.scopes)
             # 5 plugins (pre): pass-through until that stage lands
             # 6 cache: exact-match lookup, tenant-scoped
-            cached = await self._finish_lookup(ex, cache_key, lookup) if lookup is not None else None
+            if lookup is None:
+                self._cache.count(ex.cache)  # skip or refresh, counted once admitted like a lookup
+                cached = None
+            else:
+                cached = await self._finish_lookup(ex, cache_key, lookup)
             if cached is not None:
                 return self._hit(ex, ingress, cached, parsed.include_usage)
             # 7 dispatch
@@ -208,12 +212,10 @@ class Pipeline:
         asked = request.headers.get("x-gateway-cache")
         if plan is None or asked == "skip" or not is_cacheable(plan.cache, operation, parsed.body):
             ex.cache = "skip"
-            self._cache.count(ex.cache)
             return None, None
         key = canonical_key(ex.tenant, operation, parsed.body, route=plan.route, headers=forwarded)
         if asked == "refresh":
             ex.cache = "refresh"
-            self._cache.count(ex.cache)
             return key, None
         return key, self._cache.lookup(key)
 
