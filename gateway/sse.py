@@ -55,6 +55,8 @@ class SSEParser:
 
 
 def _parse_block(block: bytes) -> Event | None:
+    if block.startswith(b"data: ") and b"\n" not in block:  # the usual one-line event, taken whole
+        return Event(None, block[6:])
     name: str | None = None
     data: list[bytes] = []
     for line in block.split(b"\n"):

@@ -65,6 +65,11 @@ USER_AGENT = "llm-gateway/" + __version__
 USER_AGENT_BYTES = USER_AGENT.encode()
 
 
+def has_user_agent(headers: Mapping[str, str]) -> bool:
+    """Case-insensitively; the providers' own header dicts carry it lower-case (one lookup)."""
+    return "user-agent" in headers or any(name.lower() == "user-agent" for name in headers)
+
+
 @functools.lru_cache(maxsize=1024)
 def _url(url: str) -> httpx.URL:
     """Parsed once per upstream URL: httpx's URL parsing costs more than the rest of the request."""
@@ -75,7 +80,7 @@ def _request(
     url: str, body: Mapping[str, Any], headers: Mapping[str, str], timeout_s: float
 ) -> httpx.Request:
     timeout = {"connect": timeout_s, "read": timeout_s, "write": timeout_s, "pool": timeout_s}
-    if not any(name.lower() == "user-agent" for name in headers):
+    if not has_user_agent(headers):
         headers = {**headers, "user-agent": USER_AGENT}
     return httpx.Request(
         "POST", _url(url), content=orjson.dumps(body), headers=headers, extensions={"timeout": timeout}
@@ -127,7 +132,7 @@ async def _fetch(
 ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
     """``FastTransport``'s short path: no httpx Request/Response objects, same wire bytes."""
     wire = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()]
-    if not any(name.lower() == "user-agent" for name in headers):
+    if not has_user_agent(headers):
         wire.append((b"user-agent", USER_AGENT_BYTES))
     try:
         status, raw_headers, content = await transport.fetch(_url(url), wire, orjson.dumps(body), timeout_s)

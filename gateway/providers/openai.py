@@ -31,6 +31,8 @@ class OpenAIProvider:
         self._transport = transport
         self._base = config.base_url.rstrip("/")
         self._headers = {"content-type": "application/json", **self._auth_headers(config), **config.headers}
+        if not http.has_user_agent(self._headers):
+            self._headers["user-agent"] = http.USER_AGENT
 
     def _auth_headers(self, config: ProviderConfig) -> dict[str, str]:
         return {"authorization": f"Bearer {config.api_key}"} if config.api_key else {}
