@@ -1,4 +1,4 @@
-"""A lean asyncio Redis client: one pipelined connection, hiredis for the protocol, a deadline per call.
+"""A lean asyncio Redis client: one pipelined connection, hiredis for the protocol, deadlines per call.
 
 Why not redis-py: its asyncio client costs ~0.1-0.25 ms of CPU per command here (connection pool,
 locks, a StreamReader, retry wrappers), more than the rest of a request's pipeline. The gateway needs
@@ -7,9 +7,11 @@ a handful of commands (EVALSHA, GET, SET, HVALS, HGETALL, HMGET, PING), so this 
 * **One connection, pipelined.** Commands are written in order and replies come back in order, so
   concurrent callers share the socket without locks: each call appends its encoded command and a
   future. Commands issued in the same event-loop turn leave in one write (auto-pipelining), so a
-  burst of settlements costs one syscall, not one each.
-* **One deadline per call** (connect included). A call that times out gets ``TimeoutError``; its
-  reply, if it ever comes, is dropped in order. When a deadline passes and the connection has not
+  burst of settlements costs one syscall, not one each. A call may *linger* (``linger_s``): it then
+  waits up to that long to leave with the next urgent write, behind the urgent commands.
+* **A deadline per call**, ``timeout_s`` from when it is queued (a connect, when one is needed, has
+  its own). A call past it gets ``TimeoutError``; its reply, if it ever comes, is dropped in order.
+  One watchdog timer per connection enforces them. When a deadline passes and the connection has not
   answered anything for a whole deadline, it is presumed dead (a partition sends no RST), closed,
   and the next call dials again.
 * **Errors**: connection failures raise ``ConnectionError`` (an ``OSError``); ``-ERR`` replies raise
