@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 import uvicorn
+from redis_server import RedisServer
 from starlette.types import ASGIApp
 
 from gateway.app import create_app
@@ -139,3 +140,11 @@ def gateway_factory(tmp_path: Path) -> Iterator[GatewayFactory]:
     yield make
     for server in started:
         server.stop()
+
+
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    """A throwaway redis-server for one test (tests/store has a session-wide one of the same name)."""
+    server = RedisServer().start()
+    yield server.url
+    server.stop()

@@ -20,7 +20,6 @@ import httpx
 import orjson
 import pytest
 from conftest import KEY_ACME, free_port, sha
-from redis_server import RedisServer
 from replicas import ADMIN_KEY, start_replicas
 
 pytestmark = pytest.mark.slow
@@ -29,13 +28,6 @@ STREAMS = 5
 CHUNKS = 15
 INPUT_PER_MTOK, OUTPUT_PER_MTOK = 2.0, 4.0
 GRACE_S = 30  # gateway/cli.py serve: timeout_graceful_shutdown
-
-
-@pytest.fixture
-def redis_url() -> Iterator[str]:
-    server = RedisServer().start()
-    yield server.url
-    server.stop()
 
 
 @pytest.fixture

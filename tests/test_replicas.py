@@ -9,13 +9,11 @@ import asyncio
 import json
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 from conftest import KEY_ACME, sha
-from redis_server import RedisServer
 from replicas import ADMIN_KEY, Replica, start_replicas
 
 pytestmark = pytest.mark.slow
@@ -42,13 +40,6 @@ tenants:
     keys:
       - {{id: acme-1, sha256: "{sha(KEY_ACME)}", role: user}}
 """
-
-
-@pytest.fixture
-def redis_url() -> Iterator[str]:
-    server = RedisServer().start()
-    yield server.url
-    server.stop()
 
 
 @pytest.fixture

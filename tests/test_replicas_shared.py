@@ -22,7 +22,6 @@ import openai
 import pytest
 import redis
 from conftest import KEY_ACME, KEY_GLOBEX, LiveServer, sha
-from redis_server import RedisServer
 from replicas import Replica, start_replicas
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -94,13 +93,6 @@ class Upstream:
         answer = chat_body(body["model"], content=f"answer {self.hits[name]} from {name}")
         answer["id"] = f"chatcmpl-{name}-{self.hits[name]}"
         return JSONResponse(answer)
-
-
-@pytest.fixture
-def redis_url() -> Iterator[str]:
-    server = RedisServer().start()
-    yield server.url
-    server.stop()
 
 
 @pytest.fixture
