@@ -105,13 +105,17 @@ def create_app(
             # is gone; its counters stay in the directory so totals never go back.
             mark_dead(os.getpid())
 
-    routes = [
+    # The proxy endpoints: POST only, and also served ahead of Starlette's stack (GatewayApp).
+    proxied = [
         Route("/v1/chat/completions", openai.chat_completions, methods=["POST"]),
         Route("/v1/completions", openai.completions, methods=["POST"]),
         Route("/v1/embeddings", openai.embeddings, methods=["POST"]),
+        Route("/v1/messages", messages, methods=["POST"]),
+    ]
+    routes = [
+        *proxied,
         Route("/v1/models", openai.list_models, methods=["GET"]),
         Route("/v1/models/{model:path}", openai.get_model, methods=["GET"]),
-        Route("/v1/messages", messages, methods=["POST"]),
         Route("/admin/keys", admin.create_key, methods=["POST"]),
         Route("/admin/keys", admin.list_keys, methods=["GET"]),
         Route("/admin/keys/{key_id}", admin.delete_key, methods=["DELETE"]),
@@ -122,12 +126,7 @@ def create_app(
         Route("/readyz", health.readyz, methods=["GET"]),
         Route("/metrics", health.metrics, methods=["GET"]),
     ]
-    fast = {
-        "/v1/chat/completions": openai.chat_completions,
-        "/v1/completions": openai.completions,
-        "/v1/embeddings": openai.embeddings,
-        "/v1/messages": messages,
-    }
+    fast = {route.path: route.endpoint for route in proxied}
     return GatewayApp(
         fast,
         routes=routes,

@@ -125,6 +125,13 @@ def test_unknown_path_is_404_envelope(gw) -> None:
     assert r.status_code == 404 and r.json()["error"]["message"]
 
 
+def test_a_proxy_path_with_another_method_is_405_envelope(gw) -> None:
+    """The proxy endpoints are served ahead of Starlette's router for POST only; other methods still
+    get the router's answer, in the API's error format."""
+    r = httpx.get(gw.base_url + "/chat/completions", headers={"authorization": f"Bearer {KEY_ACME}"})
+    assert r.status_code == 405 and r.json()["error"]["message"]
+
+
 def test_upstream_4xx_passes_through_with_its_message(gw, upstream: FakeOpenAI) -> None:
     upstream.fail_with = httpx.Response(
         400,
