@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 import httpx
@@ -21,6 +21,7 @@ from gateway import logs, otel
 from gateway.errors import GatewayError, NotFound, ServerError, render_openai
 from gateway.handlers import admin, health, openai
 from gateway.handlers.anthropic import messages
+from gateway.handlers.endpoint import ProxyEndpoint
 from gateway.keys import RuntimeKeys
 from gateway.metrics import Metrics, mark_dead
 from gateway.pipeline.breaker import BreakerRegistry
@@ -106,14 +107,9 @@ def create_app(
             mark_dead(os.getpid())
 
     # The proxy endpoints: POST only, and also served ahead of Starlette's stack (GatewayApp).
-    proxied = [
-        Route("/v1/chat/completions", openai.chat_completions, methods=["POST"]),
-        Route("/v1/completions", openai.completions, methods=["POST"]),
-        Route("/v1/embeddings", openai.embeddings, methods=["POST"]),
-        Route("/v1/messages", messages, methods=["POST"]),
-    ]
+    proxied = [openai.chat_completions, openai.completions, openai.embeddings, messages]
     routes = [
-        *proxied,
+        *(Route(endpoint.path, endpoint.asgi, methods=["POST"]) for endpoint in proxied),
         Route("/v1/models", openai.list_models, methods=["GET"]),
         Route("/v1/models/{model:path}", openai.get_model, methods=["GET"]),
         Route("/admin/keys", admin.create_key, methods=["POST"]),
@@ -126,16 +122,12 @@ def create_app(
         Route("/readyz", health.readyz, methods=["GET"]),
         Route("/metrics", health.metrics, methods=["GET"]),
     ]
-    fast = {route.path: route.endpoint for route in proxied}
     return GatewayApp(
-        fast,
+        proxied,
         routes=routes,
         lifespan=lifespan,
         exception_handlers={HTTPException: _http_error, Exception: _unexpected},
     )
-
-
-Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 class GatewayApp(Starlette):
@@ -144,21 +136,22 @@ class GatewayApp(Starlette):
     Those endpoints catch their own errors and answer every failure in the API's error format, so the
     exception middleware and route matching would only add CPU to every proxied request (~35 µs).
     Everything else (admin, health, metrics, 404/405 answers) goes through Starlette as usual.
+    ``gateway/server.py`` serves ``proxied`` without ASGI at all.
     """
 
-    def __init__(self, fast: Mapping[str, Endpoint], **kwargs: Any) -> None:
+    def __init__(self, proxied: Iterable[ProxyEndpoint], **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self._fast = dict(fast)
+        self.proxied = {endpoint.path: endpoint for endpoint in proxied}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        endpoint = self._fast.get(scope["path"]) if scope["type"] == "http" else None
+        endpoint = self.proxied.get(scope["path"]) if scope["type"] == "http" else None
         if endpoint is None or scope["method"] != "POST":
             await super().__call__(scope, receive, send)
             return
         scope["app"] = self
         request = Request(scope, receive)
         try:
-            response = await endpoint(request)
+            response = await endpoint.asgi(request)
         except Exception as exc:  # the endpoints handle their own errors; this is a bug's last stop
             response = await _unexpected(request, exc)
         await response(scope, receive, send)

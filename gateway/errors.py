@@ -88,6 +88,13 @@ class NotFound(ClientError):
     code = "not_found"
 
 
+class ClientClosed(ClientError):
+    """The client went away before its request was read whole; nobody sees the answer."""
+
+    status = 499
+    code = "client_closed"
+
+
 class PayloadTooLarge(ClientError):
     status = 413
     code = "request_too_large"

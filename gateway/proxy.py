@@ -12,13 +12,9 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Coroutine
+from collections.abc import AsyncGenerator, AsyncIterator, Coroutine, Mapping
 from decimal import Decimal
 from typing import Any, Protocol
-
-from starlette.background import BackgroundTask
-from starlette.requests import Request
-from starlette.responses import Response
 
 from gateway.context import Exchange
 from gateway.errors import GatewayError, Overloaded, ServerError
@@ -37,12 +33,12 @@ from gateway.pipeline.cache import (
 from gateway.pipeline.content_log import content_for_log
 from gateway.pipeline.dispatch import Dispatcher
 from gateway.pipeline.overload import Gate
-from gateway.pipeline.parse import ParsedRequest, parse, read_json
+from gateway.pipeline.parse import Incoming, ParsedRequest, parse, read_json
 from gateway.pipeline.settle import format_usd, price_usage, settle
 from gateway.pipeline.spend import Settler
 from gateway.pipeline.usage import MeteredStream, UsageCounter, response_usage, with_cost
 from gateway.providers.base import Operation, UpstreamResponse, UpstreamStream
-from gateway.responses import SSEResponse, json_response
+from gateway.responses import Reply
 from gateway.runtime import Runtime
 from gateway.store.base import CacheLookup
 
@@ -59,7 +55,7 @@ class Ingress(Protocol):
 
     def request(self, body: dict[str, Any]) -> dict[str, Any]: ...
 
-    def forward_headers(self, request: Request) -> dict[str, str]: ...
+    def forward_headers(self, headers: Mapping[str, str]) -> dict[str, str]: ...
 
     def response(self, upstream: UpstreamResponse) -> bytes: ...
 
@@ -81,27 +77,28 @@ class Pipeline:
         self._cache = cache
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def handle(self, request: Request, operation: Operation, ingress: Ingress) -> Response:
+    async def handle(self, request: Incoming, operation: Operation, ingress: Ingress) -> Reply:
+        headers = request.headers
         ex = Exchange(
-            endpoint=request.scope["path"],
-            trace=request.headers.get("x-gateway-trace"),
-            client_retry=request.headers.get("x-stainless-retry-count"),
+            endpoint=request.path,
+            trace=headers.get("x-gateway-trace"),
+            client_retry=headers.get("x-stainless-retry-count"),
         )
         runtime = self._source.runtime
         try:
             # 1 parse
             body = ingress.request(await read_json(request, runtime.routes.defaults.max_body_bytes))
-            parsed = parse(operation, body, request.headers)
+            parsed = parse(operation, body, headers)
             ex.model_requested, ex.stream = parsed.model, parsed.stream
             # 2 authenticate
-            ex.principal = authenticate(request.headers, runtime.keys)
+            ex.principal = authenticate(headers, runtime.keys)
             # 3 route
             ex.plan = runtime.router.plan(parsed.model, parsed.task, ex.principal)
             # The cache lookup (stage 6) is sent now, so that it shares admission's store round-trip
             # (the store writes commands of one event-loop turn together); its answer is used only
             # once the request is admitted. ``max_tokens`` that admission may add is not part of the key.
-            forwarded = ingress.forward_headers(request)
-            cache_key, lookup = self._start_lookup(ex, request, operation, parsed, forwarded)
+            forwarded = ingress.forward_headers(headers)
+            cache_key, lookup = self._start_lookup(ex, headers, operation, parsed, forwarded)
             # 4 admit: rate limits and the budget reservation, one store round-trip
             try:
                 ex.reservation = await runtime.admitter.reserve(
@@ -155,7 +152,7 @@ class Pipeline:
                 frames = self._stream(ex, ingress, metered, parsed.include_usage)
                 # A client gone before the first frame never starts ``frames``; on_close still cleans up.
                 on_close = functools.partial(self._end_stream, ex, metered)
-                return SSEResponse(frames, ex.response_headers(), on_close)
+                return Reply(200, ex.response_headers(), frames=frames, after=on_close)
             try:
                 upstream = await dispatcher.send()
             finally:
@@ -173,9 +170,8 @@ class Pipeline:
         # 9 settle: the cost header is known now; metrics and the log line go after the response.
         response_usage(ex, upstream, UsageCounter(operation, parsed.body))
         price_usage(ex)
-        headers = ex.response_headers()
-        headers["x-gateway-cost-usd"] = format_usd(ex.cost)
-        response = json_response(body_out, 200, headers)
+        out = ex.response_headers()
+        out["x-gateway-cost-usd"] = format_usd(ex.cost)
         entry = None
         if (
             cache_key is not None
@@ -185,8 +181,7 @@ class Pipeline:
         ):
             answer = CachedAnswer(ex.model, upstream.usage, body=upstream.body)
             entry = (cache_key, answer, ex.plan.cache.ttl_s)
-        response.background = BackgroundTask(self._store_and_settle, ex, entry)
-        return response
+        return Reply(200, out, body_out, after=functools.partial(self._store_and_settle, ex, entry))
 
     async def _store_and_settle(self, ex: Exchange, entry: tuple[str, CachedAnswer, int] | None) -> None:
         """After the response: the cache put and the settlement leave in one store write."""
@@ -197,7 +192,7 @@ class Pipeline:
     def _start_lookup(
         self,
         ex: Exchange,
-        request: Request,
+        headers: Mapping[str, str],
         operation: Operation,
         parsed: ParsedRequest,
         forwarded: dict[str, str],
@@ -209,7 +204,7 @@ class Pipeline:
         opted out or the request is not cacheable: then the store is not called at all.
         """
         plan = ex.plan
-        asked = request.headers.get("x-gateway-cache")
+        asked = headers.get("x-gateway-cache")
         if plan is None or asked == "skip" or not is_cacheable(plan.cache, operation, parsed.body):
             ex.cache = "skip"
             return None, None
@@ -233,7 +228,7 @@ class Pipeline:
         ex.attempts.deployment = deployment
         return answer
 
-    def _hit(self, ex: Exchange, ingress: Ingress, answer: CachedAnswer, include_usage: bool) -> Response:
+    def _hit(self, ex: Exchange, ingress: Ingress, answer: CachedAnswer, include_usage: bool) -> Reply:
         """Answer from the cache, rendered like a fresh answer. A hit costs 0 and records no tokens:
         ``ex.usage`` stays None, so settlement only releases the admission reservation."""
         headers = ex.response_headers()
@@ -243,11 +238,10 @@ class Pipeline:
                 replay.usage_frame = with_cost(replay.usage_frame, Decimal(0))
             frames = self._stream(ex, ingress, replay, include_usage)
             on_close = functools.partial(self._end_stream, ex, replay)
-            return SSEResponse(frames, headers, on_close)
+            return Reply(200, headers, frames=frames, after=on_close)
         headers["x-gateway-cost-usd"] = "0"
-        response = json_response(ingress.response(UpstreamResponse(answer.body, answer.usage)), 200, headers)
-        response.background = BackgroundTask(self._settle, ex)
-        return response
+        body = ingress.response(UpstreamResponse(answer.body, answer.usage))
+        return Reply(200, headers, body, after=functools.partial(self._settle, ex))
 
     async def _settle(self, ex: Exchange) -> None:
         settle(ex, self._metrics)
@@ -255,12 +249,10 @@ class Pipeline:
             self._metrics.retries.inc(ex.attempts.retries)
         await self._settler.settle(ex)
 
-    def _error(self, ex: Exchange, ingress: Ingress, err: GatewayError) -> Response:
+    def _error(self, ex: Exchange, ingress: Ingress, err: GatewayError) -> Reply:
         ex.status, ex.error_code = err.status, err.code
         headers = {**ex.response_headers(), **err.headers}
-        response = json_response(ingress.error(err), err.status, headers)
-        response.background = BackgroundTask(self._settle, ex)
-        return response
+        return Reply(err.status, headers, ingress.error(err), after=functools.partial(self._settle, ex))
 
     async def _stream(
         self, ex: Exchange, ingress: Ingress, upstream: UpstreamStream, include_usage: bool

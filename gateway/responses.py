@@ -1,19 +1,54 @@
-"""Responses the gateway sends: JSON bytes, and SSE streams that close the upstream on disconnect."""
+"""What the pipeline answers (``Reply``), and its Starlette form for the ASGI path.
+
+A ``Reply`` is an answer before any server frames it: the pipeline builds one per request, the
+native HTTP path (``gateway/server.py``) writes it straight to the socket, and ``to_response`` turns it
+into a Starlette response for everything that runs the app through ASGI (tests, other servers).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
 
+from starlette.background import BackgroundTask
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 log = logging.getLogger("gateway")
 
+JSON = "application/json"
+SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+
+
+@dataclass(slots=True)
+class Reply:
+    """One answer: a JSON body, or an SSE stream of ``frames`` (status 200).
+
+    ``after`` runs once the answer is out: after a JSON body is sent, or when a stream ends or is cut
+    short (then ``frames`` is closed first). It runs whether or not the client is still there.
+    """
+
+    status: int
+    headers: dict[str, str]
+    body: bytes = b""
+    frames: AsyncGenerator[bytes, None] | None = None
+    after: Callable[[], Awaitable[None]] | None = None
+
+
+def to_response(reply: Reply) -> Response:
+    if reply.frames is not None:
+        return SSEResponse(reply.frames, reply.headers, reply.after)
+    response = json_response(reply.body, reply.status, reply.headers)
+    if reply.after is not None:
+        response.background = BackgroundTask(reply.after)
+    return response
+
 
 def json_response(body: bytes, status: int, headers: Mapping[str, str]) -> Response:
-    return Response(body, status_code=status, headers=headers, media_type="application/json")
+    return Response(body, status_code=status, headers=headers, media_type=JSON)
 
 
 class SSEResponse(Response):
@@ -35,7 +70,7 @@ class SSEResponse(Response):
         self.on_close = on_close
         self.status_code = 200
         self.background = None
-        self.init_headers({**headers, "cache-control": "no-cache", "x-accel-buffering": "no"})
+        self.init_headers({**headers, **SSE_HEADERS})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         task = asyncio.current_task()
@@ -52,22 +87,38 @@ class SSEResponse(Response):
                 task.cancel()
 
         watcher = asyncio.create_task(watch())
-        try:
-            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
-            async for frame in self.frames:
-                await send({"type": "http.response.body", "body": frame, "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-            finished = True
-        except asyncio.CancelledError:
-            if not gone.is_set():
-                raise
-            task.uncancel()
-            log.debug("client disconnected mid-stream")
-        except OSError:
-            log.debug("client connection lost mid-stream")
-        finally:
-            finished = True
-            watcher.cancel()
-            await self.frames.aclose()
-            if self.on_close is not None:
-                await self.on_close()
+        async with stream_to_client(self.frames, self.on_close, gone.is_set):
+            try:
+                await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+                async for frame in self.frames:
+                    await send({"type": "http.response.body", "body": frame, "more_body": True})
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+            finally:
+                finished = True
+                watcher.cancel()
+
+
+@contextlib.asynccontextmanager
+async def stream_to_client(
+    frames: AsyncGenerator[bytes, None],
+    after: Callable[[], Awaitable[None]] | None,
+    client_left: Callable[[], bool],
+) -> AsyncIterator[None]:
+    """Around the writing of a stream: a cancellation because the client left (``client_left()``)
+    ends it quietly, and so does a lost connection; however it ends, ``frames`` is closed (which
+    closes the upstream behind it) and then ``after`` runs."""
+    task = asyncio.current_task()
+    assert task is not None
+    try:
+        yield
+    except asyncio.CancelledError:
+        if not client_left():
+            raise
+        task.uncancel()
+        log.debug("client disconnected mid-stream")
+    except OSError:
+        log.debug("client connection lost mid-stream")
+    finally:
+        await frames.aclose()
+        if after is not None:
+            await after()

@@ -20,6 +20,7 @@ from starlette.responses import Response
 from gateway.config.model import PERIODS, ROLES, Budget
 from gateway.errors import AuthenticationFailed, BadRequest, GatewayError, NotFound, render_openai
 from gateway.explain import explain
+from gateway.handlers.endpoint import RequestIncoming
 from gateway.keys import principal_from_record
 from gateway.pipeline.admit import period_start
 from gateway.pipeline.auth import authenticate, presented_key
@@ -62,7 +63,7 @@ def _error(err: GatewayError) -> Response:
 async def create_key(request: Request) -> Response:
     try:
         state = _state(request)
-        body = await read_json(request, ADMIN_BODY_LIMIT)
+        body = await read_json(RequestIncoming(request), ADMIN_BODY_LIMIT)
         tenant = _name(body.get("tenant"), "tenant")
         key_id = _name(body.get("id"), "id")
         runtime = state.runtime
@@ -205,7 +206,7 @@ async def reload(request: Request) -> Response:
 async def explain_request(request: Request) -> Response:
     try:
         state = _state(request)
-        payload = await read_json(request, ADMIN_BODY_LIMIT)
+        payload = await read_json(RequestIncoming(request), ADMIN_BODY_LIMIT)
         body = payload.get("body", payload)
         headers = {str(k).lower(): str(v) for k, v in (payload.get("headers") or {}).items()}
         if not isinstance(body, dict) or not isinstance(body.get("model"), str):

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import orjson
-from starlette.requests import Request
-from starlette.responses import Response
 
 from gateway.errors import GatewayError, render_anthropic
+from gateway.handlers.endpoint import ProxyEndpoint
 from gateway.ingress.anthropic import StreamTranslator, to_anthropic_response, to_openai_request
 from gateway.providers.base import Operation, UpstreamResponse, UpstreamStream
-from gateway.state import GatewayState
 
 FORWARDED = ("anthropic-version", "anthropic-beta")
 
@@ -26,8 +24,8 @@ class AnthropicIngress:
         self.model = str(body.get("model") or "")
         return to_openai_request(body)
 
-    def forward_headers(self, request: Request) -> dict[str, str]:
-        return {h: v for h in FORWARDED if (v := request.headers.get(h))}
+    def forward_headers(self, headers: Mapping[str, str]) -> dict[str, str]:
+        return {h: v for h in FORWARDED if (v := headers.get(h))}
 
     def response(self, upstream: UpstreamResponse) -> bytes:
         return orjson.dumps(to_anthropic_response(orjson.loads(upstream.body), model=self.model))
@@ -57,6 +55,4 @@ def _chunk(frame: bytes) -> dict[str, Any]:
     return chunk if isinstance(chunk, dict) else {}
 
 
-async def messages(request: Request) -> Response:
-    state: GatewayState = request.app.state.gateway
-    return await state.pipeline.handle(request, Operation.CHAT, AnthropicIngress())
+messages = ProxyEndpoint("/v1/messages", Operation.CHAT, AnthropicIngress)

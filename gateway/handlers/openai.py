@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import struct
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 from urllib.parse import unquote
 
@@ -13,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.errors import GatewayError, NotFound, UpstreamUnavailable, render_openai, stream_error_payload
+from gateway.handlers.endpoint import ProxyEndpoint
 from gateway.pipeline.auth import authenticate
 from gateway.providers.base import Operation, UpstreamResponse, UpstreamStream
 from gateway.responses import json_response
@@ -26,7 +27,7 @@ class OpenAIIngress:
     def request(self, body: dict[str, Any]) -> dict[str, Any]:
         return body
 
-    def forward_headers(self, request: Request) -> dict[str, str]:
+    def forward_headers(self, headers: Mapping[str, str]) -> dict[str, str]:
         return {}
 
     def response(self, upstream: UpstreamResponse) -> bytes:
@@ -78,17 +79,9 @@ class EmbeddingsIngress(OpenAIIngress):
         return orjson.dumps(data)
 
 
-def _endpoint(operation: Operation, ingress: type[OpenAIIngress]) -> Any:
-    async def endpoint(request: Request) -> Response:
-        state: GatewayState = request.app.state.gateway
-        return await state.pipeline.handle(request, operation, ingress())
-
-    return endpoint
-
-
-chat_completions = _endpoint(Operation.CHAT, OpenAIIngress)
-completions = _endpoint(Operation.COMPLETIONS, OpenAIIngress)
-embeddings = _endpoint(Operation.EMBEDDINGS, EmbeddingsIngress)
+chat_completions = ProxyEndpoint("/v1/chat/completions", Operation.CHAT, OpenAIIngress)
+completions = ProxyEndpoint("/v1/completions", Operation.COMPLETIONS, OpenAIIngress)
+embeddings = ProxyEndpoint("/v1/embeddings", Operation.EMBEDDINGS, EmbeddingsIngress)
 
 
 def _model_object(name: str) -> dict[str, Any]:

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
-from starlette.requests import Request
 
 from gateway.errors import BadRequest, PayloadTooLarge
 from gateway.providers.base import Operation
@@ -29,19 +28,37 @@ class ParsedRequest:
     """The prompt's tiktoken count once admission made it, so dispatch need not count again."""
 
 
-async def read_json(request: Request, limit: int) -> dict[str, Any]:
-    """Read at most ``limit`` bytes of a JSON object body, or raise 413/400."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+class Incoming(Protocol):
+    """A request as the pipeline reads it, whichever server received it (ASGI or the native path)."""
+
+    @property
+    def path(self) -> str: ...
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        """Looked up by lower-case name; the first of repeated headers."""
+        ...
+
+    async def body(self, limit: int) -> bytes:
+        """The whole body; ``PayloadTooLarge`` (via ``check_size``) once it passes ``limit`` bytes."""
+        ...
+
+
+def check_size(size: int, limit: int) -> None:
+    if size > limit:
         raise PayloadTooLarge(f"Request body is larger than the limit of {limit} bytes.")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"Request body is larger than the limit of {limit} bytes.")
-        chunks.append(chunk)
-    raw = b"".join(chunks)
+
+
+def check_declared_size(headers: Mapping[str, str], limit: int) -> None:
+    """Refuse a body whose Content-Length is over the limit before reading any of it."""
+    declared = headers.get("content-length")
+    if declared is not None and declared.isdigit():
+        check_size(int(declared), limit)
+
+
+async def read_json(request: Incoming, limit: int) -> dict[str, Any]:
+    """Read at most ``limit`` bytes of a JSON object body, or raise 413/400."""
+    raw = await request.body(limit)
     if not raw.strip():
         raise BadRequest("The request body is empty; expected a JSON object.")
     try:
