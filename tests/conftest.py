@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import socket
 import threading
@@ -63,7 +64,7 @@ def free_port() -> int:
 class LiveServer:
     """An ASGI app served by uvicorn on 127.0.0.1 in a background thread."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, http: type[asyncio.Protocol] | str = GatewayHttpProtocol) -> None:
         self.port = free_port()
         config = uvicorn.Config(
             app,
@@ -71,7 +72,7 @@ class LiveServer:
             port=self.port,
             log_level="warning",
             lifespan="on",
-            http=GatewayHttpProtocol,  # as `gateway serve` runs it
+            http=http,  # GatewayHttpProtocol: as `gateway serve` runs it; "httptools": the ASGI path
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
@@ -125,6 +126,7 @@ def gateway_factory(tmp_path: Path) -> Iterator[GatewayFactory]:
         budgets: str = BUDGETS,
         transport: httpx.AsyncBaseTransport | None = None,
         reload_interval_s: float = 0.2,
+        http: type[asyncio.Protocol] | str = GatewayHttpProtocol,
     ) -> Gateway:
         routes_path = tmp_path / "routes.yaml"
         budgets_path = tmp_path / "budgets.yaml"
@@ -133,7 +135,7 @@ def gateway_factory(tmp_path: Path) -> Iterator[GatewayFactory]:
         settings = Settings(
             routes_path=str(routes_path), budgets_path=str(budgets_path), reload_interval_s=reload_interval_s
         )
-        server = LiveServer(create_app(settings, transport=transport)).start()
+        server = LiveServer(create_app(settings, transport=transport), http).start()
         started.append(server)
         return Gateway(server, routes_path, budgets_path)
 

@@ -7,8 +7,11 @@ import threading
 import time
 
 import httpx
+import pytest
 from conftest import BUDGETS, KEY_ACME, ROUTES, GatewayFactory
 from upstreams import FakeOpenAI
+
+from gateway.server import GatewayHttpProtocol
 
 BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "stream": True}
 AUTH = {"authorization": f"Bearer {KEY_ACME}"}
@@ -73,10 +76,14 @@ class HoldingUpstream:
             self.peer_closed.set()
 
 
-def test_client_disconnect_closes_the_upstream_connection(gateway_factory: GatewayFactory) -> None:
+# the native path (gateway serve) and the ASGI path (any ASGI server) each notice the client leave
+@pytest.mark.parametrize("http", [GatewayHttpProtocol, "httptools"], ids=["native", "asgi"])
+def test_client_disconnect_closes_the_upstream_connection(
+    gateway_factory: GatewayFactory, http: type[GatewayHttpProtocol] | str
+) -> None:
     upstream = HoldingUpstream()
     routes = ROUTES.replace("http://upstream.test/v1", f"http://127.0.0.1:{upstream.port}/v1")
-    gw = gateway_factory(routes=routes, budgets=BUDGETS)
+    gw = gateway_factory(routes=routes, budgets=BUDGETS, http=http)
     with httpx.stream("POST", gw.base_url + "/chat/completions", json=BODY, headers=AUTH, timeout=5) as r:
         first = next(r.iter_lines())
         assert "Hi" in first
