@@ -3,6 +3,7 @@
 httpx's default transport (httpcore over anyio and h11) costs more CPU per request than the gateway itself.
 This one keeps httpx's client API (``httpx.MockTransport`` stays the test seam) and takes the short path:
 head and body in one ``write``, llhttp parsing in C, the body handed over as it arrives. HTTP/1.1 only.
+``fetch`` (a whole answer) and ``open`` (a streamed one) skip httpx's Request and Response objects too.
 Failures are httpx's exceptions: ConnectError/ConnectTimeout, PoolTimeout, ReadTimeout (the head or the
 next body bytes came too late), RemoteProtocolError (early close, malformed response), ReadError, WriteError.
 """
@@ -217,6 +218,32 @@ class _ResponseStream(httpx.AsyncByteStream):
             conn.close()
 
 
+class RawResponse:
+    """``FastTransport.open``'s answer: status, raw headers and the body as it arrives, undecoded.
+
+    ``stream`` is the ``_ResponseStream`` an ``httpx.Response`` would carry: closing the answer before
+    the end closes the connection, a body read to its end gives the connection back to the pool.
+    """
+
+    __slots__ = ("headers", "status_code", "stream")
+
+    def __init__(self, status_code: int, headers: list[tuple[bytes, bytes]], stream: _ResponseStream) -> None:
+        self.status_code = status_code
+        self.headers = headers
+        self.stream = stream
+
+    def aiter_bytes(self) -> AsyncIterator[bytes]:
+        """The body chunks as the socket delivered them; httpx's errors as ``_ResponseStream`` raises them."""
+        return self.stream
+
+    async def aread(self) -> bytes:
+        """The rest of the body, whole."""
+        return b"".join([part async for part in self.stream])
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
+
 class _Pool:
     """The connections of one origin: at most ``max_connections`` open, the warmest idle one reused first."""
 
@@ -358,12 +385,32 @@ class FastTransport(httpx.AsyncBaseTransport):
         tenth of the gateway's CPU per request). Host and Content-Length are added as httpx would;
         the same pool, timeouts, stale-connection retry and errors as ``handle_async_request``.
         """
+        return await self._post(url, headers, body, timeout_s, _fetch)
+
+    async def open(
+        self, url: httpx.URL, headers: list[tuple[bytes, bytes]], body: bytes, timeout_s: float
+    ) -> RawResponse:
+        """POST ``body`` and return once the status line and headers arrived; the body follows as it comes.
+
+        ``fetch``'s short path for streamed calls: the same request bytes, pool, timeouts, retry and
+        errors, and the body handed over undecoded. The caller must ``aclose`` the answer.
+        """
+        return await self._post(url, headers, body, timeout_s, _open)
+
+    async def _post(
+        self,
+        url: httpx.URL,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        timeout_s: float,
+        exchange: Callable[[_Connection, bytes, float], Awaitable[T]],
+    ) -> T:
         pool = self._pool(url)
         host = url.raw_host if url.port is None else b"%s:%d" % (url.raw_host, url.port)
         wire = [(b"Host", host), *headers, (b"Content-Length", b"%d" % len(body))]
         payload = _encode_head(b"POST", url.raw_path, wire) + body
         timeouts = {"pool": timeout_s, "connect": timeout_s}
-        return await self._send(pool, timeouts, lambda conn: _fetch(conn, payload, timeout_s))
+        return await self._send(pool, timeouts, lambda conn: exchange(conn, payload, timeout_s))
 
     async def _send(
         self, pool: _Pool, timeouts: dict[str, float], exchange: Callable[[_Connection], Awaitable[T]]
@@ -415,6 +462,11 @@ async def _exchange(conn: _Connection, head_only: bool, data: bytes, read_s: flo
         stream=_ResponseStream(conn, read_s),
         extensions={"http_version": b"HTTP/1.1"},
     )
+
+
+async def _open(conn: _Connection, data: bytes, read_s: float) -> RawResponse:
+    await _head(conn, False, data, read_s)
+    return RawResponse(conn.status, conn.headers, _ResponseStream(conn, read_s))
 
 
 async def _fetch(

@@ -16,6 +16,8 @@ import orjson
 import pytest
 from conftest import free_port
 
+from gateway.errors import UpstreamStatusError
+from gateway.providers import http
 from gateway.transport import FastTransport
 
 
@@ -113,6 +115,35 @@ async def echo(request: Request, _r: asyncio.StreamReader, writer: asyncio.Strea
     return True
 
 
+STREAM_HEAD = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+
+
+def held_stream(release: asyncio.Event) -> Handler:
+    """A stream whose first event goes out at once and the rest once ``release`` is set."""
+
+    async def held(_q: Request, _r: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        writer.write(STREAM_HEAD + chunk(b"data: 1\n\n"))
+        await release.wait()
+        writer.write(chunk(b"data: 2\n\n") + chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n")
+        return True
+
+    return held
+
+
+async def endless_stream(_q: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+    """One event, then the stream held open until the client goes away."""
+    writer.write(STREAM_HEAD + chunk(b"data: 1\n\n"))
+    assert await reader.read() == b""
+    return False
+
+
+async def cut_stream(_q: Request, _r: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+    """One event, then the connection closed mid-body."""
+    writer.write(STREAM_HEAD + chunk(b"data: 1\n\n"))
+    await writer.drain()
+    return False
+
+
 async def test_json_post_round_trip(upstream: Start) -> None:
     up = await upstream(echo)
     async with httpx.AsyncClient(transport=FastTransport()) as client:
@@ -139,14 +170,7 @@ async def test_keep_alive_reuses_one_connection(upstream: Start) -> None:
 
 async def test_chunked_stream_arrives_as_sent(upstream: Start) -> None:
     release = asyncio.Event()
-
-    async def held(_q: Request, _r: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
-        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n" + chunk(b"data: 1\n\n"))
-        await release.wait()
-        writer.write(chunk(b"data: 2\n\n") + chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n")
-        return True
-
-    up = await upstream(held)
+    up = await upstream(held_stream(release))
     async with (
         httpx.AsyncClient(transport=FastTransport()) as client,
         client.stream("POST", up.url, content=b"{}") as resp,
@@ -163,12 +187,7 @@ async def test_chunked_stream_arrives_as_sent(upstream: Start) -> None:
 async def test_aclose_mid_stream_closes_the_connection(
     upstream: Start,
 ) -> None:
-    async def endless(_q: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
-        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n" + chunk(b"data: 1\n\n"))
-        assert await reader.read() == b""  # holds the stream open until the client goes away
-        return False
-
-    up = await upstream(endless)
+    up = await upstream(endless_stream)
     async with httpx.AsyncClient(transport=FastTransport()) as client:
         async with client.stream("POST", up.url, content=b"{}") as resp:
             async for _ in resp.aiter_raw():
@@ -271,12 +290,7 @@ async def test_stalled_body_is_read_timeout(upstream: Start) -> None:
 async def test_close_mid_body_raises_from_the_stream(
     upstream: Start,
 ) -> None:
-    async def cut(_q: Request, _r: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
-        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n" + chunk(b"data: 1\n\n"))
-        await writer.drain()
-        return False
-
-    up = await upstream(cut)
+    up = await upstream(cut_stream)
     got = []
     async with (
         httpx.AsyncClient(transport=FastTransport()) as client,
@@ -533,3 +547,97 @@ async def test_fetch_retries_a_stale_keep_alive_connection_once(upstream: Start)
         assert up.accepted == 2
     finally:
         await transport.aclose()
+
+
+# -- open: the short path for streamed answers (gateway/providers/http.py uses it) ------------------------
+
+
+@pytest.fixture
+async def transport() -> AsyncIterator[FastTransport]:
+    fast = FastTransport()
+    yield fast
+    await fast.aclose()
+
+
+async def test_open_hands_chunks_over_as_sent_and_gives_the_connection_back(
+    upstream: Start, transport: FastTransport
+) -> None:
+    release = asyncio.Event()
+    up = await upstream(held_stream(release))
+    url = httpx.URL(f"{up.url}/v1/chat?x=1")
+    resp = await transport.open(url, [(b"x-k", b"v")], b'{"stream":true}', 2.0)
+    assert resp.status_code == 200 and (b"transfer-encoding", b"chunked") in resp.headers
+    parts = resp.aiter_bytes()
+    assert await asyncio.wait_for(anext(parts), 1.0) == b"data: 1\n\n"  # the rest is still held
+    release.set()
+    assert b"".join([p async for p in parts]) == b"data: 2\n\ndata: [DONE]\n\n"
+    await resp.aclose()
+    again = await transport.open(url, [], b"{}", 2.0)  # on the connection the first one gave back
+    assert await again.aread() == b"data: 1\n\ndata: 2\n\ndata: [DONE]\n\n"
+    await again.aclose()
+    sent = up.requests[0]
+    assert (sent.method, sent.path, sent.body) == ("POST", "/v1/chat?x=1", b'{"stream":true}')
+    assert sent.headers["host"] == up.url.removeprefix("http://")
+    assert sent.headers["content-length"] == "15" and sent.headers["x-k"] == "v"
+    assert up.accepted == 1 and transport.open_connections() == 1
+
+
+async def test_open_closed_early_closes_the_connection(upstream: Start, transport: FastTransport) -> None:
+    up = await upstream(endless_stream)
+    resp = await transport.open(httpx.URL(up.url), [], b"{}", 2.0)
+    assert await anext(resp.aiter_bytes()) == b"data: 1\n\n"
+    await resp.aclose()
+    await resp.aclose()  # twice is harmless
+    await asyncio.wait_for(up.closed.wait(), 1.0)
+    assert up.open == 0 and transport.open_connections() == 0
+
+
+async def test_open_raises_httpx_errors_from_the_stream(upstream: Start, transport: FastTransport) -> None:
+    async def silent(_q: Request, reader: asyncio.StreamReader, _w: asyncio.StreamWriter) -> bool:
+        await reader.read()
+        return False
+
+    got = []
+    resp = await transport.open(httpx.URL((await upstream(cut_stream)).url), [], b"{}", 2.0)
+    with pytest.raises(httpx.RemoteProtocolError):
+        async for part in resp.aiter_bytes():
+            got.append(part)
+    assert got == [b"data: 1\n\n"]
+    await resp.aclose()
+    resp = await transport.open(httpx.URL((await upstream(endless_stream)).url), [], b"{}", 0.2)
+    with pytest.raises(httpx.ReadTimeout):
+        await resp.aread()
+    await resp.aclose()
+    with pytest.raises(httpx.ReadTimeout):  # no head at all
+        await transport.open(httpx.URL((await upstream(silent)).url), [], b"{}", 0.2)
+    assert transport.open_connections() == 0
+
+
+async def test_open_stream_decodes_compressed_bodies_and_maps_error_answers(
+    upstream: Start, transport: FastTransport
+) -> None:
+    async def answers(request: Request, _r: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        if request.path == "/zipped":
+            zipped = gzip.compress(b"data: 1\n\n")
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-encoding: gzip\r\ntransfer-encoding: chunked\r\n\r\n")
+            writer.write(chunk(zipped[:5]) + chunk(zipped[5:]) + b"0\r\n\r\n")
+        else:
+            writer.write(
+                response(b'{"error":{"message":"slow down"}}', status="429 Busy", extra="Retry-After: 3\r\n")
+            )
+        return True
+
+    up = await upstream(answers)
+
+    def open_stream(path: str) -> Awaitable[http.OpenResponse]:
+        return http.open_stream(transport, "p", up.url + path, body={}, headers={"x-k": "v"}, timeout_s=2.0)
+
+    resp = await open_stream("/zipped")
+    assert b"".join([part async for part in resp.aiter_bytes()]) == b"data: 1\n\n"
+    await resp.aclose()
+    with pytest.raises(UpstreamStatusError) as caught:
+        await open_stream("/busy")
+    assert (caught.value.status, caught.value.retry_after) == (429, "3")
+    assert "slow down" in str(caught.value)
+    assert up.requests[0].headers["user-agent"] == http.USER_AGENT
+    assert up.accepted == 1  # both answers were read to the end: one connection throughout

@@ -102,9 +102,9 @@ class AnthropicProvider:
 
 
 class AnthropicStream:
-    """An open Anthropic stream yielding OpenAI SSE frames; the httpx response is closed however it ends."""
+    """An open Anthropic stream yielding OpenAI SSE frames; the response is closed however it ends."""
 
-    def __init__(self, provider: str, response: httpx.Response, translator: StreamTranslator) -> None:
+    def __init__(self, provider: str, response: http.OpenResponse, translator: StreamTranslator) -> None:
         self._provider = provider
         self.usage: Usage | None = None
         self.usage_frame: bytes | None = None

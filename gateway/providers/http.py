@@ -9,17 +9,31 @@ than the transport underneath and the gateway uses none of it. Tests substitute
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any, Protocol
 
 import httpx
 import orjson
 
 from gateway import __version__
 from gateway.errors import DeadlineExceeded, GatewayError, UpstreamStatusError, UpstreamUnavailable
-from gateway.transport import FastTransport
+from gateway.transport import FastTransport, RawResponse
 
 ErrorMapper = Callable[[int, bytes, Mapping[str, str]], UpstreamStatusError]
+
+
+class OpenResponse(Protocol):
+    """An upstream answer whose body is still arriving: an ``httpx.Response`` or a ``RawResponse``."""
+
+    status_code: int
+
+    def aiter_bytes(self) -> AsyncIterator[bytes]:
+        """The body, decoded where the upstream compressed it; httpx's exceptions on failure."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release the connection (closed, unless the whole body was read); safe to call twice."""
+        ...
 
 
 def map_transport_error(exc: httpx.HTTPError, provider: str) -> GatewayError:
@@ -131,11 +145,10 @@ async def _fetch(
     timeout_s: float,
 ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
     """``FastTransport``'s short path: no httpx Request/Response objects, same wire bytes."""
-    wire = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()]
-    if not has_user_agent(headers):
-        wire.append((b"user-agent", USER_AGENT_BYTES))
     try:
-        status, raw_headers, content = await transport.fetch(_url(url), wire, orjson.dumps(body), timeout_s)
+        status, raw_headers, content = await transport.fetch(
+            _url(url), _wire(headers), orjson.dumps(body), timeout_s
+        )
     except httpx.HTTPError as exc:
         raise map_transport_error(exc, provider) from exc
     if any(name.lower() == b"content-encoding" for name, _ in raw_headers):
@@ -153,11 +166,18 @@ async def open_stream(
     headers: Mapping[str, str],
     timeout_s: float,
     on_error: ErrorMapper = openai_error,
-) -> httpx.Response:
+) -> OpenResponse:
     """Send a streaming request; return the open 2xx response (the caller must close it). Bounded by
-    dispatch's attempt deadline, like ``post_json``."""
+    dispatch's attempt deadline, like ``post_json``. A ``FastTransport`` takes ``open``, the short path."""
+    resp: httpx.Response | RawResponse
     try:
-        resp = await transport.handle_async_request(_request(url, body, headers, timeout_s))
+        if isinstance(transport, FastTransport):
+            resp = await transport.open(_url(url), _wire(headers), orjson.dumps(body), timeout_s)
+            if any(name.lower() == b"content-encoding" for name, _ in resp.headers):
+                # compressed although the gateway asked for nothing of the kind: let httpx decode it
+                resp = httpx.Response(resp.status_code, headers=resp.headers, stream=resp.stream)
+        else:
+            resp = await transport.handle_async_request(_request(url, body, headers, timeout_s))
     except httpx.HTTPError as exc:
         raise map_transport_error(exc, provider) from exc
     if resp.status_code // 100 != 2:
@@ -167,5 +187,13 @@ async def open_stream(
             raise map_transport_error(exc, provider) from exc
         finally:
             await resp.aclose()
-        raise on_error(resp.status_code, content, resp.headers)
+        raise on_error(resp.status_code, content, httpx.Headers(resp.headers))
     return resp
+
+
+def _wire(headers: Mapping[str, str]) -> list[tuple[bytes, bytes]]:
+    """The providers' headers as ``FastTransport`` sends them, with the gateway's user-agent if none."""
+    wire = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()]
+    if not has_user_agent(headers):
+        wire.append((b"user-agent", USER_AGENT_BYTES))
+    return wire

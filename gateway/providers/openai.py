@@ -78,7 +78,7 @@ class OpenAIProvider:
 class OpenAIStream:
     """Forwards OpenAI SSE frames as they arrive; keeps the usage chunk aside for the core."""
 
-    def __init__(self, provider: str, response: httpx.Response) -> None:
+    def __init__(self, provider: str, response: http.OpenResponse) -> None:
         self._provider = provider
         self._response = response
         self.usage: Usage | None = None
