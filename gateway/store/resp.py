@@ -7,8 +7,11 @@ a handful of commands (EVALSHA, GET, SET, HVALS, HGETALL, HMGET, PING), so this 
 * **One connection, pipelined.** Commands are written in order and replies come back in order, so
   concurrent callers share the socket without locks: each call appends its encoded command and a
   future. Commands issued in the same event-loop turn leave in one write (auto-pipelining), so a
-  burst of settlements costs one syscall, not one each. A call may *linger* (``linger_s``): it then
-  waits up to that long to leave with the next urgent write, behind the urgent commands.
+  burst of settlements costs one syscall, not one each. A call may *linger* (``linger_s``): when the
+  connection is idle (no reply awaited) it leaves at the end of the turn like any other; otherwise it
+  waits up to that long to leave with the next urgent write, behind the urgent commands. So a lone
+  request's settlement reaches Redis while its client is still reading the answer, instead of riding
+  with the next request's admission and making that wait while Redis runs both.
 * **A deadline per call**, ``timeout_s`` from when it is queued (a connect, when one is needed, has
   its own). A call past it gets ``TimeoutError``; its reply, if it ever comes, is dropped in order.
   One watchdog timer per connection enforces them. When a deadline passes and the connection has not
@@ -156,7 +159,10 @@ class _Connection(asyncio.Protocol):
                 loop.call_soon(self._flush)
         else:
             self._lingering.append((packed, pending))
-            if self._timer is None and not self._flush_scheduled:
+            if not self._waiting and not self._flush_scheduled:  # idle: Redis is free for it now
+                self._flush_scheduled = True
+                loop.call_soon(self._flush)
+            elif self._timer is None and not self._flush_scheduled:
                 self._timer = loop.call_later(linger_s, self._flush)
         return future
 

@@ -167,9 +167,36 @@ async def test_lingering_commands_ride_along_after_the_urgent_ones(client: RespC
     assert await lazy == [b"OK"]
     assert loop.time() - started < 1.0  # it left with the GET, not after its 5 s linger
     assert await client.execute("GET", "k") == b"new"
-    alone = client.submit([("INCR", "n")], linger_s=0.05)
-    assert await alone == [1]  # nothing else came: it left when its linger ran out
-    assert loop.time() - started >= 0.05
+
+
+async def test_lingering_commands_leave_at_once_on_an_idle_connection(client: RespClient) -> None:
+    await client.execute("PING")
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    alone = client.submit([("INCR", "n")], linger_s=5.0)
+    assert await alone == [1]  # no reply was awaited: it did not wait for company
+    assert loop.time() - started < 1.0
+
+
+async def test_lingering_commands_wait_while_replies_are_awaited(client: RespClient) -> None:
+    await client.execute("PING")
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    busy = client.submit([("BLPOP", "nothing-here", "0.3")])  # Redis answers it in 0.3 s
+    await asyncio.sleep(0.02)  # written, its reply awaited
+    lazy = client.submit([("INCR", "n")], linger_s=0.1)
+    await asyncio.sleep(0.05)
+    assert not lazy.done()
+    assert await lazy == [1]  # left when its linger ran out, answered after the BLPOP
+    assert await busy == [None]
+    assert loop.time() - started >= 0.3
+    slow = client.submit([("BLPOP", "nothing-here", "0.1")])
+    await asyncio.sleep(0.02)
+    late = client.submit([("INCR", "n")], linger_s=5.0)  # waits for company
+    assert await client.execute("PING") == b"PONG"  # the company: both leave in one write
+    assert await late == [2]  # nowhere near its 5 s
+    assert await slow == [None]
+    assert loop.time() - started < 2.0
 
 
 async def test_an_abandoned_submit_does_not_put_the_replies_out_of_step(client: RespClient) -> None:
