@@ -146,7 +146,7 @@ class Stack:
             try:
                 yield Gateway(proc, workers, port, self.secret)
             finally:
-                del self.procs["gateway"]
+                self.procs.pop("gateway", None)
 
 
 def _start_redis(child: Callable[[str, list[str]], ChildProcess]) -> int:
