@@ -6,7 +6,7 @@ partial event for the next call. Comment lines (``: keepalive``) are dropped.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
 DONE_FRAME = b"data: [DONE]\n\n"
@@ -25,21 +25,25 @@ class SSEParser:
         self._buf = b""
 
     def feed(self, chunk: bytes) -> list[Event]:
+        return list(self.events(chunk))
+
+    def events(self, chunk: bytes) -> Iterator[Event]:
+        """``feed``, lazily: each event is parsed when it is asked for, so the first of a chunk that
+        holds a whole stream goes on its way before the rest is parsed. Consume it to the end."""
         buf = self._buf + chunk
         if b"\r" in buf:
             buf = buf.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-        events: list[Event] = []
+        self._buf = b""
         start = 0
         while True:
             end = buf.find(b"\n\n", start)
             if end < 0:
                 break
             event = _parse_block(buf[start:end])
-            if event is not None:
-                events.append(event)
             start = end + 2
+            if event is not None:
+                yield event
         self._buf = buf[start:]
-        return events
 
     def flush(self) -> list[Event]:
         """Events left in the buffer when the stream ended without a final blank line."""

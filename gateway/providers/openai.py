@@ -88,7 +88,7 @@ class OpenAIStream:
         parser = SSEParser()
         try:
             async for raw in self._response.aiter_bytes():
-                for event in parser.feed(raw):
+                for event in parser.events(raw):
                     data = event.data
                     if data == b"[DONE]":
                         return
