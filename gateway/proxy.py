@@ -32,6 +32,7 @@ from gateway.pipeline.cache import (
 )
 from gateway.pipeline.content_log import content_for_log
 from gateway.pipeline.dispatch import Dispatcher
+from gateway.pipeline.later import Later
 from gateway.pipeline.overload import Gate
 from gateway.pipeline.parse import Incoming, ParsedRequest, parse, read_json
 from gateway.pipeline.settle import format_usd, price_usage, settle
@@ -76,8 +77,10 @@ class Pipeline:
         self._gate = gate
         self._cache = cache
         self._tasks: set[asyncio.Task[None]] = set()
+        self._later = Later()
 
     async def handle(self, request: Incoming, operation: Operation, ingress: Ingress) -> Reply:
+        self._later.request_started()
         headers = request.headers
         ex = Exchange(
             endpoint=request.path,
@@ -181,13 +184,7 @@ class Pipeline:
         ):
             answer = CachedAnswer(ex.model, upstream.usage, body=upstream.body)
             entry = (cache_key, answer, ex.plan.cache.ttl_s)
-        return Reply(200, out, body_out, after=functools.partial(self._store_and_settle, ex, entry))
-
-    async def _store_and_settle(self, ex: Exchange, entry: tuple[str, CachedAnswer, int] | None) -> None:
-        """After the response: the cache put and the settlement leave in one store write."""
-        if entry is not None:
-            self._background(self._cache.put(*entry))
-        await self._settle(ex)
+        return Reply(200, out, body_out, after=functools.partial(self._settle, ex, entry))
 
     def _start_lookup(
         self,
@@ -243,7 +240,12 @@ class Pipeline:
         body = ingress.response(UpstreamResponse(answer.body, answer.usage))
         return Reply(200, headers, body, after=functools.partial(self._settle, ex))
 
-    async def _settle(self, ex: Exchange) -> None:
+    async def _settle(self, ex: Exchange, entry: tuple[str, CachedAnswer, int] | None = None) -> None:
+        """After the answer: the cache put at once (the client's next request may ask the same), then,
+        at the next quiet moment (``Later``), the metrics, the log line and the settlement."""
+        if entry is not None:
+            self._background(self._cache.put(*entry))
+        await self._later.turn()
         settle(ex, self._metrics)
         if ex.attempts.retries:
             self._metrics.retries.inc(ex.attempts.retries)
@@ -297,11 +299,11 @@ class Pipeline:
             upstream.finish()
             recording = upstream.inner
         ex.usage = upstream.usage
+        entry = None
         if isinstance(recording, RecordingStream) and recording.complete and ex.status == 200:
-            answer = recording.answer(ex.model)
-            self._background(self._cache.put(recording.key, answer, recording.ttl_s))
+            entry = (recording.key, recording.answer(ex.model), recording.ttl_s)
         # Not awaited here: the client's stream closes without waiting for the store.
-        self._background(self._settle(ex))
+        self._background(self._settle(ex, entry))
 
     def _background(self, job: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(job)

@@ -124,6 +124,10 @@ class _Connection(asyncio.Protocol):
                 self._fail(ConnectionError(f"redis protocol error: {exc}"))
                 return
             if reply is False:
+                if not waiting and self._lingering and not self._flush_scheduled:
+                    # idle again: what lingered goes now, after the callers just woken have run
+                    self._flush_scheduled = True
+                    self.loop.call_soon(self._flush)
                 return
             if not waiting:  # a reply nobody asked for: the stream is out of step
                 self._fail(ConnectionError("redis sent an unexpected reply"))

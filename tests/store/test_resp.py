@@ -192,7 +192,7 @@ async def test_lingering_commands_wait_while_replies_are_awaited(client: RespCli
     assert loop.time() - started >= 0.3
     slow = client.submit([("BLPOP", "nothing-here", "0.1")])
     await asyncio.sleep(0.02)
-    late = client.submit([("INCR", "n")], linger_s=5.0)  # waits for company
+    late = client.submit([("INCR", "n")], linger_s=5.0)  # waits for company (or for the replies)
     assert await client.execute("PING") == b"PONG"  # the company: both leave in one write
     assert await late == [2]  # nowhere near its 5 s
     assert await slow == [None]
@@ -205,3 +205,15 @@ async def test_an_abandoned_submit_does_not_put_the_replies_out_of_step(client: 
     gone.cancel()
     assert await client.execute("GET", "a") == b"1"  # ran anyway; its replies were dropped in order
     assert await client.pipeline([("INCR", "b"), ("INCR", "b")]) == [1, 2]
+
+
+async def test_a_lingering_command_leaves_once_the_awaited_replies_are_in(client: RespClient) -> None:
+    await client.execute("PING")
+    loop = asyncio.get_running_loop()
+    busy = client.submit([("BLPOP", "nothing-here", "0.1")])
+    await asyncio.sleep(0.02)
+    lazy = client.submit([("INCR", "idle-n")], linger_s=5.0)
+    assert await busy == [None]
+    started = loop.time()
+    assert await lazy == [1]  # the connection went idle: it left then, not after 5 s
+    assert loop.time() - started < 1.0
