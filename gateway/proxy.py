@@ -243,8 +243,8 @@ class Pipeline:
     async def _settle(self, ex: Exchange, entry: tuple[str, CachedAnswer, int] | None = None) -> None:
         """After the answer: the cache put at once (the client's next request may ask the same), then,
         at the next quiet moment (``Later``), the metrics, the log line and the settlement."""
-        if entry is not None:
-            self._background(self._cache.put(*entry))
+        if entry is not None and (outcome := self._cache.put(*entry)) is not None:
+            self._background(outcome)
         await self._later.turn()
         settle(ex, self._metrics)
         if ex.attempts.retries:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -58,7 +58,9 @@ class CacheStore(Protocol):
 
     def cache_lookup(self, key: str) -> CacheLookup: ...
 
-    async def cache_put(self, key: str, value: bytes, ttl_s: int) -> None: ...
+    def cache_put(self, key: str, value: bytes, ttl_s: int) -> Awaitable[object]:
+        """Sent now; awaited for the outcome."""
+        ...
 
 
 def canonical_key(
@@ -225,11 +227,20 @@ class ResponseCache:
             self._warn("unreadable cache entry %s ignored: %r", key, exc)
             return None
 
-    async def put(self, key: str, answer: CachedAnswer, ttl_s: int) -> None:
+    def put(self, key: str, answer: CachedAnswer, ttl_s: int) -> Coroutine[Any, Any, None] | None:
+        """Send the entry now: with Redis its write leaves before this returns, so the client's next
+        request finds it however quick. Returns the wait for the outcome (a failure is logged, not
+        raised), for the caller to run in the background; None when the answer cannot be stored."""
         try:
-            await self._store.cache_put(key, answer.dumps(), ttl_s)
+            value = answer.dumps()
         except UnicodeDecodeError:
             log.debug("answer for %s is not UTF-8 text: not cached", key)
+            return None
+        return self._outcome(self._store.cache_put(key, value, ttl_s))
+
+    async def _outcome(self, write: Awaitable[object]) -> None:
+        try:
+            await write
         except StoreUnavailableError as exc:
             self._warn("cache put failed, answer not cached: %s", exc)
 

@@ -8,7 +8,7 @@ contract tests run against both.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from typing import Any, Protocol
 
 from gateway.store.base import CacheLookup, ScopeLimits, Spend, Store
@@ -55,8 +55,9 @@ class GatewayStore(Store, KeyStore, Protocol):
         in this loop turn, e.g. the admission). ``cancel()`` it if its answer is no longer wanted."""
         ...
 
-    async def cache_put(self, key: str, value: bytes, ttl_s: int) -> None:
-        """Store a response-cache entry for ``ttl_s`` seconds, replacing any entry under ``key``."""
+    def cache_put(self, key: str, value: bytes, ttl_s: int) -> Awaitable[None]:
+        """Store a response-cache entry for ``ttl_s`` seconds, replacing any entry under ``key``: sent
+        before this returns (when connected); await the result for the outcome."""
         ...
 
 

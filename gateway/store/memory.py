@@ -29,7 +29,7 @@ import asyncio
 import heapq
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -252,13 +252,16 @@ class MemoryStore:
             return None
         return entry[1]
 
-    async def cache_put(self, key: str, value: bytes, ttl_s: int) -> None:
+    def cache_put(self, key: str, value: bytes, ttl_s: int) -> Awaitable[None]:
         # Bounded by count, not bytes: answers are capped by max_tokens, and this store is for one
         # process in development; production caches live in Redis (maxmemory decides there).
         self._cache.pop(key, None)
         self._cache[key] = (time.monotonic() + ttl_s, value)
         while len(self._cache) > self._cache_entries:
             self._cache.popitem(last=False)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
 
     # -- internals ------------------------------------------------------------------------------------------
 

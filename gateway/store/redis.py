@@ -214,11 +214,15 @@ class RedisStore:
     def cache_lookup(self, key: str) -> _Lookup:
         return _Lookup(self._redis.submit([("GET", key)]))
 
-    async def cache_put(self, key: str, value: bytes, ttl_s: int) -> None:
-        command = ("SET", key, value, "EX", ttl_s)
-        (reply,) = await self._call(lambda: self._redis.pipeline([command], linger_s=self._linger_s))
+    def cache_put(self, key: str, value: bytes, ttl_s: int) -> Awaitable[None]:
+        """Written before this returns (when connected), so that a client's next request, however
+        quick, finds it; await the result for the outcome."""
+        return self._written(self._redis.submit([("SET", key, value, "EX", ttl_s)], now=True))
+
+    async def _written(self, replies: asyncio.Future[list[Any]]) -> None:
+        (reply,) = await self._call(lambda: replies)
         if isinstance(reply, ReplyError):
-            raise reply
+            raise StoreUnavailableError(f"redis refused the write: {reply}")
 
     # -- run-time keys (admin API, off the hot path) --------------------------------------------------------
 

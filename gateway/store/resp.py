@@ -146,9 +146,12 @@ class _Connection(asyncio.Protocol):
 
     # -- sending ------------------------------------------------------------------------------------------
 
-    def send(self, packed: bytes, n: int, linger_s: float = 0.0) -> asyncio.Future[list[Any]]:
+    def send(
+        self, packed: bytes, n: int, linger_s: float = 0.0, now: bool = False
+    ) -> asyncio.Future[list[Any]]:
         """Queue a command for the next write: this loop turn's, or within ``linger_s`` if lingering
-        (then it rides along with the next urgent command, or leaves on its own when the time is up)."""
+        (then it rides along with the next urgent command, or leaves on its own when the time is up);
+        ``now``: written before this returns, with whatever else is queued."""
         if self.closed or self.transport is None:
             raise ConnectionError("redis connection is closed")
         loop = self.loop
@@ -156,7 +159,10 @@ class _Connection(asyncio.Protocol):
         pending = _Pending(future, n, loop.time() + self.timeout_s)
         if self._watchdog is None:
             self._watchdog = loop.call_at(pending.deadline, self._check_deadlines)
-        if linger_s <= 0:
+        if now:
+            self._urgent.append((packed, pending))
+            self._flush()
+        elif linger_s <= 0:
             self._urgent.append((packed, pending))
             if not self._flush_scheduled:
                 self._flush_scheduled = True
@@ -261,22 +267,25 @@ class RespClient:
                 conn = await self._connect()
         return await self._send(conn, commands, linger_s)
 
-    def submit(self, commands: Sequence[Command], *, linger_s: float = 0.0) -> asyncio.Future[list[Any]]:
+    def submit(
+        self, commands: Sequence[Command], *, linger_s: float = 0.0, now: bool = False
+    ) -> asyncio.Future[list[Any]]:
         """``pipeline`` started now, awaited later: the commands join this loop turn's write at once
-        (no task needed when connected). Cancel the future to abandon the replies."""
+        (no task needed when connected), or with ``now`` are written before this returns. Cancel the
+        future to abandon the replies."""
         conn = self._conn
         if conn is None or conn.closed:
             return asyncio.ensure_future(self.pipeline(commands, linger_s=linger_s))
-        return self._send(conn, commands, linger_s)
+        return self._send(conn, commands, linger_s, now)
 
     def _send(
-        self, conn: _Connection, commands: Sequence[Command], linger_s: float
+        self, conn: _Connection, commands: Sequence[Command], linger_s: float, now: bool = False
     ) -> asyncio.Future[list[Any]]:
         if len(commands) == 1:
             packed = hiredis.pack_command(tuple(commands[0]))  # type: ignore[arg-type]
         else:
             packed = b"".join(hiredis.pack_command(tuple(c)) for c in commands)  # type: ignore[arg-type]
-        return conn.send(packed, len(commands), linger_s)  # its deadline: see _check_deadlines
+        return conn.send(packed, len(commands), linger_s, now)  # its deadline: see _check_deadlines
 
     async def _connect(self) -> _Connection:
         """One dial shared by every caller that needs a connection at the same moment."""

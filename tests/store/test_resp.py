@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from collections.abc import AsyncIterator, Callable
 
 import pytest
+import redis as sync_redis
 from redis_server import RedisServer
 
 from gateway.store.resp import Endpoint, ReplyError, RespClient, Script
@@ -217,3 +219,20 @@ async def test_a_lingering_command_leaves_once_the_awaited_replies_are_in(client
     started = loop.time()
     assert await lazy == [1]  # the connection went idle: it left then, not after 5 s
     assert loop.time() - started < 1.0
+
+
+async def test_a_command_sent_now_is_written_before_submit_returns(clean_redis: str) -> None:
+    client = RespClient(clean_redis, timeout_s=2.0)
+    await client.execute("PING")  # connected
+    other = sync_redis.Redis.from_url(clean_redis)
+    try:
+        sent = client.submit([("SET", "now-key", "v")], now=True)
+        queued = client.submit([("SET", "turn-key", "v")])  # leaves at the end of this loop turn
+        time.sleep(0.05)  # noqa: ASYNC251 (blocking on purpose: this loop turn must not end)
+        assert other.get("now-key") == b"v"
+        assert other.get("turn-key") is None
+        assert await sent == [b"OK"]
+        assert await queued == [b"OK"]
+    finally:
+        other.close()
+        await client.close()
