@@ -112,6 +112,21 @@ def test_a_body_sent_in_pieces_is_read_whole(gateway_factory: GatewayFactory) ->
     assert json.loads(body)["object"] == "chat.completion"
 
 
+def test_a_chunked_body_is_read_whole(gateway_factory: GatewayFactory) -> None:
+    gw = gateway_factory()
+    chunked = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\n"
+        + f"authorization: Bearer {KEY_ACME}\r\ntransfer-encoding: chunked\r\n\r\n".encode()
+        + b"".join(b"%x\r\n%s\r\n" % (len(part), part) for part in (BODY[:10], BODY[10:]))
+        + b"0\r\n\r\n"
+    )
+    with _connect(gw.url) as sock:
+        sock.sendall(chunked)
+        status, _, body = _read_response(sock, bytearray())
+    assert status == 200
+    assert json.loads(body)["object"] == "chat.completion"
+
+
 def test_expect_100_continue_is_answered_before_the_body(gateway_factory: GatewayFactory) -> None:
     gw = gateway_factory()
     with _connect(gw.url) as sock:
