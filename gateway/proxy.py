@@ -243,8 +243,7 @@ class Pipeline:
     async def _settle(self, ex: Exchange, entry: tuple[str, CachedAnswer, int] | None = None) -> None:
         """After the answer: the cache put at once (the client's next request may ask the same), then,
         at the next quiet moment (``Later``), the metrics, the log line and the settlement."""
-        if entry is not None and (outcome := self._cache.put(*entry)) is not None:
-            self._background(outcome)
+        self._put(entry)
         await self._later.turn()
         settle(ex, self._metrics)
         if ex.attempts.retries:
@@ -299,11 +298,14 @@ class Pipeline:
             upstream.finish()
             recording = upstream.inner
         ex.usage = upstream.usage
-        entry = None
         if isinstance(recording, RecordingStream) and recording.complete and ex.status == 200:
-            entry = (recording.key, recording.answer(ex.model), recording.ttl_s)
+            self._put((recording.key, recording.answer(ex.model), recording.ttl_s))
         # Not awaited here: the client's stream closes without waiting for the store.
-        self._background(self._settle(ex, entry))
+        self._background(self._settle(ex))
+
+    def _put(self, entry: tuple[str, CachedAnswer, int] | None) -> None:
+        if entry is not None and (outcome := self._cache.put(*entry)) is not None:
+            self._background(outcome)  # only waits for the outcome: the write has left
 
     def _background(self, job: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(job)

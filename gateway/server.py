@@ -161,6 +161,8 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             try:
                 head = _head(cycle, 200, reply.headers, _SSE_HEAD, None)
                 async for frame in frames:
+                    if not frame:  # an empty chunk would end the chunked body
+                        continue
                     chunk = b"%x\r\n%b\r\n" % (len(frame), frame)
                     if head:
                         self._wire.write_now(head + chunk)
