@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import os
 import platform
 import signal
@@ -159,11 +160,27 @@ def main(argv: list[str] | None = None) -> int:
 
 def _measure(plan: Plan, opts: StackOptions) -> tuple[Results, str]:
     """Start the children, run every phase, stop the children whatever happens."""
+    before = speed_probe()
     with tempfile.TemporaryDirectory(prefix="gw-bench-") as tmp, contextlib.ExitStack() as exits:
         stack = Stack(opts, Path(tmp), exits)
         store = _store_label(stack)
         print("bench: upstream up; measuring", file=sys.stderr)
-        return run_loop(Suite(plan, stack).run()), store
+        results = run_loop(Suite(plan, stack).run())
+    results.speed_probe_ms = [before, speed_probe()]
+    return results, store
+
+
+def speed_probe() -> float:
+    """Milliseconds for a fixed pure-Python loop, best of three: a shared VM's speed drifts (here by up
+    to 1.6x within an hour), and this says which phase a run was measured in."""
+    best = math.inf
+    for _ in range(3):
+        started = time.perf_counter()
+        total = 0
+        for i in range(1_000_000):
+            total += i * i % 7
+        best = min(best, time.perf_counter() - started)
+    return best * 1000
 
 
 def _store_label(stack: Stack) -> str:
@@ -238,6 +255,9 @@ def render(plan: Plan, opts: StackOptions, r: Results, store: str, started: floa
     impl = f"{platform.python_implementation()} {platform.python_version()}"
     kernel = f"{platform.system()} {platform.release()}"
     runs = f"{plan.warmup_s:g} s warm-up + {plan.duration_s:g} s measured per run"
+    probe = "not measured"
+    if len(r.speed_probe_ms) == 2:
+        probe = "{:.0f} ms at the start, {:.0f} ms at the end".format(*r.speed_probe_ms)
     if plan.max_requests < UNBOUNDED:
         runs += f", at most {plan.max_requests} requests (smoke)"
     lines = [
@@ -248,6 +268,7 @@ def render(plan: Plan, opts: StackOptions, r: Results, store: str, started: floa
         f"- {pipeline_label(opts, store)}",
         f"- {runs}; streams: {opts.chunks} content chunks (and {opts.long_chunks} for the per-chunk cost)",
         f"- started {today}; the whole benchmark took {elapsed_s:.0f} s",
+        f"- machine speed probe (a fixed pure-Python loop, lower is faster): {probe}",
         "",
         "### What the gateway adds: each gateway run against the direct run of the same scenario",
         "",
@@ -340,7 +361,12 @@ def write_json(path: Path, plan: Plan, opts: StackOptions, r: Results) -> None:
     doc = {
         "plan": asdict(plan),
         "stack": asdict(opts),
-        "environment": {"python": platform.python_version(), "cpus": os.cpu_count(), "cpu": cpu_model()},
+        "environment": {
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+            "cpu": cpu_model(),
+            "speed_probe_ms": r.speed_probe_ms,
+        },
         "measurements": [asdict(m) for m in r.measurements],
         "overhead": [asdict(o) for o in overheads(r.measurements)],
         "memory": [asdict(m) for m in r.memory],

@@ -63,6 +63,8 @@ class Results:
     cache_metrics: dict[int, dict[str, float]] = field(default_factory=dict)
     """``gateway_cache_requests_total`` by result, scraped from each gateway's /metrics at its end."""
     gateway_logs: dict[int, str] = field(default_factory=dict)
+    speed_probe_ms: list[float] = field(default_factory=list)
+    """``speed_probe`` at the start and at the end of the benchmark: how fast the machine was."""
 
 
 def scenarios(plan: Plan, long_chunks: int) -> list[Scenario]:

@@ -6,6 +6,7 @@ that the report has its tables, never how fast anything was. Needs redis-server,
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -56,6 +57,7 @@ def test_bench_quick_runs_the_whole_pipeline_without_errors() -> None:
     for section in SECTIONS:
         assert section in report, section
     assert "whole pipeline:" in report
+    assert re.search(r"machine speed probe .*: \d+ ms at the start, \d+ ms at the end", report)
 
     runs = _table(report, "### All runs")
     targets = {r["target"] for r in runs}
