@@ -9,9 +9,9 @@ a handful of commands (EVALSHA, GET, SET, HVALS, HGETALL, HMGET, PING), so this 
   future. Commands issued in the same event-loop turn leave in one write (auto-pipelining), so a
   burst of settlements costs one syscall, not one each. A call may *linger* (``linger_s``): when the
   connection is idle (no reply awaited) it leaves at the end of the turn like any other; otherwise it
-  waits up to that long to leave with the next urgent write, behind the urgent commands. So a lone
-  request's settlement reaches Redis while its client is still reading the answer, instead of riding
-  with the next request's admission and making that wait while Redis runs both.
+  leaves once the awaited replies are in, with the next urgent write (behind the urgent commands), or
+  when ``linger_s`` has passed, whichever comes first. So a settlement seldom rides with an admission,
+  which would then wait while Redis runs both. ``submit(now=True)`` writes before it returns.
 * **A deadline per call**, ``timeout_s`` from when it is queued (a connect, when one is needed, has
   its own). A call past it gets ``TimeoutError``; its reply, if it ever comes, is dropped in order.
   One watchdog timer per connection enforces them. When a deadline passes and the connection has not
