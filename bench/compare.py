@@ -27,15 +27,16 @@ from bench.upstream import run_loop
 
 async def _measure(
     target: Target, pid: int, body: bytes, seq: itertools.count[int], seconds: float, stream: bool
-) -> tuple[float, float]:
-    """One run: (gateway CPU ms per request, p50 ms of the latency or time to first event)."""
+) -> tuple[float, float, float]:
+    """One run: gateway CPU ms per request, p50 and p99 ms of the latency (or time to first event)."""
     before = cpu_seconds(pid)
     result = await run_load(target, Load(1, 10**9, seconds, stream), body, seq=seq)
     used = cpu_seconds(pid) - before
     if result.errors or not result.ok:
         raise RuntimeError(f"{result.errors} errors; first: {result.error_sample}")
     latencies = sorted(result.ttfe_ns if stream else result.latencies_ns)
-    return used / result.ok * 1e3, latencies[len(latencies) // 2] / 1e6
+    p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
+    return used / result.ok * 1e3, latencies[len(latencies) // 2] / 1e6, p99 / 1e6
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stream", action="store_true", help="streamed chat; p50 is time to first event")
     a = p.parse_args(argv)
     variants = dict(g.split("=", 1) for g in a.gateways)
-    figures: dict[str, list[tuple[float, float]]] = {name: [] for name in variants}
+    figures: dict[str, list[tuple[float, float, float]]] = {name: [] for name in variants}
     seq = itertools.count(1)
     with tempfile.TemporaryDirectory(prefix="gw-compare-") as tmp, contextlib.ExitStack() as exits:
         stack = Stack(StackOptions(), Path(tmp), exits)
@@ -64,16 +65,16 @@ def main(argv: list[str] | None = None) -> int:
                     run_loop(_measure(gw.target(), gw.proc.pid, body, seq, a.seconds, a.stream))
                 )
     base_name, base = next(iter(figures.items()))
-    for name, pairs in figures.items():
-        cpu, p50 = sorted(c for c, _ in pairs), sorted(q for _, q in pairs)
+    for name, runs in figures.items():
+        cpu, p50, p99 = (sorted(run[k] for run in runs) for k in range(3))
         line = (
             f"{name}: CPU ms/req min {cpu[0]:.3f} median {statistics.median(cpu):.3f}; "
-            f"p50 ms min {p50[0]:.3f} median {statistics.median(p50):.3f} (n={len(pairs)})"
+            f"p50 ms min {p50[0]:.3f} median {statistics.median(p50):.3f}; "
+            f"p99 ms median {statistics.median(p99):.3f} (n={len(runs)})"
         )
         if name != base_name:  # each round's difference to the first gateway's run next to it
-            d_cpu = statistics.median(c - b for (c, _), (b, _) in zip(pairs, base, strict=True))
-            d_p50 = statistics.median(q - b for (_, q), (_, b) in zip(pairs, base, strict=True))
-            line += f"; paired vs {base_name}: CPU {d_cpu:+.3f}, p50 {d_p50:+.3f}"
+            d = [statistics.median(r[k] - b[k] for r, b in zip(runs, base, strict=True)) for k in range(3)]
+            line += f"; paired vs {base_name}: CPU {d[0]:+.3f}, p50 {d[1]:+.3f}, p99 {d[2]:+.3f}"
         print(line)
     return 0
 
