@@ -48,6 +48,26 @@ def _answers(base: str) -> list[tuple[int, dict[str, str], Any]]:
     return out
 
 
+def test_gateway_serve_takes_the_native_path(
+    gateway_factory: GatewayFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """uvicorn's protocol hook is private API: an upgrade that drops it must fail here, not fall back
+    to the ASGI path unnoticed."""
+    served: list[str] = []
+    serve = GatewayHttpProtocol._serve
+
+    async def spy(self: GatewayHttpProtocol, cycle: Any, endpoint: Any) -> None:
+        served.append(endpoint.path)
+        await serve(self, cycle, endpoint)
+
+    monkeypatch.setattr(GatewayHttpProtocol, "_serve", spy)
+    gw = gateway_factory()
+    auth = {"authorization": f"Bearer {KEY_ACME}"}
+    assert httpx.post(gw.url + "/v1/chat/completions", json=CHAT, headers=auth).status_code == 200
+    assert httpx.get(gw.url + "/healthz").status_code == 200  # not proxied: the ASGI app answers
+    assert served == ["/v1/chat/completions"]
+
+
 def test_native_and_asgi_paths_answer_alike(gateway_factory: GatewayFactory) -> None:
     native = _answers(gateway_factory(http=GatewayHttpProtocol).url)
     asgi = _answers(gateway_factory(http="httptools").url)
