@@ -1,9 +1,10 @@
 """Bookkeeping after an answer, moved off the next request's critical path.
 
 With few clients, the next request often arrives while the gateway is still busy with the last
-one's bookkeeping (metrics, the log line, building and sending the settlement), and waits for it. ``Later`` holds that work until the next request has started and queued its first
-store command (from then on that request only waits for Redis, so the CPU is free) or until
-``max_delay_s`` has passed, whichever comes first. Under load it changes nothing but the order.
+one's bookkeeping (metrics, the log line, building and sending the settlement), and waits for it.
+``Later`` holds that work until the next request has started and queued its first store command
+(from then on that request only waits for Redis, so the CPU is free) or until ``max_delay_s`` has
+passed, whichever comes first. Under load it changes nothing but the order.
 """
 
 from __future__ import annotations
