@@ -99,6 +99,7 @@ def prepare_encodings(cache_dir: str | None = None) -> str:
             "set TIKTOKEN_CACHE_DIR to a writable directory"
         ) from exc
     os.environ["TIKTOKEN_CACHE_DIR"] = directory
+    global _prepared_in
     for pin in PINNED:
         try:
             tiktoken.get_encoding(pin.name)
@@ -109,7 +110,12 @@ def prepare_encodings(cache_dir: str | None = None) -> str:
                 f"tiktoken could not load {pin.name} from {directory}: {exc}; "
                 f"tiktoken {tiktoken.__version__} may pin a different file than {pin.url}"
             ) from exc
+    _prepared_in = directory
     return directory
+
+
+_prepared_in: str | None = None
+"""The cache dir ``prepare_encodings`` last readied in this process (None: not yet)."""
 
 
 def _default_cache_dir() -> str:
@@ -194,8 +200,11 @@ def encoding_for(model: str) -> tiktoken.Encoding:
     estimate whatever we pick, the upstream's usage settles the bill, and o200k_base is OpenAI's
     current vocabulary, near other modern BPEs on English and code. gpt-oss (o200k_harmony) lands
     there exactly: harmony adds special tokens only, and they are never matched here.
-    Needs ``prepare_encodings`` to have run.
+    Runs ``prepare_encodings`` first if this process has not (tools and scripts that count tokens
+    outside the app): tiktoken would otherwise try to download its files.
     """
+    if _prepared_in is None:
+        prepare_encodings()
     name = model.rpartition("/")[2].lower().removeprefix("ft:")
     if name.startswith(_O200K_PREFIXES):
         return tiktoken.get_encoding("o200k_base")

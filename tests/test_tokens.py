@@ -11,6 +11,7 @@ import hashlib
 import os
 import random
 import shutil
+import subprocess
 import sys
 import types
 from collections.abc import Iterator
@@ -524,3 +525,15 @@ def test_count_text(prepared: Path) -> None:
 def test_count_text_pre_tokenized(prepared: Path) -> None:
     assert count_text([83, 1609, 5963, 374, 2294, 0], "davinci-002") == 6
     assert count_text([[1, 2, 3], [4, 5]], "text-embedding-3-small") == 5
+
+
+def test_counting_outside_the_app_prepares_the_files_instead_of_downloading(tmp_path: Path) -> None:
+    """A tool that counts tokens without the app's start-up gets the shipped files, never a download
+    (there is no network here: a download attempt would fail the count)."""
+    env = {k: v for k, v in os.environ.items() if k != "TIKTOKEN_CACHE_DIR"}
+    env["XDG_CACHE_HOME"] = str(tmp_path)
+    code = "from gateway import tokens; print(tokens.count_text('hello world', 'gpt-4o'))"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "2"
+    assert (tmp_path / "llm-gateway" / "tiktoken").is_dir()
