@@ -19,6 +19,8 @@ import hashlib
 import importlib
 import os
 import tempfile
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -28,7 +30,9 @@ import tiktoken
 
 __all__ = [
     "PINNED",
+    "REMEMBERED",
     "PinnedEncoding",
+    "Remembered",
     "TokenizerUnavailable",
     "count_chat",
     "count_text",
@@ -213,7 +217,63 @@ def encoding_for(model: str) -> tiktoken.Encoding:
     return tiktoken.get_encoding("o200k_base")
 
 
-_Encode = Callable[[str], list[int]]
+_Count = Callable[[str], int]
+
+
+class Remembered:
+    """Token counts of long texts seen before, kept per scope (a tenant): an LRU bounded in characters.
+
+    An app's long texts repeat in most of its requests (its system prompt, tool definitions, few-shot
+    examples), and counting them is the costly part of an admission estimate (~90 µs for 2 KB of
+    English); a remembered count costs a dict lookup. Short texts are cheap and mostly unique, so they
+    are counted every time. Counts are kept per scope so that one tenant cannot time whether another
+    just sent the same text. Safe from any thread.
+    """
+
+    def __init__(self, min_chars: int = 512, max_chars: int = 8 * 1024 * 1024) -> None:
+        self.min_chars = min_chars
+        self._max_chars = max_chars
+        self._counts: OrderedDict[tuple[str, str, str], int] = OrderedDict()
+        self._chars = 0
+        self._lock = threading.Lock()
+
+    def count(self, encoding: tiktoken.Encoding, scope: str, text: str) -> int:
+        key = (scope, encoding.name, text)
+        with self._lock:
+            known = self._counts.get(key)
+            if known is not None:
+                self._counts.move_to_end(key)
+                return known
+        counted = len(encoding.encode_ordinary(text))
+        with self._lock:
+            if key not in self._counts:
+                self._counts[key] = counted
+                self._chars += len(text)
+                while self._chars > self._max_chars:
+                    (_, _, old), _ = self._counts.popitem(last=False)
+                    self._chars -= len(old)
+        return counted
+
+    def clear(self) -> None:
+        with self._lock:
+            self._counts.clear()
+            self._chars = 0
+
+
+REMEMBERED = Remembered()
+"""With ``remember=<scope>``, ``count_chat`` and ``count_text`` keep the counts of texts of at least
+``REMEMBERED.min_chars`` characters under that scope (admission passes the tenant)."""
+
+
+def _counter(encoding: tiktoken.Encoding, remember: str | None) -> _Count:
+    encode = encoding.encode_ordinary
+    if remember is None:
+        return lambda text: len(encode(text))
+    shortest = REMEMBERED.min_chars
+    return lambda text: (
+        len(encode(text)) if len(text) < shortest else REMEMBERED.count(encoding, remember, text)
+    )
+
 
 # OpenAI's chat format for the gpt-4o family (and gpt-4, gpt-3.5-turbo-0125): every message is wrapped
 # in <|start|>{role}<|message|>...<|end|>, and the reply is primed with <|start|>assistant<|message|>.
@@ -236,7 +296,7 @@ _BINARY_PARTS = frozenset({"input_audio", "file", "input_file"})
 _BYTES_PER_TOKEN = 4
 
 
-def count_chat(messages: list[Any], model: str, tools: Any = None) -> int:
+def count_chat(messages: list[Any], model: str, tools: Any = None, *, remember: str | None = None) -> int:
     """Estimate the prompt tokens of a chat request, as OpenAI's cookbook counts for gpt-4o.
 
     3 tokens per message, +1 per ``name``, +3 for the reply priming, plus every string field
@@ -245,116 +305,118 @@ def count_chat(messages: list[Any], model: str, tools: Any = None) -> int:
     parts by size. Assistant ``tool_calls`` count their function names and arguments; ``tools``
     counts as its compact JSON, which over-counts OpenAI's internal rendering of the definitions.
     Malformed shapes never raise: anything unexpected counts as its JSON or ``str()``.
+    ``remember``: see ``REMEMBERED``.
     """
-    encode = encoding_for(model).encode_ordinary
+    count = _counter(encoding_for(model), remember)
     total = _REPLY_PRIMING
     if isinstance(messages, list):
         for message in messages:
-            total += _PER_MESSAGE + _count_message(encode, message)
+            total += _PER_MESSAGE + _count_message(count, message)
     else:
-        total += _count_any(encode, messages)
+        total += _count_any(count, messages)
     if tools:
-        total += len(encode(_dump(tools)))
+        total += count(_dump(tools))
     return total
 
 
-def count_text(text: str | list[Any], model: str) -> int:
+def count_text(text: str | list[Any], model: str, *, remember: str | None = None) -> int:
     """Estimate the tokens of a completions ``prompt`` or an embeddings ``input``.
 
     A string is encoded; a list of strings sums; a list of ints is a pre-tokenized prompt (one token
     each), and a list of such lists sums their lengths. Anything else counts as its ``str()``.
+    ``remember``: see ``REMEMBERED``.
     """
-    return _count_prompt(encoding_for(model).encode_ordinary, text)
+    return _count_prompt(_counter(encoding_for(model), remember), text)
 
 
-def _count_prompt(encode: _Encode, value: Any) -> int:
+def _count_prompt(count: _Count, value: Any) -> int:
     if isinstance(value, str):
-        return len(encode(value))
+        return count(value)
     if isinstance(value, list):
         total = 0
         for item in value:
-            total += 1 if isinstance(item, int) else _count_prompt(encode, item)
+            total += 1 if isinstance(item, int) else _count_prompt(count, item)
         return total
-    return _count_any(encode, value)
+    return _count_any(count, value)
 
 
-def _count_message(encode: _Encode, message: Any) -> int:
+def _count_message(count: _Count, message: Any) -> int:
     if not isinstance(message, dict):
-        return _count_any(encode, message)
+        return _count_any(count, message)
     total = 0
     for key, value in message.items():
         if key == "role" and isinstance(value, str) and value in _ONE_TOKEN_ROLES:
             total += 1
         elif key == "content":
-            total += _count_content(encode, value)
+            total += _count_content(count, value)
         elif key == "tool_calls":
-            total += _count_tool_calls(encode, value)
+            total += _count_tool_calls(count, value)
         elif key == "function_call":  # the legacy single-call form
-            total += _count_function(encode, value)
+            total += _count_function(count, value)
         elif key == "name":
-            total += _PER_NAME + _count_any(encode, value)
+            total += _PER_NAME + _count_any(count, value)
         else:
-            total += _count_any(encode, value)
+            total += _count_any(count, value)
     return total
 
 
-def _count_content(encode: _Encode, content: Any) -> int:
+def _count_content(count: _Count, content: Any) -> int:
     if isinstance(content, str):
-        return len(encode(content))
+        return count(content)
     if not isinstance(content, list):
-        return _count_any(encode, content)
+        return _count_any(count, content)
     total = 0
     for part in content:
         if isinstance(part, dict):
-            total += _count_part(encode, part)
+            total += _count_part(count, part)
         else:
-            total += _count_any(encode, part)
+            total += _count_any(count, part)
     return total
 
 
-def _count_part(encode: _Encode, part: dict[Any, Any]) -> int:
+def _count_part(count: _Count, part: dict[Any, Any]) -> int:
     kind = part.get("type")
     if not isinstance(kind, str):  # also keeps unhashable values out of the set lookups below
-        return _count_any(encode, part)
+        return _count_any(count, part)
     if kind == "text":
-        return _count_any(encode, part.get("text"))
+        return _count_any(count, part.get("text"))
     if kind == "refusal":
-        return _count_any(encode, part.get("refusal"))
+        return _count_any(count, part.get("refusal"))
     if kind in _IMAGE_PARTS:
         image = part.get("image_url")
         detail = image.get("detail") if isinstance(image, dict) else part.get("detail")
         return _IMAGE_LOW if detail == "low" else _IMAGE_HIGH
     if kind in _BINARY_PARTS:
         return (len(_dump(part)) + _BYTES_PER_TOKEN - 1) // _BYTES_PER_TOKEN
-    return _count_any(encode, part)
+    return _count_any(count, part)
 
 
-def _count_tool_calls(encode: _Encode, calls: Any) -> int:
+def _count_tool_calls(count: _Count, calls: Any) -> int:
     if not isinstance(calls, list):
-        return _count_any(encode, calls)
+        return _count_any(count, calls)
     total = 0
     for call in calls:
         if isinstance(call, dict) and "function" in call:
-            total += _count_function(encode, call["function"])
+            total += _count_function(count, call["function"])
         else:
-            total += _count_any(encode, call)
+            total += _count_any(count, call)
     return total
 
 
-def _count_function(encode: _Encode, function: Any) -> int:
+def _count_function(count: _Count, function: Any) -> int:
     if not isinstance(function, dict):
-        return _count_any(encode, function)
-    return _count_any(encode, function.get("name")) + _count_any(encode, function.get("arguments"))
+        return _count_any(count, function)
+    return _count_any(count, function.get("name")) + _count_any(count, function.get("arguments"))
 
 
-def _count_any(encode: _Encode, value: Any) -> int:
+def _count_any(count: _Count, value: Any) -> int:
     if isinstance(value, str):
-        return len(encode(value))
+        return count(value)
     if value is None:
         return 0
     if isinstance(value, dict | list):
-        return len(encode(_dump(value)))
-    return len(encode(str(value)))
+        return count(_dump(value))
+    return count(str(value))
 
 
 def _dump(value: Any) -> str:

@@ -537,3 +537,55 @@ def test_counting_outside_the_app_prepares_the_files_instead_of_downloading(tmp_
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "2"
     assert (tmp_path / "llm-gateway" / "tiktoken").is_dir()
+
+
+class CountingEncoding:
+    """Stands in for a tiktoken encoding: one token per word, and counts its calls."""
+
+    name = "words"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def encode_ordinary(self, text: str) -> list[int]:
+        self.calls += 1
+        return [0] * len(text.split())
+
+
+def test_a_long_text_is_counted_once_per_scope() -> None:
+    remembered = tokens.Remembered(min_chars=10, max_chars=1000)
+    encoding: Any = CountingEncoding()
+    text = "one two three four five"
+    assert remembered.count(encoding, "acme", text) == 5
+    assert remembered.count(encoding, "acme", text) == 5
+    assert encoding.calls == 1
+    # another tenant's identical text is counted afresh: no timing tells it what acme sent
+    assert remembered.count(encoding, "globex", text) == 5
+    assert encoding.calls == 2
+
+
+def test_the_remembered_counts_are_bounded_in_characters_oldest_out_first() -> None:
+    remembered = tokens.Remembered(min_chars=1, max_chars=25)
+    encoding: Any = CountingEncoding()
+    first, second, third = "a b c d e f g h", "i j k l m n o p", "q r s t u v w x"  # 15 chars each
+    remembered.count(encoding, "t", first)
+    remembered.count(encoding, "t", second)  # 30 > 25: the first goes
+    remembered.count(encoding, "t", second)
+    assert encoding.calls == 2
+    remembered.count(encoding, "t", first)  # forgotten: counted again, and the second goes
+    assert encoding.calls == 3
+    remembered.count(encoding, "t", third)
+    remembered.count(encoding, "t", first)  # the third pushed the first out in its turn
+    assert encoding.calls == 5
+
+
+def test_remembering_never_changes_a_count(prepared: Path) -> None:
+    system = "You are the support assistant of a hardware shop. Answer briefly and politely. " * 20
+    messages = [{"role": "system", "content": system}, {"role": "user", "content": "Where is my order?"}]
+    plain = tokens.count_chat(messages, "gpt-4o-mini")
+    tokens.REMEMBERED.clear()
+    assert tokens.count_chat(messages, "gpt-4o-mini", remember="acme") == plain  # counted, then kept
+    assert tokens.count_chat(messages, "gpt-4o-mini", remember="acme") == plain  # from memory
+    assert tokens.count_text(system, "gpt-4o-mini", remember="acme") == tokens.count_text(
+        system, "gpt-4o-mini"
+    )

@@ -84,13 +84,16 @@ def max_output(body: Mapping[str, Any], deployment: ModelConfig) -> int | None:
     return None
 
 
-def prompt_tokens(operation: Operation, body: Mapping[str, Any], model: str) -> int:
-    """The prompt's token estimate (tiktoken), before the margin."""
+def prompt_tokens(
+    operation: Operation, body: Mapping[str, Any], model: str, *, remember: str | None = None
+) -> int:
+    """The prompt's token estimate (tiktoken), before the margin; ``remember``: a scope under which
+    counts of long texts are kept (``gateway.tokens.REMEMBERED``)."""
     if operation is Operation.CHAT:
-        return count_chat(body.get("messages") or [], model, body.get("tools"))
+        return count_chat(body.get("messages") or [], model, body.get("tools"), remember=remember)
     if operation is Operation.COMPLETIONS:
-        return count_text(body.get("prompt") or "", model)
-    return count_text(body.get("input") or "", model)
+        return count_text(body.get("prompt") or "", model, remember=remember)
+    return count_text(body.get("input") or "", model, remember=remember)
 
 
 def _nano(tokens: int, per_mtok: float) -> float:
@@ -105,9 +108,10 @@ class Estimate:
     output_bound_added: bool
 
 
-def estimate(parsed: ParsedRequest, plan: Plan, margin: float) -> Estimate:
+def estimate(parsed: ParsedRequest, plan: Plan, margin: float, tenant: str | None = None) -> Estimate:
+    """``tenant``: the scope under which counts of the prompt's long texts (a system prompt) are kept."""
     first = plan.candidates[0]
-    parsed.prompt_tokens = prompt_tokens(parsed.operation, parsed.body, first.upstream)
+    parsed.prompt_tokens = prompt_tokens(parsed.operation, parsed.body, first.upstream, remember=tenant)
     prompt = math.ceil(parsed.prompt_tokens * (1 + margin))
     asked = max_output(parsed.body, first)
     embeddings = parsed.operation is Operation.EMBEDDINGS
@@ -134,7 +138,7 @@ class Admitter:
         scopes = scopes_of(principal, now)
         if not scopes:
             return None
-        est = estimate(parsed, plan, self._defaults.estimate_margin)
+        est = estimate(parsed, plan, self._defaults.estimate_margin, principal.tenant)
         if est.output_bound_added and any(s.budget_nano is not None for s in scopes):
             parsed.body["max_tokens"] = est.output_tokens
         ask = Ask(

@@ -11,6 +11,7 @@ import pytest
 from conftest import KEY_ACME, ROUTES, GatewayFactory, sha
 from upstreams import FakeOpenAI
 
+from gateway import tokens
 from gateway.config.model import Budget
 from gateway.pipeline.admit import go_duration, period_start
 
@@ -117,3 +118,21 @@ def test_period_boundaries_are_utc() -> None:
 def test_go_durations(seconds: float, text: str) -> None:
     assert go_duration(seconds) == text
     assert math.isfinite(seconds)
+
+
+def test_a_long_system_prompt_is_counted_once_per_tenant(gateway_factory: GatewayFactory) -> None:
+    """Admission keeps the token counts of long texts under the tenant (gateway.tokens.REMEMBERED)."""
+    upstream = FakeOpenAI()
+    gw = gateway_factory(
+        routes=ROUTES, budgets=budgets("limits: {tpm: 1000000}"), transport=upstream.transport
+    )
+    c = openai.OpenAI(base_url=gw.base_url, api_key=KEY_ACME, max_retries=0)
+    system = "You answer questions about the shop's orders, returns and opening hours. " * 10
+    tokens.REMEMBERED.clear()
+    for question in ("Where is my order?", "When do you open?"):
+        c.chat.completions.create(
+            model="gpt-4o-mini",
+            messages=[{"role": "system", "content": system}, {"role": "user", "content": question}],
+        )
+    kept = list(tokens.REMEMBERED._counts)  # one entry: the system prompt, under acme; questions are short
+    assert [(scope, text) for scope, _, text in kept] == [("acme", system)]
