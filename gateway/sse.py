@@ -6,7 +6,7 @@ partial event for the next call. Comment lines (``: keepalive``) are dropped.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 DONE_FRAME = b"data: [DONE]\n\n"
@@ -76,15 +76,6 @@ def _parse_block(block: bytes) -> Event | None:
     if not data and name is None:
         return None
     return Event(name, b"\n".join(data))
-
-
-async def iter_events(chunks: AsyncIterator[bytes]) -> AsyncIterator[Event]:
-    parser = SSEParser()
-    async for chunk in chunks:
-        for event in parser.feed(chunk):
-            yield event
-    for event in parser.flush():
-        yield event
 
 
 def data_frame(payload: bytes) -> bytes:
