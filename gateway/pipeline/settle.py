@@ -15,6 +15,7 @@ import orjson
 
 from gateway.config.model import Price
 from gateway.context import Exchange
+from gateway.logs import info_line
 from gateway.metrics import Metrics
 from gateway.providers.base import Usage
 
@@ -75,7 +76,7 @@ def settle(ex: Exchange, metrics: Metrics) -> None:
         metrics.child(metrics.tokens, tenant, model, "output").inc(usage.completion_tokens)
         metrics.child(metrics.cost, tenant, model).inc(float(ex.cost))
     if log.isEnabledFor(logging.INFO):
-        log.info(orjson.dumps(_log_record(ex, elapsed)).decode())
+        info_line(log, orjson.dumps(_log_record(ex, elapsed)).decode())
     if metrics.spans is not None:
         metrics.spans.record(ex)
 
