@@ -59,7 +59,7 @@ class CacheStore(Protocol):
     def cache_lookup(self, key: str) -> CacheLookup: ...
 
     def cache_put(self, key: str, value: bytes, ttl_s: int) -> Awaitable[object]:
-        """Sent now; awaited for the outcome."""
+        """Queued now, ahead of this replica's next lookup; awaited for the outcome."""
         ...
 
 
@@ -228,9 +228,10 @@ class ResponseCache:
             return None
 
     def put(self, key: str, answer: CachedAnswer, ttl_s: int) -> Coroutine[Any, Any, None] | None:
-        """Send the entry now: with Redis its write leaves before this returns, so the client's next
-        request finds it however quick. Returns the wait for the outcome (a failure is logged, not
-        raised), for the caller to run in the background; None when the answer cannot be stored."""
+        """Queue the entry now: with Redis it goes first in the connection's next write, so the next
+        lookup this replica sends finds it however quick. Returns the wait for the outcome (a failure
+        is logged, not raised), for the caller to run in the background; None when the answer cannot be
+        stored."""
         try:
             value = answer.dumps()
         except UnicodeDecodeError:

@@ -215,9 +215,11 @@ class RedisStore:
         return _Lookup(self._redis.submit([("GET", key)]))
 
     def cache_put(self, key: str, value: bytes, ttl_s: int) -> Awaitable[None]:
-        """Written before this returns (when connected), so that a client's next request, however
-        quick, finds it; await the result for the outcome."""
-        return self._written(self._redis.submit([("SET", key, value, "EX", ttl_s)], now=True))
+        """Written first in the connection's next write (within ``linger_s``), so that the next lookup
+        of this replica, however quick, finds it, without a write of its own; await the result for
+        the outcome."""
+        command = ("SET", key, value, "EX", ttl_s)
+        return self._written(self._redis.submit([command], linger_s=self._linger_s, ahead=True))
 
     async def _written(self, replies: asyncio.Future[list[Any]]) -> None:
         (reply,) = await self._call(lambda: replies)

@@ -100,6 +100,9 @@ class _Connection(asyncio.Protocol):
         # expected in the order written.
         self._urgent: list[tuple[bytes, _Pending]] = []
         self._lingering: list[tuple[bytes, _Pending]] = []
+        # Lingering too, but written ahead of everything else, and kept for company even when the
+        # connection is idle: cheap writes a later command must see (a cache put, then the next lookup).
+        self._ahead: list[tuple[bytes, _Pending]] = []
         self._flush_scheduled = False
         self._timer: asyncio.TimerHandle | None = None
         self.loop = asyncio.get_running_loop()  # once: each lookup costs a getpid() on 3.11
@@ -147,11 +150,12 @@ class _Connection(asyncio.Protocol):
     # -- sending ------------------------------------------------------------------------------------------
 
     def send(
-        self, packed: bytes, n: int, linger_s: float = 0.0, now: bool = False
+        self, packed: bytes, n: int, linger_s: float = 0.0, now: bool = False, ahead: bool = False
     ) -> asyncio.Future[list[Any]]:
         """Queue a command for the next write: this loop turn's, or within ``linger_s`` if lingering
         (then it rides along with the next urgent command, or leaves on its own when the time is up);
-        ``now``: written before this returns, with whatever else is queued."""
+        ``now``: written before this returns, with whatever else is queued; ``ahead`` (lingering):
+        first in the write it leaves with, and it waits for one even on an idle connection."""
         if self.closed or self.transport is None:
             raise ConnectionError("redis connection is closed")
         loop = self.loop
@@ -167,6 +171,10 @@ class _Connection(asyncio.Protocol):
             if not self._flush_scheduled:
                 self._flush_scheduled = True
                 loop.call_soon(self._flush)
+        elif ahead:
+            self._ahead.append((packed, pending))
+            if self._timer is None and not self._flush_scheduled:
+                self._timer = loop.call_later(linger_s, self._flush)
         else:
             self._lingering.append((packed, pending))
             if not self._waiting and not self._flush_scheduled:  # idle: Redis is free for it now
@@ -183,10 +191,14 @@ class _Connection(asyncio.Protocol):
             self._timer = None
         if self.transport is None or self.closed:
             return
-        queued = self._urgent + self._lingering if self._lingering else self._urgent
+        queued = self._urgent
+        if self._ahead:
+            queued = self._ahead + queued
+        if self._lingering:
+            queued = queued + self._lingering
         if not queued:
             return
-        self._urgent, self._lingering = [], []
+        self._urgent, self._lingering, self._ahead = [], [], []
         self._waiting.extend(pending for _, pending in queued)
         self.transport.write(queued[0][0] if len(queued) == 1 else b"".join(p for p, _ in queued))
 
@@ -199,7 +211,7 @@ class _Connection(asyncio.Protocol):
         now = self.loop.time()
         expired = False
         upcoming = math.inf
-        unsent = [pending for _, pending in self._urgent + self._lingering]
+        unsent = [pending for _, pending in self._ahead + self._urgent + self._lingering]
         for pending in [*self._waiting, *unsent]:
             if pending.future.done():
                 continue
@@ -229,8 +241,8 @@ class _Connection(asyncio.Protocol):
         if self._watchdog is not None:
             self._watchdog.cancel()
             self._watchdog = None
-        unsent = [pending for _, pending in self._urgent + self._lingering]
-        self._urgent, self._lingering = [], []
+        unsent = [pending for _, pending in self._ahead + self._urgent + self._lingering]
+        self._urgent, self._lingering, self._ahead = [], [], []
         for pending in [*self._waiting, *unsent]:
             if not pending.future.done():
                 pending.future.set_exception(exc)
@@ -268,24 +280,36 @@ class RespClient:
         return await self._send(conn, commands, linger_s)
 
     def submit(
-        self, commands: Sequence[Command], *, linger_s: float = 0.0, now: bool = False
+        self,
+        commands: Sequence[Command],
+        *,
+        linger_s: float = 0.0,
+        now: bool = False,
+        ahead: bool = False,
     ) -> asyncio.Future[list[Any]]:
         """``pipeline`` started now, awaited later: the commands join this loop turn's write at once
-        (no task needed when connected), or with ``now`` are written before this returns. Cancel the
-        future to abandon the replies."""
+        (no task needed when connected), or with ``now`` are written before this returns, or with
+        ``ahead`` (and ``linger_s``) go first in the next write, however idle the connection (see
+        ``_Connection.send``). Cancel the future to abandon the replies."""
         conn = self._conn
         if conn is None or conn.closed:
             return asyncio.ensure_future(self.pipeline(commands, linger_s=linger_s))
-        return self._send(conn, commands, linger_s, now)
+        return self._send(conn, commands, linger_s, now, ahead)
 
     def _send(
-        self, conn: _Connection, commands: Sequence[Command], linger_s: float, now: bool = False
+        self,
+        conn: _Connection,
+        commands: Sequence[Command],
+        linger_s: float,
+        now: bool = False,
+        ahead: bool = False,
     ) -> asyncio.Future[list[Any]]:
         if len(commands) == 1:
             packed = hiredis.pack_command(tuple(commands[0]))  # type: ignore[arg-type]
         else:
             packed = b"".join(hiredis.pack_command(tuple(c)) for c in commands)  # type: ignore[arg-type]
-        return conn.send(packed, len(commands), linger_s, now)  # its deadline: see _check_deadlines
+        # its deadline: see _check_deadlines
+        return conn.send(packed, len(commands), linger_s, now, ahead and linger_s > 0)
 
     async def _connect(self) -> _Connection:
         """One dial shared by every caller that needs a connection at the same moment."""

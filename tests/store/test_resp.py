@@ -236,3 +236,23 @@ async def test_a_command_sent_now_is_written_before_submit_returns(clean_redis: 
     finally:
         other.close()
         await client.close()
+
+
+async def test_an_ahead_command_waits_for_company_and_goes_first(client: RespClient) -> None:
+    await client.execute("PING")  # connected and idle
+    loop = asyncio.get_running_loop()
+    put = client.submit([("SET", "ahead-k", "v")], linger_s=5.0, ahead=True)
+    await asyncio.sleep(0.05)
+    assert not put.done()  # idle, yet it waits: the next write takes it along
+    started = loop.time()
+    assert await client.execute("GET", "ahead-k") == b"v"  # written first, so the GET sees it
+    assert await put == [b"OK"]
+    assert loop.time() - started < 1.0
+
+
+async def test_an_ahead_command_alone_leaves_when_its_linger_is_up(client: RespClient) -> None:
+    await client.execute("PING")
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    assert await client.submit([("INCR", "ahead-n")], linger_s=0.1, ahead=True) == [1]
+    assert 0.09 <= loop.time() - started < 1.0
