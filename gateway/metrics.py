@@ -162,6 +162,21 @@ class Metrics:
             found = self._children[key] = metric.labels(*labels)
         return found
 
+    def usage_children(self, tenant: str, model: str) -> tuple[Any, Any, Any, Any]:
+        """The input, cached and output token counters and the cost counter of one (tenant, model),
+        looked up once."""
+        key = (0, (tenant, model))
+        found = self._children.get(key)
+        if found is None:
+            tokens = self.tokens
+            found = self._children[key] = (
+                tokens.labels(tenant, model, "input"),
+                tokens.labels(tenant, model, "cached"),
+                tokens.labels(tenant, model, "output"),
+                self.cost.labels(tenant, model),
+            )
+        return found
+
     def render(self) -> bytes:
         """The text exposition: this app's registry, or the sum over all workers in multiprocess mode."""
         if self.multiprocess_dir is None:

@@ -71,10 +71,11 @@ def settle(ex: Exchange, metrics: Metrics) -> None:
     usage = ex.usage
     if usage is not None:
         cached = usage.cached_tokens
-        metrics.child(metrics.tokens, tenant, model, "input").inc(usage.prompt_tokens - cached)
-        metrics.child(metrics.tokens, tenant, model, "cached").inc(cached)
-        metrics.child(metrics.tokens, tenant, model, "output").inc(usage.completion_tokens)
-        metrics.child(metrics.cost, tenant, model).inc(float(ex.cost))
+        fresh, reused, output, cost = metrics.usage_children(tenant, model)
+        fresh.inc(usage.prompt_tokens - cached)
+        reused.inc(cached)
+        output.inc(usage.completion_tokens)
+        cost.inc(float(ex.cost))
     if log.isEnabledFor(logging.INFO):
         info_line(log, orjson.dumps(_log_record(ex, elapsed)).decode())
     if metrics.spans is not None:

@@ -66,12 +66,12 @@ class Settler:
             if after is None or scope.budget_nano is None:
                 continue
             over = min(settlement.cost_nano, after - scope.budget_nano)
+            metrics = self._metrics
             if over > 0:
-                self._metrics.budget_overrun.labels(settlement.tenant).inc(over / NANO)
+                metrics.child(metrics.budget_overrun, settlement.tenant).inc(over / NANO)
             if scope.scope == "t":
-                self._metrics.budget_remaining.labels(settlement.tenant).set(
-                    (scope.budget_nano - after) / NANO
-                )
+                remaining = metrics.child(metrics.budget_remaining, settlement.tenant)
+                remaining.set((scope.budget_nano - after) / NANO)
 
     async def run(self) -> None:
         """Write queued settlements once the store answers again."""
