@@ -97,7 +97,8 @@ def is_cacheable(policy: CachePolicy | None, operation: Operation, body: Mapping
     return body.get("temperature") == 0 or body.get("seed") is not None
 
 
-@dataclass(frozen=True, slots=True)
+# Built per request: a plain slotted dataclass (a frozen one costs about 1 µs more to build).
+@dataclass(slots=True)
 class CachedAnswer:
     """One stored answer: a JSON ``body``, or a stream's ``frames`` and ``usage_frame``."""
 

@@ -38,7 +38,9 @@ class ScopeLimits:
     """Start of the current budget period, unix seconds (UTC boundaries); 0 for ``total``."""
 
 
-@dataclass(frozen=True, slots=True)
+# Built per request, so plain slotted dataclasses: a frozen one costs about 1 µs more to build (each
+# field goes through object.__setattr__). Nothing changes them once built.
+@dataclass(slots=True)
 class Ask:
     request_id: str
     tenant: str
@@ -50,7 +52,7 @@ class Ask:
     lease_s: float
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ScopeState:
     """A scope's window after admission, for the x-ratelimit-* headers."""
 
@@ -61,7 +63,7 @@ class ScopeState:
     tpm_reset_s: float = 0.0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Admission:
     admitted: bool
     refused_by: Literal["rpm", "tpm", "budget"] | None = None
@@ -71,7 +73,7 @@ class Admission:
     states: tuple[ScopeState, ...] = field(default_factory=tuple)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Settlement:
     request_id: str
     tenant: str

@@ -12,8 +12,10 @@ from conftest import KEY_ACME, ROUTES, GatewayFactory, sha
 from upstreams import FakeOpenAI
 
 from gateway import tokens
-from gateway.config.model import Budget
-from gateway.pipeline.admit import go_duration, period_start
+from gateway.config.model import Budget, Defaults, Limits
+from gateway.pipeline.admit import Admitter, go_duration, period_start
+from gateway.pipeline.auth import Principal
+from gateway.store.memory import MemoryStore
 
 
 def budgets(tenant_extra: str = "", key_extra: str = "") -> str:
@@ -110,6 +112,24 @@ def test_period_boundaries_are_utc() -> None:
     assert period_start(Budget(1, "weekly"), now) == datetime(2026, 11, 23, tzinfo=UTC).timestamp()
     assert period_start(Budget(1, "monthly"), now) == datetime(2026, 11, 1, tzinfo=UTC).timestamp()
     assert period_start(Budget(1, "total"), now) == 0
+
+
+def test_scopes_are_worked_out_once_per_key_and_day() -> None:
+    admitter = Admitter(MemoryStore(), MemoryStore(), Defaults())
+    key = Principal(
+        tenant="acme", key_id="acme-1", role="user", models=None, tenant_budget=Budget(5, "daily")
+    )
+    wednesday = datetime(2026, 11, 25, 15, 30, tzinfo=UTC).timestamp()
+    scopes = admitter.scopes(key, wednesday)
+    assert [(s.scope, s.budget_nano, s.period_start) for s in scopes] == [
+        ("t", 5_000_000_000, datetime(2026, 11, 25, tzinfo=UTC).timestamp())
+    ]
+    assert admitter.scopes(key, wednesday + 3600) is scopes  # same key, same day: kept
+    thursday = admitter.scopes(key, wednesday + 86400)
+    assert thursday[0].period_start == datetime(2026, 11, 26, tzinfo=UTC).timestamp()
+    # the same key id with a changed record (budgets.yaml reloaded): worked out again
+    limited = Principal(tenant="acme", key_id="acme-1", role="user", models=None, key_limits=Limits(rpm=7))
+    assert [(s.scope, s.rpm) for s in admitter.scopes(limited, wednesday + 86400)] == [("k:acme-1", 7)]
 
 
 @pytest.mark.parametrize(

@@ -88,3 +88,18 @@ def test_allow_list_drops_deployments_and_403s_when_none_remain() -> None:
 def test_reachable_names_for_models_listing() -> None:
     r = router()
     assert sorted(r.reachable(who(models=("gpt-*",)))) == ["gpt-4o", "gpt-4o-mini"]
+
+
+def test_a_plan_without_a_draw_is_worked_out_once_per_key() -> None:
+    r = router()
+    acme = who("acme")
+    first = r.plan("gpt-4o", None, acme)
+    assert r.plan("gpt-4o", None, acme) is first  # the same key, model and task: kept
+    # a key whose record changed (a new Principal for the same id) gets a plan of its own
+    narrowed = who("acme", models=("claude-*",))
+    with pytest.raises(PermissionDenied):
+        r.plan("gpt-4o", None, narrowed)
+    assert r.plan("claude-3-opus", None, acme) is not first
+    # a weighted route is drawn again for every request, never kept
+    plans = {tuple(names(r.plan("x", "summarize", acme))) for _ in range(200)}
+    assert len(plans) == 2
