@@ -47,6 +47,8 @@ class Exchange:
     usage_source: str | None = None
     """``upstream`` (reported by the provider), ``counted`` (tiktoken, the upstream gave none) or None."""
     cost: Decimal = Decimal(0)
+    priced: Usage | None = None
+    """The usage ``cost`` was worked out from (the pipeline prices once, when the cost is first needed)."""
     status: int = 200
     error_code: str | None = None
     ttft_s: float | None = None

@@ -50,8 +50,10 @@ def format_usd(amount: Decimal) -> str:
 def price_usage(ex: Exchange) -> None:
     """Fill ``ex.cost`` from the usage the upstream reported (or that was counted)."""
     deployment = ex.attempts.deployment
-    if ex.usage is not None and deployment is not None:
-        ex.cost = cost_of(ex.usage, deployment.price)
+    usage = ex.usage
+    if usage is not None and deployment is not None and usage is not ex.priced:
+        ex.cost = cost_of(usage, deployment.price)
+        ex.priced = usage
 
 
 def settle(ex: Exchange, metrics: Metrics) -> None:
