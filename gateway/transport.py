@@ -376,26 +376,26 @@ class FastTransport(httpx.AsyncBaseTransport):
             pool, timeouts, lambda conn: _exchange(conn, head_only, payload, timeouts.get("read"))
         )
 
-    async def fetch(
+    def fetch(
         self, url: httpx.URL, headers: list[tuple[bytes, bytes]], body: bytes, timeout_s: float
-    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    ) -> Awaitable[tuple[int, list[tuple[bytes, bytes]], bytes]]:
         """POST ``body`` and read the whole answer: (status, raw headers, body bytes).
 
         The short path for non-streamed calls, without httpx's Request and Response objects (about a
         tenth of the gateway's CPU per request). Host and Content-Length are added as httpx would;
         the same pool, timeouts, stale-connection retry and errors as ``handle_async_request``.
         """
-        return await self._post(url, headers, body, timeout_s, _fetch)
+        return self._post(url, headers, body, timeout_s, _fetch)
 
-    async def open(
+    def open(
         self, url: httpx.URL, headers: list[tuple[bytes, bytes]], body: bytes, timeout_s: float
-    ) -> RawResponse:
+    ) -> Awaitable[RawResponse]:
         """POST ``body`` and return once the status line and headers arrived; the body follows as it comes.
 
         ``fetch``'s short path for streamed calls: the same request bytes, pool, timeouts, retry and
         errors, and the body handed over undecoded. The caller must ``aclose`` the answer.
         """
-        return await self._post(url, headers, body, timeout_s, _open)
+        return self._post(url, headers, body, timeout_s, _open)
 
     async def _post(
         self,

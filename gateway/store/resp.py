@@ -393,7 +393,7 @@ class Script:
         self, client: RespClient, commands: Sequence[Command], *, linger_s: float = 0.0
     ) -> list[Any]:
         """Run a pipeline that contains this script's EVALSHAs; re-run the NOSCRIPT ones after loading."""
-        replies = await client.pipeline(commands, linger_s=linger_s)
+        replies = await client.submit(commands, linger_s=linger_s)
         missing = [i for i, r in enumerate(replies) if is_noscript(r)]
         if missing:
             await client.execute("SCRIPT", "LOAD", self.source)
