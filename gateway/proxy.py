@@ -77,6 +77,7 @@ class Pipeline:
         self._gate = gate
         self._cache = cache
         self._tasks: set[asyncio.Task[None]] = set()
+        self._puts: set[asyncio.Future[None]] = set()
         self._later = Later()
 
     async def handle(self, request: Incoming, operation: Operation, ingress: Ingress) -> Reply:
@@ -304,8 +305,9 @@ class Pipeline:
         self._background(self._settle(ex))
 
     def _put(self, entry: tuple[str, CachedAnswer, int] | None) -> None:
-        if entry is not None and (outcome := self._cache.put(*entry)) is not None:
-            self._background(outcome)  # only waits for the outcome: the write has left
+        if entry is not None and (written := self._cache.put(*entry)) is not None and not written.done():
+            self._puts.add(written)  # for ``drain``; the cache logs a failure itself
+            written.add_done_callback(self._puts.discard)
 
     def _background(self, job: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(job)
@@ -313,6 +315,6 @@ class Pipeline:
         task.add_done_callback(self._tasks.discard)
 
     async def drain(self) -> None:
-        """Wait for settlements still running (graceful shutdown)."""
-        while self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        """Wait for settlements and cache puts still running (graceful shutdown)."""
+        while self._tasks or self._puts:
+            await asyncio.gather(*self._tasks, *self._puts, return_exceptions=True)

@@ -17,10 +17,11 @@ a no-op, logged at most every ``_WARN_EVERY_S``.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Coroutine, Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -58,8 +59,8 @@ class CacheStore(Protocol):
 
     def cache_lookup(self, key: str) -> CacheLookup: ...
 
-    def cache_put(self, key: str, value: bytes, ttl_s: int) -> Awaitable[object]:
-        """Queued now, ahead of this replica's next lookup; awaited for the outcome."""
+    def cache_put(self, key: str, value: bytes, ttl_s: int) -> asyncio.Future[None]:
+        """Queued now, ahead of this replica's next lookup; the future tells the outcome."""
         ...
 
 
@@ -228,23 +229,28 @@ class ResponseCache:
             self._warn("unreadable cache entry %s ignored: %r", key, exc)
             return None
 
-    def put(self, key: str, answer: CachedAnswer, ttl_s: int) -> Coroutine[Any, Any, None] | None:
+    def put(self, key: str, answer: CachedAnswer, ttl_s: int) -> asyncio.Future[None] | None:
         """Queue the entry now: with Redis it goes first in the connection's next write, so the next
-        lookup this replica sends finds it however quick. Returns the wait for the outcome (a failure
-        is logged, not raised), for the caller to run in the background; None when the answer cannot be
-        stored."""
+        lookup this replica sends finds it however quick. Returns the write's future, done when the
+        store answered (a failure is logged when it comes, no task needed); None when the answer
+        cannot be stored."""
         try:
             value = answer.dumps()
         except UnicodeDecodeError:
             log.debug("answer for %s is not UTF-8 text: not cached", key)
             return None
-        return self._outcome(self._store.cache_put(key, value, ttl_s))
+        written = self._store.cache_put(key, value, ttl_s)
+        written.add_done_callback(self._put_done)
+        return written
 
-    async def _outcome(self, write: Awaitable[object]) -> None:
-        try:
-            await write
-        except StoreUnavailableError as exc:
+    def _put_done(self, written: asyncio.Future[None]) -> None:
+        if written.cancelled():
+            return
+        exc = written.exception()
+        if isinstance(exc, StoreUnavailableError):
             self._warn("cache put failed, answer not cached: %s", exc)
+        elif exc is not None:
+            log.error("cache put failed", exc_info=exc)
 
     def _warn(self, message: str, *args: object) -> None:
         # Store trouble would otherwise log once per request; one line per interval says as much.

@@ -8,7 +8,8 @@ contract tests run against both.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Mapping
+import asyncio
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 from gateway.store.base import CacheLookup, ScopeLimits, Spend, Store
@@ -55,9 +56,9 @@ class GatewayStore(Store, KeyStore, Protocol):
         in this loop turn, e.g. the admission). ``cancel()`` it if its answer is no longer wanted."""
         ...
 
-    def cache_put(self, key: str, value: bytes, ttl_s: int) -> Awaitable[None]:
-        """Store a response-cache entry for ``ttl_s`` seconds, replacing any entry under ``key``: sent
-        before this returns (when connected); await the result for the outcome."""
+    def cache_put(self, key: str, value: bytes, ttl_s: int) -> asyncio.Future[None]:
+        """Store a response-cache entry for ``ttl_s`` seconds, replacing any entry under ``key``: queued
+        now, ahead of the next lookup; the future tells the outcome (``StoreUnavailableError``)."""
         ...
 
 

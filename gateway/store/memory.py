@@ -29,7 +29,7 @@ import asyncio
 import heapq
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -252,7 +252,7 @@ class MemoryStore:
             return None
         return entry[1]
 
-    def cache_put(self, key: str, value: bytes, ttl_s: int) -> Awaitable[None]:
+    def cache_put(self, key: str, value: bytes, ttl_s: int) -> asyncio.Future[None]:
         # Bounded by count, not bytes: answers are capped by max_tokens, and this store is for one
         # process in development; production caches live in Redis (maxmemory decides there).
         self._cache.pop(key, None)

@@ -39,6 +39,7 @@ themselves (EVALSHA, then SCRIPT LOAD on NOSCRIPT).
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import time
 from collections.abc import Awaitable, Callable, Generator, Mapping
@@ -68,6 +69,24 @@ _LEASE_KEY_MARGIN_S = 60
 
 def _lua(name: str) -> str:
     return files("gateway.store").joinpath(name).read_text(encoding="utf-8")
+
+
+def _settle_written(done: asyncio.Future[None], replies: asyncio.Future[list[Any]]) -> None:
+    """A write's replies as ``cache_put``'s outcome, Redis failures made ``StoreUnavailableError``."""
+    if done.done():
+        return
+    if replies.cancelled():
+        done.cancel()
+        return
+    exc = replies.exception()
+    if isinstance(exc, OSError):  # ConnectionError, and the builtin TimeoutError of the deadline
+        done.set_exception(StoreUnavailableError(f"redis unavailable: {exc!r}"))
+    elif exc is not None:
+        done.set_exception(exc)
+    elif isinstance(reply := replies.result()[0], ReplyError):
+        done.set_exception(StoreUnavailableError(f"redis refused the write: {reply}"))
+    else:
+        done.set_result(None)
 
 
 def _limit(value: int | None) -> int:
@@ -214,17 +233,19 @@ class RedisStore:
     def cache_lookup(self, key: str) -> _Lookup:
         return _Lookup(self._redis.submit([("GET", key)]))
 
-    def cache_put(self, key: str, value: bytes, ttl_s: int) -> Awaitable[None]:
+    def cache_put(self, key: str, value: bytes, ttl_s: int) -> asyncio.Future[None]:
         """Written first in the connection's next write (within ``linger_s``), so that the next lookup
-        of this replica, however quick, finds it, without a write of its own; await the result for
-        the outcome."""
+        of this replica, however quick, finds it, without a write of its own. The future is done once
+        Redis answered: None, or ``StoreUnavailableError``."""
         command = ("SET", key, value, "EX", ttl_s)
-        return self._written(self._redis.submit([command], linger_s=self._linger_s, ahead=True))
-
-    async def _written(self, replies: asyncio.Future[list[Any]]) -> None:
-        (reply,) = await self._call(lambda: replies)
-        if isinstance(reply, ReplyError):
-            raise StoreUnavailableError(f"redis refused the write: {reply}")
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        try:
+            replies = self._redis.submit([command], linger_s=self._linger_s, ahead=True)
+        except OSError as exc:  # the connection is closed
+            done.set_exception(StoreUnavailableError(f"redis unavailable: {exc!r}"))
+            return done
+        replies.add_done_callback(functools.partial(_settle_written, done))
+        return done
 
     # -- run-time keys (admin API, off the hot path) --------------------------------------------------------
 

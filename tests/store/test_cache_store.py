@@ -8,6 +8,7 @@ import pytest
 import redis
 
 from gateway.store import GatewayStore
+from gateway.store.base import StoreUnavailableError
 from gateway.store.memory import MemoryStore
 from gateway.store.redis import RedisStore
 
@@ -46,3 +47,26 @@ async def test_memory_cache_is_bounded_oldest_first() -> None:
     for i in range(5):
         await store.cache_put(f"k{i}", b"v", 60)
     assert [await store.cache_get(f"k{i}") for i in range(5)] == [None, None, b"v", b"v", b"v"]
+
+
+@pytest.mark.redis
+async def test_a_redis_put_that_fails_says_store_unavailable(clean_redis: str) -> None:
+    store = RedisStore(clean_redis, timeout_s=2.0)
+    try:
+        with redis.Redis.from_url(clean_redis) as client:
+            client.config_set("maxmemory", "1")
+            client.config_set("maxmemory-policy", "noeviction")
+            try:
+                with pytest.raises(StoreUnavailableError, match="refused the write"):
+                    await store.cache_put(KEY, b"answer" * 100, 60)  # an OOM error reply
+            finally:
+                client.config_set("maxmemory", "0")
+        await store.cache_put(KEY, b"answer", 60)
+    finally:
+        await store.close()
+    unreachable = RedisStore("redis://127.0.0.1:1", timeout_s=0.5)  # nothing listens on port 1
+    try:
+        with pytest.raises(StoreUnavailableError, match="unavailable"):
+            await unreachable.cache_put(KEY, b"answer", 60)
+    finally:
+        await unreachable.close()
