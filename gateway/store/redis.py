@@ -155,7 +155,9 @@ class RedisStore:
                 f"{base}:spent:{s.scope}:{s.period_start}",
             ]
             args += [s.scope, _limit(s.rpm), _limit(s.tpm), _limit(s.budget_nano)]
-        raw: list[int] = await self._call(lambda: self._admit.call(self._redis, keys, args))
+        # eager: written now, with the cache lookup queued before it, unless replies are awaited (then
+        # it joins this turn's write, pipelined with the other requests of the turn)
+        raw: list[int] = await self._call(lambda: self._admit.call(self._redis, keys, args, eager=True))
         states = tuple(
             ScopeState(
                 scope=s.scope,

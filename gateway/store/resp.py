@@ -11,7 +11,9 @@ a handful of commands (EVALSHA, GET, SET, HVALS, HGETALL, HMGET, PING), so this 
   connection is idle (no reply awaited) it leaves at the end of the turn like any other; otherwise it
   leaves once the awaited replies are in, with the next urgent write (behind the urgent commands), or
   when ``linger_s`` has passed, whichever comes first. So a settlement seldom rides with an admission,
-  which would then wait while Redis runs both. ``submit(now=True)`` writes before it returns.
+  which would then wait while Redis runs both. ``submit(now=True)`` writes before it returns;
+  ``eager=True`` does so when no reply is awaited (nothing to pipeline with, so the end of the turn
+  would only be later), else joins the turn's write like any other.
 * **A deadline per call**, ``timeout_s`` from when it is queued (a connect, when one is needed, has
   its own). A call past it gets ``TimeoutError``; its reply, if it ever comes, is dropped in order.
   One watchdog timer per connection enforces them. When a deadline passes and the connection has not
@@ -150,7 +152,13 @@ class _Connection(asyncio.Protocol):
     # -- sending ------------------------------------------------------------------------------------------
 
     def send(
-        self, packed: bytes, n: int, linger_s: float = 0.0, now: bool = False, ahead: bool = False
+        self,
+        packed: bytes,
+        n: int,
+        linger_s: float = 0.0,
+        now: bool = False,
+        ahead: bool = False,
+        eager: bool = False,
     ) -> asyncio.Future[list[Any]]:
         """Queue a command for the next write: this loop turn's, or within ``linger_s`` if lingering
         (then it rides along with the next urgent command, or leaves on its own when the time is up);
@@ -163,7 +171,7 @@ class _Connection(asyncio.Protocol):
         pending = _Pending(future, n, loop.time() + self.timeout_s)
         if self._watchdog is None:
             self._watchdog = loop.call_at(pending.deadline, self._check_deadlines)
-        if now:
+        if now or (eager and not self._waiting):
             self._urgent.append((packed, pending))
             self._flush()
         elif linger_s <= 0:
@@ -286,15 +294,17 @@ class RespClient:
         linger_s: float = 0.0,
         now: bool = False,
         ahead: bool = False,
+        eager: bool = False,
     ) -> asyncio.Future[list[Any]]:
         """``pipeline`` started now, awaited later: the commands join this loop turn's write at once
-        (no task needed when connected), or with ``now`` are written before this returns, or with
-        ``ahead`` (and ``linger_s``) go first in the next write, however idle the connection (see
-        ``_Connection.send``). Cancel the future to abandon the replies."""
+        (no task needed when connected), or with ``now`` are written before this returns (with
+        ``eager``: when no reply is awaited), or with ``ahead`` (and ``linger_s``) go first in the next
+        write, however idle the connection (see ``_Connection.send``). Cancel the future to abandon
+        the replies."""
         conn = self._conn
         if conn is None or conn.closed:
             return asyncio.ensure_future(self.pipeline(commands, linger_s=linger_s))
-        return self._send(conn, commands, linger_s, now, ahead)
+        return self._send(conn, commands, linger_s, now, ahead, eager)
 
     def _send(
         self,
@@ -303,13 +313,14 @@ class RespClient:
         linger_s: float,
         now: bool = False,
         ahead: bool = False,
+        eager: bool = False,
     ) -> asyncio.Future[list[Any]]:
         if len(commands) == 1:
             packed = hiredis.pack_command(tuple(commands[0]))  # type: ignore[arg-type]
         else:
             packed = b"".join(hiredis.pack_command(tuple(c)) for c in commands)  # type: ignore[arg-type]
         # its deadline: see _check_deadlines
-        return conn.send(packed, len(commands), linger_s, now, ahead and linger_s > 0)
+        return conn.send(packed, len(commands), linger_s, now, ahead and linger_s > 0, eager)
 
     async def _connect(self) -> _Connection:
         """One dial shared by every caller that needs a connection at the same moment."""
@@ -382,18 +393,24 @@ class Script:
         return ("EVALSHA", self.sha, len(keys), *keys, *args)
 
     async def call(
-        self, client: RespClient, keys: Sequence[str], args: Sequence[Arg], *, linger_s: float = 0.0
+        self,
+        client: RespClient,
+        keys: Sequence[str],
+        args: Sequence[Arg],
+        *,
+        linger_s: float = 0.0,
+        eager: bool = False,
     ) -> Any:
-        (reply,) = await self.run(client, [self.command(keys, args)], linger_s=linger_s)
+        (reply,) = await self.run(client, [self.command(keys, args)], linger_s=linger_s, eager=eager)
         if isinstance(reply, ReplyError):
             raise reply
         return reply
 
     async def run(
-        self, client: RespClient, commands: Sequence[Command], *, linger_s: float = 0.0
+        self, client: RespClient, commands: Sequence[Command], *, linger_s: float = 0.0, eager: bool = False
     ) -> list[Any]:
         """Run a pipeline that contains this script's EVALSHAs; re-run the NOSCRIPT ones after loading."""
-        replies = await client.submit(commands, linger_s=linger_s)
+        replies = await client.submit(commands, linger_s=linger_s, eager=eager)
         missing = [i for i, r in enumerate(replies) if is_noscript(r)]
         if missing:
             await client.execute("SCRIPT", "LOAD", self.source)

@@ -256,3 +256,24 @@ async def test_an_ahead_command_alone_leaves_when_its_linger_is_up(client: RespC
     started = loop.time()
     assert await client.submit([("INCR", "ahead-n")], linger_s=0.1, ahead=True) == [1]
     assert 0.09 <= loop.time() - started < 1.0
+
+
+async def test_an_eager_command_is_written_at_once_only_on_an_idle_connection(clean_redis: str) -> None:
+    client = RespClient(clean_redis, timeout_s=2.0)
+    await client.execute("PING")  # connected, nothing awaited
+    other = sync_redis.Redis.from_url(clean_redis)
+    try:
+        queued = client.submit([("SET", "eager-1", "a")])  # would leave at the end of the turn...
+        sent = client.submit([("SET", "eager-2", "b")], eager=True)  # ...but goes now, with this one
+        time.sleep(0.05)  # noqa: ASYNC251 (blocking on purpose: this loop turn must not end)
+        assert other.mget("eager-1", "eager-2") == [b"a", b"b"]
+        assert await queued == [b"OK"] and await sent == [b"OK"]
+        awaited = client.submit([("GET", "eager-1")], now=True)  # written; its reply not yet read
+        joined = client.submit([("SET", "eager-3", "c")], eager=True)  # pipelines with the turn instead
+        time.sleep(0.05)  # noqa: ASYNC251
+        assert other.get("eager-3") is None  # Redis is free, so it was not written
+        assert await awaited == [b"a"]
+        assert await joined == [b"OK"]
+    finally:
+        other.close()
+        await client.close()
