@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from packaging.markers import Marker
 from packaging.requirements import Requirement
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,7 +30,9 @@ LOCK_HEADER = """\
 # The Docker image installs exactly these. Dev tools (pytest, ruff, mypy, openai, anthropic) are not here.
 # Regenerate from the current venv after changing or upgrading dependencies:
 #     make lock        # = .venv/bin/python tests/test_deploy.py --lock > requirements.lock
-# tests/test_deploy.py checks that every dependency the venv resolves to is pinned here.
+# tests/test_deploy.py checks that every dependency the venv resolves to is pinned here. A dependency
+# only some 3.11 patch releases need keeps its marker; regenerate with the oldest 3.11 in use (the
+# Makefile's default venv: Debian 12's 3.11.2), or its pins are dropped.
 """
 
 
@@ -41,36 +44,51 @@ def _runtime_dependencies() -> list[str]:
     return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
 
 
-def runtime_closure() -> dict[str, str]:
-    """Name → installed version of the runtime dependencies and everything they need, from the venv."""
+def runtime_closure(markers: dict[str, str] | None = None) -> dict[str, str]:
+    """Name → installed version of the runtime dependencies and everything they need, from the venv.
+
+    ``markers`` collects, for a dependency required only on some Python versions (``async-timeout``
+    below CPython 3.11.3, say), that requirement's marker, so the lock can say so.
+    """
     found: dict[str, str] = {}
     seen: set[tuple[str, frozenset[str]]] = set()
-    todo = [Requirement(d) for d in _runtime_dependencies()]
+    todo: list[tuple[Requirement, str | None]] = [(Requirement(d), None) for d in _runtime_dependencies()]
+    conditional: dict[str, str | None] = {}
     while todo:
-        req = todo.pop()
-        key = (_norm(req.name), frozenset(req.extras))
+        req, marker = todo.pop()
+        name = _norm(req.name)
+        conditional[name] = marker if conditional.get(name, marker) is not None else None
+        key = (name, frozenset(req.extras))
         if key in seen:
             continue
         seen.add(key)
         dist = metadata.distribution(req.name)
-        found[key[0]] = dist.version
+        found[name] = dist.version
         envs = [{"extra": e} for e in req.extras] or [{"extra": ""}]
         for line in dist.requires or []:
             sub = Requirement(line)
             if sub.marker is None or any(sub.marker.evaluate(env) for env in envs):
-                todo.append(sub)
+                text = str(sub.marker) if sub.marker is not None else ""
+                about_python = "python_version" in text or "python_full_version" in text
+                about_python = about_python and "extra" not in text
+                todo.append((sub, text if about_python else marker))
+    if markers is not None:
+        markers.update({name: m for name, m in conditional.items() if m is not None})
     return found
 
 
 def _lock() -> dict[str, str]:
+    """The pins that apply to this interpreter (a pin may carry a marker: ``x==1 ; python_...``)."""
     pins: dict[str, str] = {}
     for raw in (ROOT / "requirements.lock").read_text().splitlines():
         line = raw.split("#", 1)[0].strip()
         if not line:
             continue
-        m = re.fullmatch(r"([A-Za-z0-9][A-Za-z0-9._-]*)==([A-Za-z0-9.+!-]+)", line)
+        pin, _, marker = (part.strip() for part in line.partition(";"))
+        m = re.fullmatch(r"([A-Za-z0-9][A-Za-z0-9._-]*)==([A-Za-z0-9.+!-]+)", pin)
         assert m, f"requirements.lock: not an exact pin: {raw!r}"
-        pins[_norm(m.group(1))] = m.group(2)
+        if not marker or Marker(marker).evaluate():
+            pins[_norm(m.group(1))] = m.group(2)
     return pins
 
 
@@ -316,5 +334,6 @@ if __name__ == "__main__":
     if sys.argv[1:] != ["--lock"]:
         sys.exit("usage: python tests/test_deploy.py --lock > requirements.lock")
     sys.stdout.write(LOCK_HEADER)
-    for name, version in sorted(runtime_closure().items()):
-        print(f"{name}=={version}")
+    conditions: dict[str, str] = {}
+    for name, version in sorted(runtime_closure(conditions).items()):
+        print(f"{name}=={version}" + (f" ; {conditions[name]}" if name in conditions else ""))
