@@ -22,6 +22,8 @@ import httpx
 
 T = TypeVar("T")
 
+_TARGETS_KEPT = 256
+"""URL objects whose pool, Host and path are kept (providers parse each URL once: see providers/http)."""
 _HIGH_WATER = 256 * 1024  # buffered body bytes past which the socket is no longer read
 _DEFAULT_PORTS = {b"http": 80, b"https": 443}
 
@@ -345,6 +347,8 @@ class FastTransport(httpx.AsyncBaseTransport):
         self.keepalive_expiry = keepalive_expiry
         self._ssl = ssl_context
         self._pools: dict[tuple[bytes, bytes, int], _Pool] = {}
+        # per URL object (providers reuse theirs): the pool, the Host header and the request path
+        self._targets: dict[int, tuple[httpx.URL, _Pool, bytes, bytes]] = {}
 
     def ssl_context(self) -> ssl.SSLContext:
         if self._ssl is None:  # built on first use: loading the CA bundle takes milliseconds
@@ -405,10 +409,16 @@ class FastTransport(httpx.AsyncBaseTransport):
         timeout_s: float,
         exchange: Callable[[_Connection, bytes, float], Awaitable[T]],
     ) -> T:
-        pool = self._pool(url)
-        host = url.raw_host if url.port is None else b"%s:%d" % (url.raw_host, url.port)
+        target = self._targets.get(id(url))
+        if target is None or target[0] is not url:
+            host = url.raw_host if url.port is None else b"%s:%d" % (url.raw_host, url.port)
+            target = (url, self._pool(url), host, url.raw_path)
+            if len(self._targets) >= _TARGETS_KEPT:
+                self._targets.clear()
+            self._targets[id(url)] = target
+        _, pool, host, path = target
         wire = [(b"Host", host), *headers, (b"Content-Length", b"%d" % len(body))]
-        payload = _encode_head(b"POST", url.raw_path, wire) + body
+        payload = _encode_head(b"POST", path, wire) + body
         timeouts = {"pool": timeout_s, "connect": timeout_s}
         return await self._send(pool, timeouts, lambda conn: exchange(conn, payload, timeout_s))
 
@@ -436,6 +446,7 @@ class FastTransport(httpx.AsyncBaseTransport):
     async def aclose(self) -> None:
         conns = [conn for pool in self._pools.values() for conn in pool.conns]
         self._pools.clear()
+        self._targets.clear()
         for conn in conns:
             conn.close()
         await asyncio.gather(*(conn.lost for conn in conns if conn.transport is not None))

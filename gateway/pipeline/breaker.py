@@ -278,7 +278,7 @@ class BreakerRegistry:
         if breaker is None:
             breaker = self._breakers[deployment] = DeploymentBreaker(deployment, policy, self._gauge, self)
             self._wake.set()  # fetch its shared record now rather than at the next poll
-        elif breaker.policy != policy:
+        elif breaker.policy is not policy and breaker.policy != policy:
             breaker.configure(policy)
         return breaker
 
