@@ -12,7 +12,7 @@ from dataclasses import dataclass
 DONE_FRAME = b"data: [DONE]\n\n"
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)  # one per streamed chunk: not frozen, which costs ~1 µs more to build
 class Event:
     event: str | None
     data: bytes
