@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 import redis
@@ -70,3 +71,24 @@ async def test_a_redis_put_that_fails_says_store_unavailable(clean_redis: str) -
             await unreachable.cache_put(KEY, b"answer", 60)
     finally:
         await unreachable.close()
+
+
+@pytest.mark.redis
+async def test_a_small_put_rides_with_the_next_write_a_large_one_leaves_at_once(clean_redis: str) -> None:
+    store = RedisStore(clean_redis, timeout_s=2.0)
+    try:
+        await store.ping()  # connected and idle
+        small, large = KEY, KEY.replace("acme", "large")
+        small_put = store.cache_put(small, b"s" * 100, 60)
+        large_put = store.cache_put(large, b"l" * 4000, 60)  # written now, the small one with it
+        with redis.Redis.from_url(clean_redis) as client:
+            time.sleep(0.05)  # noqa: ASYNC251 (blocking on purpose: no timer of this loop may fire)
+            assert client.exists(small, large) == 2
+            await asyncio.gather(small_put, large_put)
+            alone = store.cache_put(KEY.replace("acme", "alone"), b"a" * 100, 60)
+            time.sleep(0.05)  # noqa: ASYNC251
+            assert client.exists(KEY.replace("acme", "alone")) == 0  # waits for company (or 2 ms)
+            await alone
+            assert client.exists(KEY.replace("acme", "alone")) == 1
+    finally:
+        await store.close()
