@@ -1,7 +1,7 @@
 # The two commands: `make run` and `make test`. Both set everything up on a fresh machine.
 # The interpreter the venv is built from (override: make PYTHON=/path/to/python3.11; then make clean).
 # Debian 12's python3.11 runs pure-Python code about 25 % faster than a default source build such as
-# pyenv's (libpython linked into the executable, optimized build), which makes the gateway about 10 %
+# pyenv's (libpython linked into the executable, optimized build), which makes the gateway about 15 %
 # cheaper per request (bench/RESULTS.md); it is used when it can make a venv, else python3 on PATH.
 SYSTEM_PYTHON := /usr/bin/python3.11
 PYTHON ?= $(shell $(SYSTEM_PYTHON) -c 'import ensurepip, venv' >/dev/null 2>&1 && echo $(SYSTEM_PYTHON) || echo python3)
