@@ -60,7 +60,7 @@ class CacheStore(Protocol):
     def cache_lookup(self, key: str) -> CacheLookup: ...
 
     def cache_put(self, key: str, value: bytes, ttl_s: int) -> asyncio.Future[None]:
-        """Queued now, ahead of this replica's next lookup; the future tells the outcome."""
+        """Sent so that this replica's next lookup finds it; the future tells the outcome."""
         ...
 
 
@@ -230,10 +230,9 @@ class ResponseCache:
             return None
 
     def put(self, key: str, answer: CachedAnswer, ttl_s: int) -> asyncio.Future[None] | None:
-        """Queue the entry now: with Redis it goes first in the connection's next write, so the next
-        lookup this replica sends finds it however quick. Returns the write's future, done when the
-        store answered (a failure is logged when it comes, no task needed); None when the answer
-        cannot be stored."""
+        """Send the entry now, so that the next lookup this replica sends finds it however quick (with
+        Redis: ``RedisStore.cache_put``). Returns the write's future, done when the store answered (a
+        failure is logged when it comes, no task needed); None when the answer cannot be stored."""
         try:
             value = answer.dumps()
         except UnicodeDecodeError:

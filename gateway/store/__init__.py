@@ -57,8 +57,9 @@ class GatewayStore(Store, KeyStore, Protocol):
         ...
 
     def cache_put(self, key: str, value: bytes, ttl_s: int) -> asyncio.Future[None]:
-        """Store a response-cache entry for ``ttl_s`` seconds, replacing any entry under ``key``: queued
-        now, ahead of the next lookup; the future tells the outcome (``StoreUnavailableError``)."""
+        """Store a response-cache entry for ``ttl_s`` seconds, replacing any entry under ``key``, so that
+        this process's next lookup finds it however quick; the future tells the outcome (None, or
+        ``StoreUnavailableError``)."""
         ...
 
 

@@ -76,7 +76,7 @@ _RIDING_PUT_BYTES = 1024
 ahead of the next admission added ~40 µs to that request's time to first event)."""
 
 
-def _settle_written(done: asyncio.Future[None], replies: asyncio.Future[list[Any]]) -> None:
+def _put_outcome(done: asyncio.Future[None], replies: asyncio.Future[list[Any]]) -> None:
     """A write's replies as ``cache_put``'s outcome, Redis failures made ``StoreUnavailableError``."""
     if done.done():
         return
@@ -253,10 +253,10 @@ class RedisStore:
                 replies = self._redis.submit([command], linger_s=self._linger_s, ahead=True)
             else:
                 replies = self._redis.submit([command], now=True)
-        except OSError as exc:  # the connection is closed
+        except OSError as exc:  # never raised past here: a put must not stop the settlement after it
             done.set_exception(StoreUnavailableError(f"redis unavailable: {exc!r}"))
             return done
-        replies.add_done_callback(functools.partial(_settle_written, done))
+        replies.add_done_callback(functools.partial(_put_outcome, done))
         return done
 
     # -- run-time keys (admin API, off the hot path) --------------------------------------------------------

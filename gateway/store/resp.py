@@ -11,7 +11,10 @@ a handful of commands (EVALSHA, GET, SET, HVALS, HGETALL, HMGET, PING), so this 
   connection is idle (no reply awaited) it leaves at the end of the turn like any other; otherwise it
   leaves once the awaited replies are in, with the next urgent write (behind the urgent commands), or
   when ``linger_s`` has passed, whichever comes first. So a settlement seldom rides with an admission,
-  which would then wait while Redis runs both. ``submit(now=True)`` writes before it returns;
+  which would then wait while Redis runs both. An ``ahead`` call lingers too, but goes first in
+  whatever write comes next and waits for one even on an idle connection (a small cache put: the
+  next lookup must see it, and Redis stores it in microseconds). ``submit(now=True)`` writes before
+  it returns;
   ``eager=True`` does so when no reply is awaited (nothing to pipeline with, so the end of the turn
   would only be later), else joins the turn's write like any other.
 * **A deadline per call**, ``timeout_s`` from when it is queued (a connect, when one is needed, has
