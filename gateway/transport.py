@@ -20,10 +20,10 @@ from typing import TypeVar, cast
 import httptools
 import httpx
 
+from gateway.memo import Memo
+
 T = TypeVar("T")
 
-_TARGETS_KEPT = 256
-"""URL objects whose pool, Host and path are kept (providers parse each URL once: see providers/http)."""
 _HIGH_WATER = 256 * 1024  # buffered body bytes past which the socket is no longer read
 _DEFAULT_PORTS = {b"http": 80, b"https": 443}
 
@@ -348,7 +348,7 @@ class FastTransport(httpx.AsyncBaseTransport):
         self._ssl = ssl_context
         self._pools: dict[tuple[bytes, bytes, int], _Pool] = {}
         # per URL object (providers reuse theirs): the pool, the Host header and the request path
-        self._targets: dict[int, tuple[httpx.URL, _Pool, bytes, bytes]] = {}
+        self._targets: Memo[int, tuple[_Pool, bytes, bytes]] = Memo(256)
 
     def ssl_context(self) -> ssl.SSLContext:
         if self._ssl is None:  # built on first use: loading the CA bundle takes milliseconds
@@ -409,14 +409,11 @@ class FastTransport(httpx.AsyncBaseTransport):
         timeout_s: float,
         exchange: Callable[[_Connection, bytes, float], Awaitable[T]],
     ) -> T:
-        target = self._targets.get(id(url))
-        if target is None or target[0] is not url:
+        target = self._targets.get(id(url), url)
+        if target is None:
             host = url.raw_host if url.port is None else b"%s:%d" % (url.raw_host, url.port)
-            target = (url, self._pool(url), host, url.raw_path)
-            if len(self._targets) >= _TARGETS_KEPT:
-                self._targets.clear()
-            self._targets[id(url)] = target
-        _, pool, host, path = target
+            target = self._targets.put(id(url), url, (self._pool(url), host, url.raw_path))
+        pool, host, path = target
         wire = [(b"Host", host), *headers, (b"Content-Length", b"%d" % len(body))]
         payload = _encode_head(b"POST", path, wire) + body
         timeouts = {"pool": timeout_s, "connect": timeout_s}
@@ -446,7 +443,7 @@ class FastTransport(httpx.AsyncBaseTransport):
     async def aclose(self) -> None:
         conns = [conn for pool in self._pools.values() for conn in pool.conns]
         self._pools.clear()
-        self._targets.clear()
+        self._targets = Memo(256)
         for conn in conns:
             conn.close()
         await asyncio.gather(*(conn.lost for conn in conns if conn.transport is not None))

@@ -18,6 +18,7 @@ from typing import Any
 
 from gateway.config.model import Budget, Defaults, Limits, ModelConfig
 from gateway.errors import BudgetExceeded, RateLimited, StoreUnavailable, retry_headers
+from gateway.memo import Memo
 from gateway.pipeline.auth import Principal
 from gateway.pipeline.parse import ParsedRequest
 from gateway.pipeline.route import Plan
@@ -128,29 +129,19 @@ def estimate(parsed: ParsedRequest, plan: Plan, margin: float, tenant: str | Non
     return Estimate(prompt, worst_output, math.ceil(worst_cost), asked is None and not embeddings)
 
 
-_SCOPES_KEPT = 10_000
-
-
 class Admitter:
     def __init__(self, store: Store, fallback: Store, defaults: Defaults) -> None:
         self._store = store
         self._fallback = fallback
         self._defaults = defaults
-        # scopes_of per key for one UTC day (periods start on day boundaries):
-        # key id → (principal, day, scopes)
-        self._scopes: dict[str, tuple[Principal, int, tuple[ScopeLimits, ...]]] = {}
+        # scopes_of by (key id, UTC day): budget periods start on day boundaries
+        self._scopes: Memo[tuple[str, int], tuple[ScopeLimits, ...]] = Memo(10_000)
 
     def scopes(self, principal: Principal, now: float) -> tuple[ScopeLimits, ...]:
         """``scopes_of``, worked out once per key and day."""
-        day = int(now // 86400)
-        kept = self._scopes.get(principal.key_id)
-        if kept is not None and kept[0] is principal and kept[1] == day:
-            return kept[2]
-        scopes = scopes_of(principal, now)
-        if len(self._scopes) >= _SCOPES_KEPT:
-            self._scopes.clear()
-        self._scopes[principal.key_id] = (principal, day, scopes)
-        return scopes
+        key = (principal.key_id, int(now // 86400))
+        kept = self._scopes.get(key, principal)
+        return kept if kept is not None else self._scopes.put(key, principal, scopes_of(principal, now))
 
     async def reserve(
         self, request_id: str, principal: Principal, parsed: ParsedRequest, plan: Plan, now: float

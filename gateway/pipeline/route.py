@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from gateway.config.model import CachePolicy, ContentLogPolicy, ModelConfig, RetryPolicy, Route, RoutesConfig
 from gateway.errors import NotFound, PermissionDenied
+from gateway.memo import Memo
 from gateway.pipeline.auth import Principal
 
 DEFAULT_ROUTE = "default"
@@ -30,16 +31,13 @@ class Plan:
     """Set when the route opted in to logging (redacted) prompt and answer text."""
 
 
-_PLANS_KEPT = 10_000
-
-
 class Router:
     def __init__(self, config: RoutesConfig, rng: random.Random | None = None) -> None:
         self._config = config
         self._rng = rng or random.Random()
-        # Plans with no weighted draw in them, by (model, task, key id) → (principal, plan): the same
-        # request shape gets the same plan, so it is worked out once (globs and allow-lists included).
-        self._plans: dict[tuple[str, str | None, str | None], tuple[Principal | None, Plan]] = {}
+        # Plans with no weighted draw in them, by (model, task, key id): the same request shape gets
+        # the same plan, so it is worked out once (globs and allow-lists included).
+        self._plans: Memo[tuple[str, str | None, str | None], Plan] = Memo(10_000)
 
     def match(self, model: str, task: str | None, tenant: str | None) -> Route | None:
         for route in self._config.routes:
@@ -55,9 +53,9 @@ class Router:
 
     def plan(self, model: str, task: str | None, principal: Principal | None) -> Plan:
         key = (model, task, principal.key_id if principal else None)
-        kept = self._plans.get(key)
-        if kept is not None and kept[0] is principal:
-            return kept[1]
+        kept = self._plans.get(key, principal)
+        if kept is not None:
+            return kept
         tenant = principal.tenant if principal else None
         route = self.match(model, task, tenant)
         defaults = self._config.defaults
@@ -86,9 +84,7 @@ class Router:
             raise PermissionDenied(f"This key is not allowed to use the model '{model}'.", param="model")
         plan = Plan(name, tuple(candidates), timeout, retry, cache, plugins, log_content)
         if route is None or len(route.targets) == 1:  # no draw: the same plan every time
-            if len(self._plans) >= _PLANS_KEPT:
-                self._plans.clear()
-            self._plans[key] = (principal, plan)
+            self._plans.put(key, principal, plan)
         return plan
 
     def _ordered_targets(self, route: Route) -> list[str]:

@@ -17,6 +17,7 @@ import orjson
 
 from gateway import __version__
 from gateway.errors import DeadlineExceeded, GatewayError, UpstreamStatusError, UpstreamUnavailable
+from gateway.memo import Memo
 from gateway.transport import FastTransport, RawResponse
 
 ErrorMapper = Callable[[int, bytes, Mapping[str, str]], UpstreamStatusError]
@@ -191,20 +192,16 @@ async def open_stream(
     return resp
 
 
-_WIRES_KEPT = 64
-_wires: dict[int, tuple[Mapping[str, str], list[tuple[bytes, bytes]]]] = {}
+_wires: Memo[int, list[tuple[bytes, bytes]]] = Memo(64)
 
 
 def _wire(headers: Mapping[str, str]) -> list[tuple[bytes, bytes]]:
     """The providers' headers as ``FastTransport`` sends them, with the gateway's user-agent if none;
     encoded once for a provider's own (long-lived) headers object."""
-    kept = _wires.get(id(headers))
-    if kept is not None and kept[0] is headers:
-        return kept[1]
+    kept = _wires.get(id(headers), headers)
+    if kept is not None:
+        return kept
     wire = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()]
     if not has_user_agent(headers):
         wire.append((b"user-agent", USER_AGENT_BYTES))
-    if len(_wires) >= _WIRES_KEPT:
-        _wires.clear()
-    _wires[id(headers)] = (headers, wire)
-    return wire
+    return _wires.put(id(headers), headers, wire)
