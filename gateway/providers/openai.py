@@ -1,11 +1,15 @@
 """OpenAI and every OpenAI-compatible server (vLLM, Ollama, Together, Groq, LM Studio, ...).
 
-Bodies pass through untouched apart from ``model`` (already the upstream name) and, for streams,
-``stream_options.include_usage`` which the gateway always asks for so it can bill the stream.
+Bodies pass through untouched apart from ``model`` (already the upstream name), for streams
+``stream_options.include_usage`` which the gateway always asks for so it can bill the stream, and, for
+reasoning models (``REASONING``), ``max_tokens`` sent as ``max_completion_tokens``: they reject
+``max_tokens``, which the gateway itself writes (a budget's output bound, a translated ``/v1/messages``
+request) and which other OpenAI-compatible servers may not know under its newer name.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -23,6 +27,10 @@ PATHS = {
     Operation.COMPLETIONS: "/completions",
     Operation.EMBEDDINGS: "/embeddings",
 }
+
+REASONING = re.compile(r"(?:.*/)?(?:ft:)?(?:o\d+|gpt-5)(?:[-.:_].*)?", re.IGNORECASE)
+"""Upstream model names of OpenAI's reasoning families (o1, o3, o4-mini, gpt-5, gpt-5.1, ...; an
+``org/`` or ``ft:`` prefix allowed): they take ``max_completion_tokens`` and answer 400 to ``max_tokens``."""
 
 
 class OpenAIProvider:
@@ -42,6 +50,8 @@ class OpenAIProvider:
 
     def upstream_body(self, request: UpstreamRequest) -> dict[str, Any]:
         body = request.body
+        if "max_tokens" in body and request.operation is Operation.CHAT:
+            body = _completion_tokens(body)
         if request.stream and request.operation is not Operation.EMBEDDINGS:
             options = body.get("stream_options")
             if not (isinstance(options, dict) and options.get("include_usage") is True):
@@ -73,6 +83,17 @@ class OpenAIProvider:
             timeout_s=request.timeout_s,
         )
         return OpenAIStream(self.name, response)
+
+
+def _completion_tokens(body: dict[str, Any]) -> dict[str, Any]:
+    """``max_tokens`` as ``max_completion_tokens`` for a reasoning model (a copy; else ``body``)."""
+    model = body.get("model")
+    if not (isinstance(model, str) and REASONING.fullmatch(model)):
+        return body
+    out = {k: v for k, v in body.items() if k != "max_tokens"}
+    if out.get("max_completion_tokens") is None:  # a bound the client set itself wins
+        out["max_completion_tokens"] = body["max_tokens"]
+    return out
 
 
 class OpenAIStream:

@@ -106,6 +106,22 @@ def test_missing_max_tokens_gets_the_reserved_bound_upstream(gateway_factory: Ga
     assert upstream.json()["max_tokens"] == 512
 
 
+def test_the_reserved_bound_reaches_a_reasoning_model_as_max_completion_tokens(
+    gateway_factory: GatewayFactory,
+) -> None:
+    """o-series and gpt-5 models answer 400 to ``max_tokens``: the gateway's bound must not break them."""
+    upstream = FakeOpenAI()
+    reasoning = "gpt-4o-mini: {provider: up, upstream: o4-mini, max_output_tokens: 512,"
+    routes = ROUTES.replace("gpt-4o-mini: {provider: up,", reasoning)
+    gw = gateway_factory(
+        routes=routes, budgets=budgets("budget: {usd: 10, period: monthly}"), transport=upstream.transport
+    )
+    chat(openai.OpenAI(base_url=gw.base_url, api_key=KEY_ACME, max_retries=0))
+    sent = upstream.json()
+    assert sent["model"] == "o4-mini"
+    assert sent["max_completion_tokens"] == 512 and "max_tokens" not in sent
+
+
 def test_period_boundaries_are_utc() -> None:
     now = datetime(2026, 11, 25, 15, 30, tzinfo=UTC).timestamp()  # a Wednesday
     assert period_start(Budget(1, "daily"), now) == datetime(2026, 11, 25, tzinfo=UTC).timestamp()
