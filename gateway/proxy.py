@@ -24,7 +24,6 @@ from gateway.pipeline.auth import authenticate
 from gateway.pipeline.cache import (
     CachedAnswer,
     CachedStream,
-    RecordingStream,
     ResponseCache,
     canonical_key,
     is_cacheable,
@@ -145,17 +144,17 @@ class Pipeline:
                 except BaseException:
                     self._gate.release()
                     raise
-                if cache_key is not None and ex.plan.cache is not None:
-                    # recorded as it is sent; ``_end_stream`` stores it if it ran to its end
-                    upstream_stream = RecordingStream(upstream_stream, cache_key, ex.plan.cache.ttl_s)
-                # Outermost, so the ingress reads the priced (or synthesized) usage chunk at the end.
-                metered = MeteredStream(upstream_stream, ex, UsageCounter(operation, parsed.body))
+                # Outermost, so the ingress reads the priced (or synthesized) usage chunk at the end;
+                # it keeps the frames for the cache, and ``_end_stream`` stores them if it ran to its end.
+                metered = MeteredStream(
+                    upstream_stream, ex, UsageCounter(operation, parsed.body), keep=cache_key is not None
+                )
                 if ex.plan.log_content is not None:  # opt-in content logging: the prompt only, for streams
                     ex.content = content_for_log(ex.plan.log_content, parsed.body, None)
                 # From here the slot is the stream's: ``_stream`` gives it back when the upstream closes.
-                frames = self._stream(ex, ingress, metered, parsed.include_usage)
+                frames = self._stream(ex, ingress, metered, parsed.include_usage, cache_key)
                 # A client gone before the first frame never starts ``frames``; on_close still cleans up.
-                on_close = functools.partial(self._end_stream, ex, metered)
+                on_close = functools.partial(self._end_stream, ex, metered, cache_key)
                 return Reply(200, ex.response_headers(), frames=frames, after=on_close)
             try:
                 upstream = await dispatcher.send()
@@ -257,7 +256,12 @@ class Pipeline:
         return Reply(err.status, headers, ingress.error(err), after=functools.partial(self._settle, ex))
 
     async def _stream(
-        self, ex: Exchange, ingress: Ingress, upstream: UpstreamStream, include_usage: bool
+        self,
+        ex: Exchange,
+        ingress: Ingress,
+        upstream: UpstreamStream,
+        include_usage: bool,
+        cache_key: str | None = None,
     ) -> AsyncGenerator[bytes, None]:
         try:
             first = True
@@ -278,10 +282,11 @@ class Pipeline:
             ex.status, ex.error_code = failure.status, failure.code
             yield ingress.stream_error(failure)
         finally:
-            await self._end_stream(ex, upstream)
+            await self._end_stream(ex, upstream, cache_key)
 
-    async def _end_stream(self, ex: Exchange, upstream: UpstreamStream) -> None:
-        """Close the upstream, free the slot, settle: once, whether or not the stream ever started."""
+    async def _end_stream(self, ex: Exchange, upstream: UpstreamStream, cache_key: str | None = None) -> None:
+        """Close the upstream, free the slot, store a complete answer under ``cache_key``, settle: once,
+        whether or not the stream ever started."""
         if ex.stream_ended:
             return
         ex.stream_ended = True
@@ -293,14 +298,23 @@ class Pipeline:
             await upstream.aclose()
         finally:
             self._gate.release()
-        recording = upstream
         if isinstance(upstream, MeteredStream):
             # a stream cut short (client gone, upstream broke) is billed for what was sent so far
             upstream.finish()
-            recording = upstream.inner
+            plan = ex.plan
+            if (
+                cache_key is not None
+                and upstream.kept is not None
+                and ex.status == 200
+                and plan is not None
+                and plan.cache is not None
+            ):
+                inner = upstream.inner  # the upstream's own usage and usage chunk, not the priced ones
+                answer = CachedAnswer(
+                    ex.model, inner.usage, frames=upstream.kept, usage_frame=inner.usage_frame
+                )
+                self._put((cache_key, answer, plan.cache.ttl_s))
         ex.usage = upstream.usage
-        if isinstance(recording, RecordingStream) and recording.complete and ex.status == 200:
-            self._put((recording.key, recording.answer(ex.model), recording.ttl_s))
         # Not awaited here: the client's stream closes without waiting for the store.
         self._background(self._settle(ex))
 

@@ -29,7 +29,7 @@ import orjson
 
 from gateway.config.model import CachePolicy, ModelConfig
 from gateway.metrics import Metrics
-from gateway.providers.base import Operation, UpstreamStream, Usage
+from gateway.providers.base import Operation, Usage
 from gateway.store.base import CacheLookup, StoreUnavailableError
 
 log = logging.getLogger("gateway.cache")
@@ -156,45 +156,6 @@ class CachedStream:
 
     async def aclose(self) -> None:
         return None
-
-
-class RecordingStream:
-    """Wraps an upstream stream to keep its frames; ``answer`` is set only if it ran to its end."""
-
-    def __init__(self, inner: UpstreamStream, key: str, ttl_s: int) -> None:
-        self.inner, self.key, self.ttl_s = inner, key, ttl_s
-        self.frames: list[bytes] = []
-        self.complete = False
-
-    # Properties, not copies: the provider sets usage as the stream goes, and settlement reads it
-    # even when the client left half-way.
-    @property
-    def usage(self) -> Usage | None:
-        return self.inner.usage
-
-    @usage.setter
-    def usage(self, value: Usage | None) -> None:
-        self.inner.usage = value
-
-    @property
-    def usage_frame(self) -> bytes | None:
-        return self.inner.usage_frame
-
-    @usage_frame.setter
-    def usage_frame(self, value: bytes | None) -> None:
-        self.inner.usage_frame = value
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        async for frame in self.inner:
-            self.frames.append(frame)
-            yield frame
-        self.complete = True  # not reached when the upstream raised or the client left
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
-
-    def answer(self, deployment: str) -> CachedAnswer:
-        return CachedAnswer(deployment, self.usage, frames=tuple(self.frames), usage_frame=self.usage_frame)
 
 
 class ResponseCache:

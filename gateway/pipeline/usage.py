@@ -169,11 +169,16 @@ class MeteredStream:
     Frames are only referenced, not parsed, while they flow: parsing happens in ``finish`` and only
     when the upstream gave no usage. ``finish`` runs when iteration ends (so the usage chunk the
     ingress reads next is final) and again from the proxy when the stream closes for any other
-    reason; it acts once.
+    reason; it acts once. With ``keep``, the frames of a stream that ran to its end stay in ``kept``
+    (for the response cache).
     """
 
-    def __init__(self, inner: UpstreamStream, ex: Exchange, counter: UsageCounter) -> None:
+    def __init__(
+        self, inner: UpstreamStream, ex: Exchange, counter: UsageCounter, *, keep: bool = False
+    ) -> None:
         self.inner = inner
+        self._keep = keep
+        self.kept: tuple[bytes, ...] | None = None
         self._ex = ex
         self._counter = counter
         self._frames: list[bytes] = []
@@ -186,6 +191,8 @@ class MeteredStream:
         async for frame in self.inner:
             self._frames.append(frame)
             yield frame
+        if self._keep:  # not reached when the upstream raised or the client left
+            self.kept = tuple(self._frames)
         self.finish()
 
     async def aclose(self) -> None:
