@@ -58,7 +58,7 @@ from gateway.store.base import (
     StoreUnavailableError,
 )
 from gateway.store.memory import SPENT_RETENTION_S, key_id_of
-from gateway.store.resp import ReplyError, RespClient, Script
+from gateway.store.resp import ReplyError, RespClient, Script, is_noscript
 
 T = TypeVar("T")
 
@@ -94,6 +94,18 @@ def _put_outcome(done: asyncio.Future[None], replies: asyncio.Future[list[Any]])
         done.set_result(None)
 
 
+def _unavailable(exc: OSError | ReplyError) -> StoreUnavailableError | None:
+    """What a failed call means for the gateway: the store is unavailable, or (None) a plain error.
+
+    OSError: ConnectionError, and the builtin TimeoutError of the deadline. READONLY: a failed-over
+    primary that became a replica refuses writes until clients move on."""
+    if isinstance(exc, OSError):
+        return StoreUnavailableError(f"redis unavailable: {exc!r}")
+    if str(exc).startswith("READONLY"):
+        return StoreUnavailableError(f"redis is read-only: {exc}")
+    return None
+
+
 def _limit(value: int | None) -> int:
     return -1 if value is None else value
 
@@ -123,16 +135,39 @@ class RedisStore:
         self._key_names = [f"{admin}:keys", f"{admin}:key-ids", f"{admin}:keys-version"]
 
     async def _call(self, make: Callable[[], Awaitable[T]]) -> T:
-        """The one boundary where Redis failures become ``StoreUnavailableError``."""
+        """Run a call, its Redis failures made ``StoreUnavailableError`` (``_unavailable``)."""
         try:
             return await make()
-        except OSError as exc:  # ConnectionError, and the builtin TimeoutError of the deadline
+        except (OSError, ReplyError) as exc:
+            unavailable = _unavailable(exc)
+            if unavailable is None:
+                raise
+            raise unavailable from exc
+
+    async def _script(
+        self,
+        script: Script,
+        keys: list[str],
+        args: list[str | int],
+        *,
+        linger_s: float = 0.0,
+        eager: bool = False,
+    ) -> Any:
+        """``_call(lambda: script.call(...))`` in one frame instead of three, for the per-request
+        scripts: the reply is awaited here, and only a NOSCRIPT (a restarted Redis) or an error reply
+        takes the long way (load the script, run it again; map the error)."""
+        try:
+            (reply,) = await self._redis.submit([script.command(keys, args)], linger_s=linger_s, eager=eager)
+        except OSError as exc:
             raise StoreUnavailableError(f"redis unavailable: {exc!r}") from exc
-        except ReplyError as exc:
-            # a failed-over primary that became a replica refuses writes until clients move on
-            if str(exc).startswith("READONLY"):
-                raise StoreUnavailableError(f"redis is read-only: {exc}") from exc
-            raise
+        if isinstance(reply, ReplyError):
+            if is_noscript(reply):
+                return await self._call(lambda: script.call(self._redis, keys, args))
+            unavailable = _unavailable(reply)
+            if unavailable is not None:
+                raise unavailable from reply
+            raise reply
+        return reply
 
     def _tenant_keys(self, tenant: str) -> tuple[str, list[str]]:
         base = f"{self._prefix}:{{{tenant}}}"
@@ -162,7 +197,7 @@ class RedisStore:
             args += [s.scope, _limit(s.rpm), _limit(s.tpm), _limit(s.budget_nano)]
         # eager: written now, with the cache lookup queued before it, unless replies are awaited (then
         # it joins this turn's write, pipelined with the other requests of the turn)
-        raw: list[int] = await self._call(lambda: self._admit.call(self._redis, keys, args, eager=True))
+        raw: list[int] = await self._script(self._admit, keys, args, eager=True)
         states = tuple(
             ScopeState(
                 scope=s.scope,
@@ -204,9 +239,7 @@ class RedisStore:
             # relative to the caller's clock, like everything else here (see the module docstring)
             ttl = max(s.period_start + SPENT_RETENTION_S - int(st.now), 60) if s.period_start else 0
             args += [s.scope, 0 if s.tpm is None else 1, ttl]
-        raw: list[int] = await self._call(
-            lambda: self._settle.call(self._redis, keys, args, linger_s=self._linger_s)
-        )
+        raw: list[int] = await self._script(self._settle, keys, args, linger_s=self._linger_s)
         return {s.scope: spent for s, spent in zip(st.scopes, raw, strict=True)}
 
     async def spend(self, tenant: str, scope: ScopeLimits, now: float | None = None) -> Spend:

@@ -90,3 +90,25 @@ async def test_a_frozen_server_times_out(redis_servers: Callable[[], RedisServer
         assert (await store.spend("acme", SCOPE, now=T0 + 61)).reserved_nano == 0
     finally:
         await store.close()
+
+
+async def test_a_primary_turned_replica_is_unavailable_not_an_error(
+    redis_servers: Callable[[], RedisServer],
+) -> None:
+    """After a failover the old primary refuses writes (READONLY) until clients move on: admission and
+    settlement say the store is unavailable (so ``store_failure`` decides), not that the gateway broke."""
+    server = redis_servers()
+    store = RedisStore(server.url, timeout_s=0.25)
+    admin = RedisStore(server.url, timeout_s=0.25)
+    try:
+        assert (await store.admit(ask("before"))).admitted
+        await admin._redis.execute("REPLICAOF", "127.0.0.1", str(closed_port()))
+        with pytest.raises(StoreUnavailableError, match="read-only"):
+            await store.admit(ask("after"))
+        with pytest.raises(StoreUnavailableError, match="read-only"):
+            await store.settle(Settlement("before", "acme", (SCOPE,), 10, 10, 100, T0))
+        await admin._redis.execute("REPLICAOF", "NO", "ONE")
+        assert (await store.admit(ask("again"))).admitted
+    finally:
+        await store.close()
+        await admin.close()
