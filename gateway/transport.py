@@ -257,14 +257,24 @@ class _Pool:
         self._idle: deque[_Connection] = deque()
         self._waiters: deque[asyncio.Future[None]] = deque()
 
-    async def acquire(self, pool_s: float | None, connect_s: float | None, fresh: bool) -> _Connection:
+    def _sweep(self) -> None:
+        """Close the idle connections past ``keepalive_expiry``."""
         idle = self._idle
+        expired = self.loop.time() - self._owner.keepalive_expiry
+        while idle and idle[0].idle_since < expired:  # the longest idle are on the left
+            idle.popleft().close()
+
+    def take_idle(self) -> _Connection | None:
+        """The most recently used idle connection within ``keepalive_expiry``, if any (no await)."""
+        self._sweep()
+        return self._idle.pop() if self._idle else None
+
+    async def acquire(self, pool_s: float | None, connect_s: float | None, fresh: bool) -> _Connection:
         while True:
-            expired = self.loop.time() - self._owner.keepalive_expiry
-            while idle and idle[0].idle_since < expired:  # the longest idle are on the left
-                idle.popleft().close()
-            if idle and not fresh:
-                return idle.pop()
+            if fresh:
+                self._sweep()
+            elif (conn := self.take_idle()) is not None:
+                return conn
             if len(self.conns) < self._owner.max_connections:
                 return await self._connect(connect_s)
             await self._wait_turn(pool_s)
@@ -423,7 +433,9 @@ class FastTransport(httpx.AsyncBaseTransport):
         self, pool: _Pool, timeouts: dict[str, float], exchange: Callable[[_Connection], Awaitable[T]]
     ) -> T:
         for attempt in (1, 2):
-            conn = await pool.acquire(timeouts.get("pool"), timeouts.get("connect"), fresh=attempt == 2)
+            conn = pool.take_idle() if attempt == 1 else None  # the usual case, without a coroutine
+            if conn is None:
+                conn = await pool.acquire(timeouts.get("pool"), timeouts.get("connect"), fresh=attempt == 2)
             try:
                 return await exchange(conn)
             except httpx.TransportError as exc:
