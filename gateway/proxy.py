@@ -80,7 +80,6 @@ class Pipeline:
         self._later = Later()
 
     async def handle(self, request: Incoming, operation: Operation, ingress: Ingress) -> Reply:
-        self._later.request_started()
         headers = request.headers
         ex = Exchange(
             endpoint=request.path,
@@ -134,6 +133,8 @@ class Pipeline:
                 resilience=runtime.resilience,
                 prompt_tokens=parsed.prompt_tokens,
             )
+            # The previous answers' bookkeeping runs while this request waits for its upstream.
+            self._later.request_waits()
             # Shed here rather than queue without bound; the admission reservation is released by the
             # settlement that ``_error`` schedules, like any other refusal.
             if not await self._gate.acquire(runtime.routes.defaults.queue_timeout_s):

@@ -2,9 +2,13 @@
 
 With few clients, the next request often arrives while the gateway is still busy with the last
 one's bookkeeping (metrics, the log line, building and sending the settlement), and waits for it.
-``Later`` holds that work until the next request has started and queued its first store command
-(from then on that request only waits for Redis, so the CPU is free) or until ``max_delay_s`` has
-passed, whichever comes first. Under load it changes nothing but the order.
+``Later`` holds that work until the next request has sent its upstream call (from then on that
+request only waits for the upstream, its longest wait, so the CPU is free) or until ``max_delay_s``
+has passed, whichever comes first. Under load it changes nothing but the order.
+
+Why the upstream call and not the admission before it: the admission's Redis round-trip is shorter
+than the bookkeeping, which then delayed the request behind it (measured: releasing at the upstream
+call instead cost chat c=1 0.020 ms less CPU and 0.032 ms less latency).
 """
 
 from __future__ import annotations
@@ -27,9 +31,9 @@ class Later:
             self._timer = loop.call_later(self._max_delay_s, self.release)
         await waiter
 
-    def request_started(self) -> None:
-        """A request began: what waits goes at the end of this loop turn, after the writes the request
-        queues in it (its store commands are flushed in the same turn, ahead of the woken work)."""
+    def request_waits(self) -> None:
+        """A request is about to call its upstream: what waits goes at the end of this loop turn,
+        after the request's upstream write (made in the same turn, ahead of the woken work)."""
         if self._waiting:
             asyncio.get_running_loop().call_soon(self.release)
 

@@ -1,4 +1,4 @@
-"""gateway/pipeline/later.py: after-answer bookkeeping waits for the next request's first store write."""
+"""gateway/pipeline/later.py: after-answer bookkeeping waits for the next request's upstream call."""
 
 from __future__ import annotations
 
@@ -18,10 +18,10 @@ async def test_work_waits_for_a_request_and_runs_after_what_that_turn_queued() -
     job = asyncio.create_task(bookkeeping())
     await asyncio.sleep(0.02)
     assert order == []  # no request yet, and the fallback is far away
-    later.request_started()
-    asyncio.get_running_loop().call_soon(order.append, "admission write")  # queued later in that turn
+    later.request_waits()
+    asyncio.get_running_loop().call_soon(order.append, "upstream write")  # queued later in that turn
     await job
-    assert order == ["admission write", "bookkeeping"]
+    assert order == ["upstream write", "bookkeeping"]
 
 
 async def test_without_requests_work_runs_after_the_delay() -> None:
@@ -30,4 +30,4 @@ async def test_without_requests_work_runs_after_the_delay() -> None:
     started = loop.time()
     await asyncio.wait_for(later.turn(), 5)
     assert loop.time() - started >= 0.015
-    later.request_started()  # nothing waits: nothing to do
+    later.request_waits()  # nothing waits: nothing to do
