@@ -45,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=12)
     p.add_argument("--seconds", type=float, default=1.0)
     p.add_argument("--stream", action="store_true", help="streamed chat; p50 is time to first event")
+    p.add_argument("--workers", type=int, default=1, help="workers per gateway (default 1)")
     a = p.parse_args(argv)
     variants = dict(g.split("=", 1) for g in a.gateways)
     figures: dict[str, list[tuple[float, float, float]]] = {name: [] for name in variants}
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, path in variants.items():  # all up at once; an idle one costs the others nothing
             stack.env["PYTHONPATH"] = str(Path(path).resolve())
             stack.env["PYTHONSAFEPATH"] = "1"  # or `python -m` would import the cwd's gateway first
-            gateways[name] = exits.enter_context(stack.gateway(1))
+            gateways[name] = exits.enter_context(stack.gateway(a.workers))
         for gw in gateways.values():  # warm-up
             run_loop(run_load(gw.target(), Load(1, 1500, a.seconds, a.stream), body, seq=seq))
         for _ in range(a.rounds):
