@@ -101,11 +101,25 @@ class Pipeline:
             # once the request is admitted. ``max_tokens`` that admission may add is not part of the key.
             forwarded = ingress.forward_headers(headers)
             cache_key, lookup = self._start_lookup(ex, headers, operation, parsed, forwarded)
-            # 4 admit: rate limits and the budget reservation, one store round-trip
+            # 4 admit: rate limits and the budget reservation, one store round-trip; reserve() sends
+            # it, and the upstream call (7) is prepared while it is on its way.
             try:
-                ex.reservation = await runtime.admitter.reserve(
+                admitting = runtime.admitter.reserve(
                     ex.request_id, ex.principal, parsed, ex.plan, time.time()
                 )
+                dispatcher = Dispatcher(
+                    providers=runtime.providers,
+                    operation=operation,
+                    body=parsed.body,
+                    headers=forwarded,
+                    plan=ex.plan,
+                    deadline=time.monotonic() + ex.plan.timeout_s,
+                    attempts=ex.attempts,
+                    resilience=runtime.resilience,
+                    prompt_tokens=parsed.prompt_tokens,
+                )
+                dispatcher.prepare()
+                ex.reservation = await admitting
             except BaseException:
                 if lookup is not None:
                     lookup.cancel()  # its reply, when it comes, is dropped
@@ -121,18 +135,7 @@ class Pipeline:
                 cached = await self._finish_lookup(ex, cache_key, lookup)
             if cached is not None:
                 return self._hit(ex, ingress, cached, parsed.include_usage)
-            # 7 dispatch
-            dispatcher = Dispatcher(
-                providers=runtime.providers,
-                operation=operation,
-                body=parsed.body,
-                headers=forwarded,
-                plan=ex.plan,
-                deadline=time.monotonic() + ex.plan.timeout_s,
-                attempts=ex.attempts,
-                resilience=runtime.resilience,
-                prompt_tokens=parsed.prompt_tokens,
-            )
+            # 7 dispatch (prepared above)
             # The previous answers' bookkeeping runs while this request waits for its upstream.
             self._later.request_waits()
             # Shed here rather than queue without bound; the admission reservation is released by the

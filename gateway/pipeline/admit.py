@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -143,12 +143,15 @@ class Admitter:
         kept = self._scopes.get(key, principal)
         return kept if kept is not None else self._scopes.put(key, principal, scopes_of(principal, now))
 
-    async def reserve(
+    def reserve(
         self, request_id: str, principal: Principal, parsed: ParsedRequest, plan: Plan, now: float
-    ) -> Reservation | None:
+    ) -> Awaitable[Reservation | None]:
+        """The reservation when awaited; the estimate is made and the store asked when this is called
+        (so the caller can prepare the upstream call during the store's round-trip). The request's
+        output bound, if admission adds one, is in ``parsed.body`` once this returns."""
         scopes = self.scopes(principal, now)
         if not scopes:
-            return None
+            return _nothing()
         est = estimate(parsed, plan, self._defaults.estimate_margin, principal.tenant)
         if est.output_bound_added and any(s.budget_nano is not None for s in scopes):
             parsed.body["max_tokens"] = est.output_tokens
@@ -161,9 +164,14 @@ class Admitter:
             now=now,
             lease_s=max(2 * plan.timeout_s, plan.timeout_s + 10.0),
         )
+        return self._reserved(self._store.admit(ask), ask, scopes)
+
+    async def _reserved(
+        self, admitting: Awaitable[Admission], ask: Ask, scopes: tuple[ScopeLimits, ...]
+    ) -> Reservation:
         local = False
         try:
-            admission = await self._store.admit(ask)
+            admission = await admitting
         except StoreUnavailableError as exc:
             log.warning("admission: %s (store_failure: %s)", exc, self._defaults.store_failure)
             if self._defaults.store_failure == "closed":
@@ -172,6 +180,10 @@ class Admitter:
         if not admission.admitted:
             raise refusal(admission, scopes)
         return Reservation(ask, local, admission)
+
+
+async def _nothing() -> None:
+    return None
 
 
 def refusal(admission: Admission, scopes: tuple[ScopeLimits, ...]) -> RateLimited | BudgetExceeded:

@@ -19,6 +19,7 @@ Errors: the layers below raise gateway errors only; pybreaker's ``CircuitBreaker
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
@@ -54,6 +55,8 @@ Call = Callable[[Provider, UpstreamRequest], Awaitable[T]]
 FAR_REOPEN_S = 10.0
 """When every candidate's circuit stays open longer than this, the 503 says ``x-should-retry: false``:
 an SDK's retries (0.5-8 s apart) would only meet the open circuits again."""
+
+log = logging.getLogger("gateway")
 
 
 @dataclass(slots=True)
@@ -93,6 +96,29 @@ class Dispatcher:
     resilience: Resilience = field(default_factory=Resilience)
     prompt_tokens: int | None = None
     """The prompt's token count if admission already made it; counted on first need otherwise."""
+    prepared: tuple[ModelConfig, UpstreamRequest] | None = None
+    """The first candidate's request, built by ``prepare``; used once, by the first attempt on it."""
+
+    def prepare(self) -> None:
+        """Build the first candidate's request ahead, and let its adapter encode it (if it can):
+        the proxy calls this while admission is in flight, so it is off the request's critical path.
+        A failure here only means the attempt builds it again (and meets the failure there)."""
+        if not self.plan.candidates:
+            return
+        first = self.plan.candidates[0]
+        provider = self.providers.get(first.provider)
+        prepare = getattr(provider, "prepare", None)
+        if prepare is None:
+            return
+        request = UpstreamRequest(
+            self.operation, {**self.body, "model": first.upstream}, timeout_s=0.0, headers=self.headers
+        )
+        try:
+            prepare(request)
+        except Exception:  # the attempt will build and encode it again, and report what fails
+            log.debug("preparing the request for %s failed", first.name, exc_info=True)
+            return
+        self.prepared = (first, request)
 
     # Pass-through layers are plain functions handing on the coroutine: one frame less per request.
     def send(self) -> Awaitable[UpstreamResponse]:
@@ -181,12 +207,17 @@ class Dispatcher:
             raise DeadlineExceeded("The request deadline passed before an upstream answered.")
         timeout = min(remaining, self.resilience.attempt_timeouts.get(deployment.provider, math.inf))
         provider = self.providers[deployment.provider]
-        request = UpstreamRequest(
-            operation=self.operation,
-            body={**self.body, "model": deployment.upstream},
-            timeout_s=timeout,
-            headers=self.headers,
-        )
+        prepared, self.prepared = self.prepared, None
+        if prepared is not None and prepared[0] is deployment:
+            request = prepared[1]
+            request.timeout_s = timeout
+        else:
+            request = UpstreamRequest(
+                operation=self.operation,
+                body={**self.body, "model": deployment.upstream},
+                timeout_s=timeout,
+                headers=self.headers,
+            )
         self.attempts.count += 1
         self.attempts.deployment = deployment
         started = time.perf_counter()

@@ -70,6 +70,8 @@ class UpstreamRequest:
     """Time left for this attempt, connect to last byte of headers (streams) or body."""
     headers: dict[str, str] = field(default_factory=dict)
     """Client headers an adapter may forward (e.g. ``anthropic-version``); never auth or x-gateway-*."""
+    content: bytes | None = None
+    """The body as the adapter sends it, when it encoded it ahead of the call (``prepare``)."""
 
     @property
     def stream(self) -> bool:

@@ -91,14 +91,19 @@ def _url(url: str) -> httpx.URL:
     return httpx.URL(url)
 
 
+def _encoded(body: Mapping[str, Any] | bytes) -> bytes:
+    """A JSON body as sent: encoded here, or already (a provider may encode it ahead of the call)."""
+    return body if isinstance(body, bytes) else orjson.dumps(body)
+
+
 def _request(
-    url: str, body: Mapping[str, Any], headers: Mapping[str, str], timeout_s: float
+    url: str, body: Mapping[str, Any] | bytes, headers: Mapping[str, str], timeout_s: float
 ) -> httpx.Request:
     timeout = {"connect": timeout_s, "read": timeout_s, "write": timeout_s, "pool": timeout_s}
     if not has_user_agent(headers):
         headers = {**headers, "user-agent": USER_AGENT}
     return httpx.Request(
-        "POST", _url(url), content=orjson.dumps(body), headers=headers, extensions={"timeout": timeout}
+        "POST", _url(url), content=_encoded(body), headers=headers, extensions={"timeout": timeout}
     )
 
 
@@ -107,7 +112,7 @@ async def post_json(
     provider: str,
     url: str,
     *,
-    body: Mapping[str, Any],
+    body: Mapping[str, Any] | bytes,
     headers: Mapping[str, str],
     timeout_s: float,
     on_error: ErrorMapper = openai_error,
@@ -141,14 +146,14 @@ async def _fetch(
     transport: FastTransport,
     provider: str,
     url: str,
-    body: Mapping[str, Any],
+    body: Mapping[str, Any] | bytes,
     headers: Mapping[str, str],
     timeout_s: float,
 ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
     """``FastTransport``'s short path: no httpx Request/Response objects, same wire bytes."""
     try:
         status, raw_headers, content = await transport.fetch(
-            _url(url), _wire(headers), orjson.dumps(body), timeout_s
+            _url(url), _wire(headers), _encoded(body), timeout_s
         )
     except httpx.HTTPError as exc:
         raise map_transport_error(exc, provider) from exc
@@ -163,7 +168,7 @@ async def open_stream(
     provider: str,
     url: str,
     *,
-    body: Mapping[str, Any],
+    body: Mapping[str, Any] | bytes,
     headers: Mapping[str, str],
     timeout_s: float,
     on_error: ErrorMapper = openai_error,
@@ -173,7 +178,7 @@ async def open_stream(
     resp: httpx.Response | RawResponse
     try:
         if isinstance(transport, FastTransport):
-            resp = await transport.open(_url(url), _wire(headers), orjson.dumps(body), timeout_s)
+            resp = await transport.open(_url(url), _wire(headers), _encoded(body), timeout_s)
             if any(name.lower() == b"content-encoding" for name, _ in resp.headers):
                 # compressed although the gateway asked for nothing of the kind: let httpx decode it
                 resp = httpx.Response(resp.status_code, headers=resp.headers, stream=resp.stream)

@@ -60,12 +60,19 @@ class OpenAIProvider:
                 body = {**body, "stream_options": options}
         return body
 
+    def prepare(self, request: UpstreamRequest) -> None:
+        """Encode the body ahead of the call (dispatch does it while admission is in flight)."""
+        request.content = orjson.dumps(self.upstream_body(request))
+
+    def _payload(self, request: UpstreamRequest) -> dict[str, Any] | bytes:
+        return request.content if request.content is not None else self.upstream_body(request)
+
     async def send(self, request: UpstreamRequest) -> UpstreamResponse:
         raw, data = await http.post_json(
             self._transport,
             self.name,
             self.url(request),
-            body=self.upstream_body(request),
+            body=self._payload(request),
             headers=self._headers,
             timeout_s=request.timeout_s,
         )
@@ -78,7 +85,7 @@ class OpenAIProvider:
             self._transport,
             self.name,
             self.url(request),
-            body=self.upstream_body(request),
+            body=self._payload(request),
             headers=self._headers,
             timeout_s=request.timeout_s,
         )

@@ -18,7 +18,7 @@ which errs on the side of the limit (a sliding window never lets more than the l
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Awaitable, Generator
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -103,7 +103,9 @@ class StoreUnavailableError(Exception):
 
 
 class Store(Protocol):
-    async def admit(self, ask: Ask) -> Admission: ...
+    def admit(self, ask: Ask) -> Awaitable[Admission]:
+        """Awaited for the answer; a store may send the request already when this is called."""
+        ...
 
     async def settle(self, settlement: Settlement) -> dict[str, int]:
         """Record the actual cost; return each scope's spent total (nano-USD) after it."""

@@ -106,6 +106,10 @@ def _unavailable(exc: OSError | ReplyError) -> StoreUnavailableError | None:
     return None
 
 
+async def _raising(exc: Exception) -> Any:
+    raise exc
+
+
 def _limit(value: int | None) -> int:
     return -1 if value is None else value
 
@@ -144,7 +148,7 @@ class RedisStore:
                 raise
             raise unavailable from exc
 
-    async def _script(
+    def _script(
         self,
         script: Script,
         keys: list[str],
@@ -152,12 +156,22 @@ class RedisStore:
         *,
         linger_s: float = 0.0,
         eager: bool = False,
-    ) -> Any:
+    ) -> Awaitable[Any]:
         """``_call(lambda: script.call(...))`` in one frame instead of three, for the per-request
-        scripts: the reply is awaited here, and only a NOSCRIPT (a restarted Redis) or an error reply
-        takes the long way (load the script, run it again; map the error)."""
+        scripts. The command is queued (with ``eager``, written) when this is called, not when the
+        result is awaited; the reply is awaited in one frame, and only a NOSCRIPT (a restarted Redis)
+        or an error reply takes the long way (load the script, run it again; map the error)."""
         try:
-            (reply,) = await self._redis.submit([script.command(keys, args)], linger_s=linger_s, eager=eager)
+            replies = self._redis.submit([script.command(keys, args)], linger_s=linger_s, eager=eager)
+        except OSError as exc:
+            return _raising(StoreUnavailableError(f"redis unavailable: {exc!r}"))
+        return self._script_reply(replies, script, keys, args)
+
+    async def _script_reply(
+        self, replies: Awaitable[list[Any]], script: Script, keys: list[str], args: list[str | int]
+    ) -> Any:
+        try:
+            (reply,) = await replies
         except OSError as exc:
             raise StoreUnavailableError(f"redis unavailable: {exc!r}") from exc
         if isinstance(reply, ReplyError):
@@ -175,7 +189,8 @@ class RedisStore:
 
     # -- admission ----------------------------------------------------------------------------------------
 
-    async def admit(self, ask: Ask) -> Admission:
+    def admit(self, ask: Ask) -> Awaitable[Admission]:
+        """Sent when called (written at once unless replies are awaited); the answer when awaited."""
         if ask.tokens < 0 or ask.cost_nano < 0:
             raise ValueError("tokens and cost_nano must not be negative")
         now_ms = int(ask.now * 1000)
@@ -197,7 +212,10 @@ class RedisStore:
             args += [s.scope, _limit(s.rpm), _limit(s.tpm), _limit(s.budget_nano)]
         # eager: written now, with the cache lookup queued before it, unless replies are awaited (then
         # it joins this turn's write, pipelined with the other requests of the turn)
-        raw: list[int] = await self._script(self._admit, keys, args, eager=True)
+        return self._admission(self._script(self._admit, keys, args, eager=True), ask)
+
+    async def _admission(self, reply: Awaitable[list[int]], ask: Ask) -> Admission:
+        raw = await reply
         states = tuple(
             ScopeState(
                 scope=s.scope,

@@ -329,3 +329,48 @@ async def test_a_client_cancel_during_a_stream_stays_a_cancel() -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     await stream.aclose()
+
+
+class Preparing(Scripted):
+    """A scripted provider that encodes requests ahead, as the OpenAI adapter does."""
+
+    def __init__(self, name: str, *script: Any) -> None:
+        super().__init__(name, *script)
+        self.prepared: list[UpstreamRequest] = []
+
+    def prepare(self, request: UpstreamRequest) -> None:
+        request.content = b"encoded ahead"
+        self.prepared.append(request)
+
+
+async def test_the_first_attempt_sends_the_request_prepared_ahead() -> None:
+    first = Preparing("a", OK)
+    d = dispatcher(first)
+    d.prepare()
+    assert first.prepared and first.prepared[0].body["model"] == "a"
+    assert await d.send() is OK
+    (sent,) = first.calls
+    assert sent is first.prepared[0] and sent.content == b"encoded ahead"
+    assert 0 < sent.timeout_s <= 5.0  # set by the attempt, not left at the placeholder
+
+
+async def test_a_retry_and_a_fallback_build_their_own_requests() -> None:
+    first, second = Preparing("a", e(503), e(503), e(503)), Preparing("b", OK)
+    d = dispatcher(first, second)
+    d.prepare()
+    assert await d.send() is OK
+    assert len(first.calls) == 3 and first.calls[0].content == b"encoded ahead"
+    assert all(r.content is None for r in first.calls[1:])  # used once
+    assert second.prepared == [] and second.calls[0].content is None and second.calls[0].body["model"] == "b"
+
+
+async def test_a_failing_prepare_only_means_the_attempt_builds_the_request() -> None:
+    class Broken(Scripted):
+        def prepare(self, request: UpstreamRequest) -> None:
+            raise ValueError("cannot encode")
+
+    provider = Broken("a", OK)
+    d = dispatcher(provider)
+    d.prepare()
+    assert d.prepared is None
+    assert await d.send() is OK and provider.calls[0].content is None

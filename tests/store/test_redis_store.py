@@ -30,6 +30,27 @@ async def test_replicas_sharing_redis_never_pass_the_budget(clean_redis: str) ->
             await replica.close()
 
 
+async def test_an_admission_is_on_its_way_before_it_is_awaited(clean_redis: str) -> None:
+    """admit() writes the script call at once; awaiting only collects the answer. The proxy relies on
+    it to prepare the upstream call while the admission's round-trip is under way."""
+    store, other = RedisStore(clean_redis, timeout_s=2.0), RedisStore(clean_redis, timeout_s=2.0)
+    t = ScopeLimits("t", budget_nano=10_000)
+    try:
+        assert (await store.admit(ask(t, cost=1_000, now=T0))).admitted  # connected, nothing awaited
+        pending = store.admit(ask(t, cost=2_000, now=T0))
+        reserved = 0
+        for _ in range(200):  # nobody awaits ``pending``: Redis runs it all the same
+            reserved = (await other.spend("acme", t, now=T0)).reserved_nano
+            if reserved == 3_000:
+                break
+            await asyncio.sleep(0.005)
+        assert reserved == 3_000
+        assert (await pending).admitted
+    finally:
+        await store.close()
+        await other.close()
+
+
 async def test_every_redis_key_is_hash_tagged_and_expires(clean_redis: str) -> None:
     store = RedisStore(clean_redis)
     client = aredis.Redis.from_url(clean_redis, decode_responses=True)
