@@ -100,21 +100,20 @@ class Dispatcher:
     """The first candidate's request, built by ``prepare``; used once, by the first attempt on it."""
 
     def prepare(self) -> None:
-        """Build the first candidate's request ahead, and let its adapter encode it (if it can):
+        """Build the first candidate's request ahead, and let its adapter prepare it (``prepare``):
         the proxy calls this while admission is in flight, so it is off the request's critical path.
         A failure here only means the attempt builds it again (and meets the failure there)."""
         if not self.plan.candidates:
             return
         first = self.plan.candidates[0]
         provider = self.providers.get(first.provider)
-        prepare = getattr(provider, "prepare", None)
-        if prepare is None:
+        if provider is None:
             return
         request = UpstreamRequest(
             self.operation, {**self.body, "model": first.upstream}, timeout_s=0.0, headers=self.headers
         )
         try:
-            prepare(request)
+            provider.prepare(request)
         except Exception:  # the attempt will build and encode it again, and report what fails
             log.debug("preparing the request for %s failed", first.name, exc_info=True)
             return

@@ -43,36 +43,43 @@ class AnthropicProvider:
         default_max = config.options.get("default_max_tokens", DEFAULT_MAX_TOKENS)
         self._default_max_tokens = default_max if isinstance(default_max, int) else DEFAULT_MAX_TOKENS
 
+    def prepare(self, request: UpstreamRequest) -> None:
+        """Translate and encode the request ahead of the call (dispatch does it during admission)."""
+        request.content = orjson.dumps(self._body(request, stream=request.stream))
+
+    def _payload(self, request: UpstreamRequest, *, stream: bool) -> bytes:
+        if request.content is not None and request.stream is stream:
+            return request.content
+        return orjson.dumps(self._body(request, stream=stream))
+
     async def send(self, request: UpstreamRequest) -> UpstreamResponse:
         """POST a non-streaming Messages request and return the OpenAI ``chat.completion`` body."""
-        body = self._body(request, stream=False)
         _, message = await http.post_json(
             self._transport,
             self.name,
             self._url,
-            body=body,
+            body=self._payload(request, stream=False),
             headers=self._headers(request.headers),
             timeout_s=request.timeout_s,
             on_error=error_from_response,
         )
         if not isinstance(message, dict):
             raise UpstreamUnavailable("malformed upstream body")
-        completion, usage = to_openai_response(message, model=body["model"])
+        completion, usage = to_openai_response(message, model=request.body["model"])
         return UpstreamResponse(body=orjson.dumps(completion), usage=usage, status=200)
 
     async def open_stream(self, request: UpstreamRequest) -> AnthropicStream:
         """Open a streaming Messages request; return once Anthropic answered 2xx headers."""
-        body = self._body(request, stream=True)
         response = await http.open_stream(
             self._transport,
             self.name,
             self._url,
-            body=body,
+            body=self._payload(request, stream=True),
             headers=self._headers(request.headers),
             timeout_s=request.timeout_s,
             on_error=error_from_response,
         )
-        translator = StreamTranslator(model=body["model"], created=int(time.time()))
+        translator = StreamTranslator(model=request.body["model"], created=int(time.time()))
         return AnthropicStream(self.name, response, translator)
 
     def _body(self, request: UpstreamRequest, *, stream: bool) -> dict[str, Any]:

@@ -103,6 +103,12 @@ class Provider(Protocol):
 
     name: str
 
+    def prepare(self, request: UpstreamRequest) -> None:
+        """Do ahead what ``send``/``open_stream`` would do before their first write, if anything (set
+        ``request.content``); dispatch calls it while admission is in flight. It must not change what
+        is sent, only when it is worked out; an error here is met again by the call."""
+        ...
+
     async def send(self, request: UpstreamRequest) -> UpstreamResponse:
         """Send a non-streaming request; return the OpenAI-format answer."""
         ...

@@ -40,6 +40,9 @@ class MockProvider:
         self._fault_rate = float(_number(config.options.get("fault_rate"), 1.0))
         self._rng = random.Random()
 
+    def prepare(self, request: UpstreamRequest) -> None:
+        """Nothing to do ahead: the mock answers from the request itself."""
+
     async def send(self, request: UpstreamRequest) -> UpstreamResponse:
         await self._before(request)
         if self._faulty() and self._fault == "disconnect":

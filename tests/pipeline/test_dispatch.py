@@ -58,6 +58,9 @@ class Scripted:
             raise item
         return item
 
+    def prepare(self, request: UpstreamRequest) -> None:
+        return None
+
     async def send(self, request: UpstreamRequest) -> UpstreamResponse:
         result: UpstreamResponse = await self._next(request)
         return result

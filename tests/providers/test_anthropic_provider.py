@@ -401,3 +401,28 @@ async def test_aclose_before_iteration_closes_response(make: Callable[..., Anthr
     stream = await make(lambda r: sse_response(body)).open_stream(chat(stream=True))
     await stream.aclose()
     assert body.closed
+
+
+# --- prepared ahead ---------------------------------------------------------------------------------
+
+
+async def test_a_prepared_request_sends_the_same_bytes(make: Callable[..., AnthropicProvider]) -> None:
+    """``prepare`` (dispatch calls it during admission) only moves the translation earlier."""
+    seen: list[bytes] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.content)
+        return httpx.Response(200, json=MESSAGE)
+
+    provider = make(handler)
+    await provider.send(chat(max_tokens=50))
+    prepared = chat(max_tokens=50)
+    provider.prepare(prepared)
+    assert prepared.content is not None
+    prepared.body["messages"] = []  # what went out was worked out in prepare()
+    await provider.send(prepared)
+    assert seen[0] == seen[1] == prepared.content
+    mismatched = chat(stream=True, max_tokens=50)  # prepared for a stream, then sent plainly
+    provider.prepare(mismatched)
+    await provider.send(mismatched)
+    assert seen[2] == seen[0]

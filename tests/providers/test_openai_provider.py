@@ -63,3 +63,24 @@ def test_the_request_body_itself_is_not_changed() -> None:
     body = {"model": "o3", "messages": [], "max_tokens": 8}
     provider.upstream_body(UpstreamRequest(Operation.CHAT, body, timeout_s=1.0))
     assert body == {"model": "o3", "messages": [], "max_tokens": 8}
+
+
+async def test_a_prepared_request_sends_the_same_bytes() -> None:
+    seen: list[bytes] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.content)
+        return httpx.Response(200, json={"choices": [], "usage": None})
+
+    transport = httpx.MockTransport(handler)
+    provider = OpenAIProvider(
+        ProviderConfig(name="up", type="openai", base_url="http://127.0.0.1:9/v1"), transport
+    )
+    body = {"model": "o3", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
+    await provider.send(UpstreamRequest(Operation.CHAT, dict(body), timeout_s=1.0))
+    prepared = UpstreamRequest(Operation.CHAT, dict(body), timeout_s=1.0)
+    provider.prepare(prepared)
+    prepared.body["messages"] = []  # what went out was worked out in prepare()
+    await provider.send(prepared)
+    assert seen[0] == seen[1] == prepared.content
+    assert b"max_completion_tokens" in seen[0]
