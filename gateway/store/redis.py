@@ -76,6 +76,11 @@ _RIDING_PUT_BYTES = 1024
 ahead of the next admission added ~40 µs to that request's time to first event)."""
 
 
+def _down(exc: OSError) -> StoreUnavailableError:
+    """ConnectionError, and the builtin TimeoutError of a call's deadline: the store is unavailable."""
+    return StoreUnavailableError(f"redis unavailable: {exc!r}")
+
+
 def _put_outcome(done: asyncio.Future[None], replies: asyncio.Future[list[Any]]) -> None:
     """A write's replies as ``cache_put``'s outcome, Redis failures made ``StoreUnavailableError``."""
     if done.done():
@@ -85,7 +90,7 @@ def _put_outcome(done: asyncio.Future[None], replies: asyncio.Future[list[Any]])
         return
     exc = replies.exception()
     if isinstance(exc, OSError):  # ConnectionError, and the builtin TimeoutError of the deadline
-        done.set_exception(StoreUnavailableError(f"redis unavailable: {exc!r}"))
+        done.set_exception(_down(exc))
     elif exc is not None:
         done.set_exception(exc)
     elif isinstance(reply := replies.result()[0], ReplyError):
@@ -97,10 +102,9 @@ def _put_outcome(done: asyncio.Future[None], replies: asyncio.Future[list[Any]])
 def _unavailable(exc: OSError | ReplyError) -> StoreUnavailableError | None:
     """What a failed call means for the gateway: the store is unavailable, or (None) a plain error.
 
-    OSError: ConnectionError, and the builtin TimeoutError of the deadline. READONLY: a failed-over
-    primary that became a replica refuses writes until clients move on."""
+    READONLY: a failed-over primary that became a replica refuses writes until clients move on."""
     if isinstance(exc, OSError):
-        return StoreUnavailableError(f"redis unavailable: {exc!r}")
+        return _down(exc)
     if str(exc).startswith("READONLY"):
         return StoreUnavailableError(f"redis is read-only: {exc}")
     return None
@@ -164,7 +168,7 @@ class RedisStore:
         try:
             replies = self._redis.submit([script.command(keys, args)], linger_s=linger_s, eager=eager)
         except OSError as exc:
-            return _raising(StoreUnavailableError(f"redis unavailable: {exc!r}"))
+            return _raising(_down(exc))
         return self._script_reply(replies, script, keys, args)
 
     async def _script_reply(
@@ -173,7 +177,7 @@ class RedisStore:
         try:
             (reply,) = await replies
         except OSError as exc:
-            raise StoreUnavailableError(f"redis unavailable: {exc!r}") from exc
+            raise _down(exc) from exc
         if isinstance(reply, ReplyError):
             if is_noscript(reply):
                 return await self._call(lambda: script.call(self._redis, keys, args))
@@ -305,7 +309,7 @@ class RedisStore:
             else:
                 replies = self._redis.submit([command], now=True)
         except OSError as exc:  # never raised past here: a put must not stop the settlement after it
-            done.set_exception(StoreUnavailableError(f"redis unavailable: {exc!r}"))
+            done.set_exception(_down(exc))
             return done
         replies.add_done_callback(functools.partial(_put_outcome, done))
         return done
@@ -348,7 +352,7 @@ class _Lookup:
         try:
             (reply,) = yield from self._replies.__await__()
         except OSError as exc:
-            raise StoreUnavailableError(f"redis unavailable: {exc!r}") from exc
+            raise _down(exc) from exc
         if isinstance(reply, ReplyError):
             raise reply
         value: bytes | None = reply
