@@ -150,15 +150,18 @@ class Pipeline:
                     raise
                 # Outermost, so the ingress reads the priced (or synthesized) usage chunk at the end;
                 # it keeps the frames for the cache, and ``_end_stream`` stores them if it ran to its end.
+                store_as = None
+                if cache_key is not None and ex.plan.cache is not None:
+                    store_as = (cache_key, ex.plan.cache.ttl_s)
                 metered = MeteredStream(
-                    upstream_stream, ex, UsageCounter(operation, parsed.body), keep=cache_key is not None
+                    upstream_stream, ex, UsageCounter(operation, parsed.body), keep=store_as is not None
                 )
                 if ex.plan.log_content is not None:  # opt-in content logging: the prompt only, for streams
                     ex.content = content_for_log(ex.plan.log_content, parsed.body, None)
                 # From here the slot is the stream's: ``_stream`` gives it back when the upstream closes.
-                frames = self._stream(ex, ingress, metered, parsed.include_usage, cache_key)
+                frames = self._stream(ex, ingress, metered, parsed.include_usage, store_as)
                 # A client gone before the first frame never starts ``frames``; on_close still cleans up.
-                on_close = functools.partial(self._end_stream, ex, metered, cache_key)
+                on_close = functools.partial(self._end_stream, ex, metered, store_as)
                 return Reply(200, ex.response_headers(), frames=frames, after=on_close)
             try:
                 upstream = await dispatcher.send()
@@ -265,7 +268,7 @@ class Pipeline:
         ingress: Ingress,
         upstream: UpstreamStream,
         include_usage: bool,
-        cache_key: str | None = None,
+        store_as: tuple[str, int] | None = None,
     ) -> AsyncGenerator[bytes, None]:
         try:
             first = True
@@ -286,11 +289,13 @@ class Pipeline:
             ex.status, ex.error_code = failure.status, failure.code
             yield ingress.stream_error(failure)
         finally:
-            await self._end_stream(ex, upstream, cache_key)
+            await self._end_stream(ex, upstream, store_as)
 
-    async def _end_stream(self, ex: Exchange, upstream: UpstreamStream, cache_key: str | None = None) -> None:
-        """Close the upstream, free the slot, store a complete answer under ``cache_key``, settle: once,
-        whether or not the stream ever started."""
+    async def _end_stream(
+        self, ex: Exchange, upstream: UpstreamStream, store_as: tuple[str, int] | None = None
+    ) -> None:
+        """Close the upstream, free the slot, cache a complete answer (``store_as``: key and TTL),
+        settle: once, whether or not the stream ever started."""
         if ex.stream_ended:
             return
         ex.stream_ended = True
@@ -305,19 +310,12 @@ class Pipeline:
         if isinstance(upstream, MeteredStream):
             # a stream cut short (client gone, upstream broke) is billed for what was sent so far
             upstream.finish()
-            plan = ex.plan
-            if (
-                cache_key is not None
-                and upstream.kept is not None
-                and ex.status == 200
-                and plan is not None
-                and plan.cache is not None
-            ):
+            if store_as is not None and upstream.kept is not None and ex.status == 200:
                 inner = upstream.inner  # the upstream's own usage and usage chunk, not the priced ones
                 answer = CachedAnswer(
                     ex.model, inner.usage, frames=upstream.kept, usage_frame=inner.usage_frame
                 )
-                self._put((cache_key, answer, plan.cache.ttl_s))
+                self._put((store_as[0], answer, store_as[1]))
         ex.usage = upstream.usage
         # Not awaited here: the client's stream closes without waiting for the store.
         self._background(self._settle(ex))
