@@ -29,7 +29,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
     pip install --no-index --find-links /wheels -r /wheels/requirements.lock llm-gateway \
     && groupadd --system --gid 10001 gateway \
-    && useradd --system --uid 10001 --gid gateway --home-dir /app --shell /usr/sbin/nologin gateway
+    && useradd --system --uid 10001 --gid gateway --home-dir /app --shell /usr/sbin/nologin gateway \
+    && install -d -o gateway -g gateway /var/lib/gateway
 
 # tiktoken's encodings, written at build time so the gateway never downloads them at start-up
 # (and works on a read-only root filesystem). Owned by the runtime user.
@@ -43,7 +44,10 @@ COPY --chown=gateway:gateway routes.yaml budgets.yaml /etc/gateway/
 ENV GATEWAY_HOST=0.0.0.0 \
     GATEWAY_PORT=8080 \
     GATEWAY_ROUTES=/etc/gateway/routes.yaml \
-    GATEWAY_BUDGETS=/etc/gateway/budgets.yaml
+    GATEWAY_BUDGETS=/etc/gateway/budgets.yaml \
+    GATEWAY_STATE_FILE=/var/lib/gateway/state.sqlite3
+# Without Redis, spend and run-time keys are kept in that file across restarts; mount a volume on
+# /var/lib/gateway to keep them across containers too. With GATEWAY_REDIS_URL it is never opened.
 
 # Numeric, so Kubernetes' runAsNonRoot can verify it.
 USER 10001:10001

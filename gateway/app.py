@@ -33,6 +33,7 @@ from gateway.runtime import Shared, build_runtime
 from gateway.settings import Settings
 from gateway.state import GatewayState
 from gateway.store import build_store
+from gateway.store.durable import StateFile
 from gateway.store.memory import MemoryStore
 from gateway.tokens import prepare_encodings
 from gateway.transport import FastTransport
@@ -76,12 +77,20 @@ def create_app(
         app.state.gateway = state
         app.state.watcher = watcher
         await breakers.sync()  # the shared circuit states, before the first request is served
+        # Without Redis, spend and run-time keys live on in a local file (gateway/store/durable.py).
+        state_file = (
+            StateFile.open(settings.state_file, store)
+            if isinstance(store, MemoryStore) and settings.state_file
+            else None
+        )
         jobs = [
             asyncio.create_task(watcher.run(), name="config-watcher"),
             asyncio.create_task(runtime_keys.run(), name="runtime-keys"),
             asyncio.create_task(settler.run(), name="settlement-retry"),
             asyncio.create_task(breakers.run(), name="circuit-breakers"),
         ]
+        if state_file is not None:
+            jobs.append(asyncio.create_task(state_file.run(), name="state-file"))
         try:
             yield
         finally:
@@ -97,6 +106,8 @@ def create_app(
                     await settler.flush()
             except TimeoutError:
                 log.error("settlement flush timed out at shutdown: %d not written", settler.pending)
+            if state_file is not None:
+                await state_file.close()  # after the last settlement reached the store
             await upstream.aclose()
             await store.close()
             if metrics.spans is not None:

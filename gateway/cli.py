@@ -16,7 +16,7 @@ from types import FrameType
 
 from gateway import logs
 from gateway.config.parse import ConfigError, check
-from gateway.settings import Settings
+from gateway.settings import STATE_FILE_ENV, Settings, default_state_file
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,6 +30,11 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--port", type=int)
     serve.add_argument("--workers", type=int)
     _config_args(serve)
+    serve.add_argument(
+        "--state-file",
+        help="without Redis: the file that keeps spend and run-time keys across restarts; '' = memory "
+        "only (env GATEWAY_STATE_FILE; default .gateway/state.sqlite3 beside budgets.yaml)",
+    )
     serve.add_argument("--log-level", default=os.environ.get("GATEWAY_LOG_LEVEL", "info"))
 
     chk = sub.add_parser("check", help="validate routes.yaml and budgets.yaml")
@@ -69,6 +74,11 @@ def _settings(args: argparse.Namespace) -> Settings:
         s = replace(s, routes_path=args.routes)
     if args.budgets:
         s = replace(s, budgets_path=args.budgets)
+        if STATE_FILE_ENV not in os.environ:
+            s = replace(s, state_file=default_state_file(args.budgets))
+    state_file = getattr(args, "state_file", None)
+    if state_file is not None:
+        s = replace(s, state_file=state_file or None)
     for name in ("host", "port", "workers"):
         value = getattr(args, name, None)
         if value is not None:
@@ -148,6 +158,10 @@ def _serve(args: argparse.Namespace) -> int:
     if errors:
         print("\n".join(errors), file=sys.stderr)
         return 1
+    problem = _state_file_problem(settings)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 1
     os.environ.update(settings.to_env())
     created_dir = _prepare_multiprocess_metrics(settings.workers)
     os.environ[logs.LEVEL_ENV] = args.log_level  # for the worker processes, which configure their own
@@ -172,6 +186,21 @@ def _serve(args: argparse.Namespace) -> int:
             # Ours alone, and nothing reads it once the workers are gone.
             shutil.rmtree(created_dir, ignore_errors=True)
     return 0
+
+
+def _state_file_problem(settings: Settings) -> str | None:
+    """Why the state file cannot be used, said before uvicorn starts (a failing lifespan prints a
+    traceback); the app opens it again for real, so a file taken in between still fails there."""
+    if settings.redis_url or not settings.state_file:
+        return None
+    from gateway.store.durable import StateFile, StateFileError
+    from gateway.store.memory import MemoryStore
+
+    try:
+        StateFile.open(settings.state_file, MemoryStore()).release()
+    except StateFileError as exc:
+        return str(exc)
+    return None
 
 
 def _prepare_multiprocess_metrics(workers: int) -> str | None:

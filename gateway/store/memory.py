@@ -115,6 +115,8 @@ class MemoryStore:
         self._keys: dict[str, dict[str, Any]] = {}
         self._keys_version = 0
         self._next_sweep_ms = 0
+        self._changed: set[str] = set()
+        """Tenants whose durable state changed since ``take_changed`` (durability hook, see below)."""
 
     # -- admission ----------------------------------------------------------------------------------------
 
@@ -214,6 +216,7 @@ class MemoryStore:
                         buckets.pop(admitted_at, None)
             key = (scope.scope, scope.period_start)
             tenant.spent[key] = out[scope.scope] = tenant.spent.get(key, 0) + st.cost_nano
+        self._changed.add(st.tenant)  # durability hook: the one thing settle pays for the state file
         return out
 
     async def spend(self, tenant: str, scope: ScopeLimits, now: float | None = None) -> Spend:
@@ -305,8 +308,11 @@ class MemoryStore:
             self._reap(tenant, now_ms)
             for window in [k for k, b in tenant.windows.items() if _window(b, now_s)[1] is None]:
                 del tenant.windows[window]
-            for period in [k for k in tenant.spent if k[1] and k[1] + SPENT_RETENTION_S < now_s]:
+            old = [k for k in tenant.spent if k[1] and k[1] + SPENT_RETENTION_S < now_s]
+            for period in old:
                 del tenant.spent[period]
+            if old:
+                self._changed.add(name)
             if not (tenant.windows or tenant.spent or tenant.reservations):
                 del self._tenants[name]
 
@@ -338,6 +344,49 @@ class MemoryStore:
 
     async def all_keys(self) -> dict[str, dict[str, Any]]:
         return {sha: dict(r) for sha, r in self._keys.items()}
+
+    # -- durability hooks (gateway/store/durable.py keeps these in a file across restarts) -------------------
+    # What survives: spent per (scope, period) and the run-time keys. Not kept: live reservations (their
+    # holders die with the process), rate-limit windows and the response cache. To keep a new per-tenant
+    # field, add it to ``_dump_tenant`` and ``_load_tenant``; settle marks its tenant in ``_changed``.
+
+    def take_changed(self) -> set[str]:
+        """The tenants whose durable state changed since the last call (a tenant that is gone included)."""
+        changed, self._changed = self._changed, set()
+        return changed
+
+    def dump_tenant(self, name: str) -> dict[str, Any] | None:
+        """One tenant's durable state as JSON-able data, copied; None when nothing of it is left."""
+        tenant = self._tenants.get(name)
+        return None if tenant is None or not tenant.spent else _dump_tenant(tenant)
+
+    def tenant_names(self) -> list[str]:
+        return list(self._tenants)
+
+    def dump_keys(self) -> tuple[int, dict[str, dict[str, Any]]]:
+        """The keys' change counter and the records (sha256 → record), copied."""
+        return self._keys_version, {sha: dict(r) for sha, r in self._keys.items()}
+
+    def restore(
+        self,
+        tenants: Mapping[str, Mapping[str, Any]],
+        keys: Mapping[str, Mapping[str, Any]],
+        keys_version: int,
+    ) -> None:
+        """Start from a saved state (before serving): tenants as ``dump_tenant`` made them, keys."""
+        self._tenants = {name: _load_tenant(data) for name, data in tenants.items()}
+        self._keys = {sha: dict(r) for sha, r in keys.items()}
+        self._keys_version = keys_version
+        self._changed = set()
+
+
+def _dump_tenant(tenant: _Tenant) -> dict[str, Any]:
+    return {"spent": [[scope, start, nano] for (scope, start), nano in tenant.spent.items()]}
+
+
+def _load_tenant(data: Mapping[str, Any]) -> _Tenant:
+    spent = data.get("spent", ())
+    return _Tenant(spent={(str(scope), int(start)): int(nano) for scope, start, nano in spent})
 
 
 def key_id_of(record: Mapping[str, Any]) -> str:
