@@ -6,10 +6,12 @@ meanwhile so the copy is consistent, and one dedicated thread writes it to SQLit
 (WAL, ``synchronous=FULL``). A graceful shutdown writes everything once more after the last settlement.
 
 What a ``kill -9`` (or a power cut) can lose: the spend settled since the last write, at most one
-interval (``FLUSH_INTERVAL_S``) plus the time that write takes. Requests in flight at a crash are not
-charged at all (their answers were never settled). What is not kept: live reservations (their holders
-die with the process; restoring them would only block budget until their lease ends), rate-limit
-windows (a restart lets a key start a fresh minute) and the response cache.
+interval (``FLUSH_INTERVAL_S``) plus the time that write takes. Run-time keys lose nothing: a key
+put or deleted is written before the admin API answers (``MemoryStore.keys_changed``), so a revoked
+key never comes back. Requests in flight at a crash are not charged at all (their answers were never
+settled). What is not kept: live reservations (their holders die with the process; restoring them
+would only block budget until their lease ends), rate-limit windows (a restart lets a key start a
+fresh minute) and the response cache.
 
 One file belongs to one process: ``<file>.lock`` is held (``flock``) while it is open, and a second
 gateway on the same file is refused at start-up with a clear message, as is a file SQLite cannot read.
@@ -81,6 +83,7 @@ class StateFile:
         try:
             state._lock()
             state._load()
+            store.keys_changed = state.flush  # a key change is written before the admin API answers
         except BaseException:
             state.release()
             raise
@@ -208,6 +211,7 @@ class StateFile:
 
     def release(self) -> None:
         """Close the file and unlock it, writing nothing more."""
+        self._store.keys_changed = None
         self._thread.shutdown(wait=True)
         if self._db is not None:
             self._db.close()

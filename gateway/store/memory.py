@@ -29,7 +29,7 @@ import asyncio
 import heapq
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -117,6 +117,9 @@ class MemoryStore:
         self._next_sweep_ms = 0
         self._changed: set[str] = set()
         """Tenants whose durable state changed since ``take_changed`` (durability hook, see below)."""
+        self.keys_changed: Callable[[], Awaitable[None]] | None = None
+        """Durability hook: awaited after a key is put or deleted, so the admin API answers once the
+        change is in the state file (a revoked key must not come back after a crash)."""
 
     # -- admission ----------------------------------------------------------------------------------------
 
@@ -324,6 +327,8 @@ class MemoryStore:
             del self._keys[sha]  # re-issuing a key id replaces its old secret
         self._keys[sha256] = dict(record)
         self._keys_version += 1
+        if self.keys_changed is not None:
+            await self.keys_changed()
 
     async def delete_key(self, key_id: str) -> bool:
         shas = [s for s, r in self._keys.items() if r.get("id") == key_id]
@@ -331,6 +336,8 @@ class MemoryStore:
             del self._keys[sha]
         if shas:
             self._keys_version += 1
+            if self.keys_changed is not None:
+                await self.keys_changed()
         return bool(shas)
 
     async def list_keys(self, tenant: str | None = None) -> list[dict[str, Any]]:

@@ -242,3 +242,18 @@ def test_the_state_file_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     cli.main(["serve", "--budgets", str(budgets), "--state-file", ""])
     cli.main(["serve", "--state-file", "/y/s.db"])
     assert seen == [beside, None, "/y/s.db"]
+
+
+async def test_a_key_change_is_in_the_file_when_the_call_returns(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite3"
+    store, state = reopen(path)
+    reader = sqlite3.connect(path)
+    try:
+        await store.put_key("sha-a", {"id": "rt-a", "tenant": "acme"})
+        assert reader.execute("SELECT sha256 FROM keys").fetchall() == [("sha-a",)]
+        assert await store.delete_key("rt-a")
+        assert reader.execute("SELECT sha256 FROM keys").fetchall() == []
+    finally:
+        reader.close()
+        await state.close()
+    await store.put_key("sha-b", {"id": "rt-b", "tenant": "acme"})  # released: memory only again
