@@ -52,10 +52,10 @@ class StateFileError(Exception):
 
 @dataclass(slots=True)
 class _Changes:
-    tenants: dict[str, bytes | None] = field(default_factory=dict)
-    """name → JSON state; None = delete the row."""
-    keys: dict[str, bytes] | None = None
-    """sha256 → JSON record, all of them, when they changed."""
+    tenants: dict[str, dict[str, Any] | None] = field(default_factory=dict)
+    """name → state (copied); None = delete the row."""
+    keys: dict[str, dict[str, Any]] | None = None
+    """sha256 → record (copied), all of them, when they changed."""
     keys_version: int = 0
     full: bool = False
     """Rows not in ``tenants`` are deleted (a full snapshot)."""
@@ -169,16 +169,14 @@ class StateFile:
             names.update(store.tenant_names())
         changes = _Changes(full=full)
         for name in names:
-            data = store.dump_tenant(name)
-            changes.tenants[name] = None if data is None else orjson.dumps(data)
+            changes.tenants[name] = store.dump_tenant(name)
         version, keys = store.dump_keys()
         if full or version != self._keys_written:
-            changes.keys = {sha: orjson.dumps(record) for sha, record in keys.items()}
-            changes.keys_version = version
+            changes.keys, changes.keys_version = keys, version
         return changes
 
     def _write(self, changes: _Changes) -> None:
-        """One transaction, on the writer thread."""
+        """One transaction, on the writer thread (JSON is encoded here, off the event loop)."""
         db = self._db
         assert db is not None
         db.execute("BEGIN IMMEDIATE")
@@ -189,10 +187,11 @@ class StateFile:
                 if state is None:
                     db.execute("DELETE FROM tenants WHERE name = ?", (name,))
                 else:
-                    db.execute("INSERT OR REPLACE INTO tenants VALUES (?, ?)", (name, state))
+                    db.execute("INSERT OR REPLACE INTO tenants VALUES (?, ?)", (name, orjson.dumps(state)))
             if changes.keys is not None:
                 db.execute("DELETE FROM keys")
-                db.executemany("INSERT INTO keys VALUES (?, ?)", list(changes.keys.items()))
+                rows = [(sha, orjson.dumps(record)) for sha, record in changes.keys.items()]
+                db.executemany("INSERT INTO keys VALUES (?, ?)", rows)
                 db.execute("INSERT OR REPLACE INTO meta VALUES ('keys_version', ?)", (changes.keys_version,))
             db.execute("COMMIT")
         except BaseException:
