@@ -12,6 +12,7 @@ import math
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import httpx
 import openai
+import orjson
 import pytest
 from conftest import free_port
 from replicas import ADMIN_KEY, Replica
@@ -103,6 +105,20 @@ def nano(usd: object) -> int:
     return round(Decimal(str(usd)) * 1_000_000_000)
 
 
+def written_after(state: Path, tenant_nano: int, since: float) -> float:
+    """Seconds from ``since`` until the state file holds ``tenant_nano`` as the tenant's spend (a figure
+    for the report; polled, bounded)."""
+    deadline = since + 10
+    while time.monotonic() < deadline:
+        db = sqlite3.connect(state)
+        row = db.execute("SELECT state FROM tenants WHERE name = 'demo'").fetchone()
+        db.close()
+        if row and ["t", 0, tenant_nano] in orjson.loads(row[0])["spent"]:
+            return time.monotonic() - since
+        time.sleep(0.01)
+    raise AssertionError("the spend never reached the state file")
+
+
 def test_spend_and_runtime_keys_survive_restart_and_kill_9(
     tmp_path: Path, configs: tuple[Path, Path]
 ) -> None:
@@ -143,13 +159,18 @@ def test_spend_and_runtime_keys_survive_restart_and_kill_9(
 
     # -- (b) more spend, wait past the flush interval, kill -9, restart
     more_demo, more_kept = gw.chat(DEMO_KEY, 4), gw.chat(kept, 2)
+    answered = time.monotonic()
     tenant_before, key_before = gw.spend(), gw.spend("rt-kept")
     probe = gw.spent_probing  # the request that showed rt-kept still works
     assert (
         nano(tenant_before["spent_usd"]) == demo_cost + kept_cost + gone_cost + more_demo + more_kept + probe
     )
     assert nano(key_before["spent_usd"]) == kept_cost + more_kept + probe
-    time.sleep(2.5 * FLUSH_INTERVAL_S)
+    lag = written_after(state, nano(tenant_before["spent_usd"]), answered)
+    print(
+        f"the last answer's spend reached the state file {lag:.2f} s after it (interval {FLUSH_INTERVAL_S} s)"
+    )
+    time.sleep(max(0.0, answered + 1.5 * FLUSH_INTERVAL_S - time.monotonic()))
     late = gw.new_key("rt-late")  # no wait: a key is in the file when the admin API answers
     gw.kill()
     gw = start()
