@@ -195,7 +195,8 @@ class StateFile:
                 db.execute("INSERT OR REPLACE INTO meta VALUES ('keys_version', ?)", (changes.keys_version,))
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            if db.in_transaction:  # BEGIN itself may be what failed
+                db.execute("ROLLBACK")
             raise
 
     # -- shutdown -------------------------------------------------------------------------------------------
