@@ -148,6 +148,13 @@ class Metrics:
             ["tenant"],
             registry=r,
         )
+        self.upstream_anomalies = Counter(
+            "gateway_upstream_anomalies",
+            "Upstream answers the gateway did not trust (kind: usage_malformed, usage_negative, "
+            "usage_inconsistent, usage_implausible); the tokens were counted instead.",
+            ["kind"],
+            registry=r,
+        )
         self.config_reload = Counter(
             "gateway_config_reload", "Config reloads.", ["file", "result"], registry=r
         )

@@ -14,6 +14,8 @@ import re
 from collections.abc import Collection
 from typing import TypeVar
 
+from gateway.config.model import MAX_NAME_LENGTH
+
 T = TypeVar("T", bound=str)
 
 NAME_RE = re.compile(r"[A-Za-z0-9._-]+")
@@ -148,6 +150,9 @@ class Checker:
         """Whether ``value`` is a usable identifier (it becomes Redis key parts, metric labels, URL parts)."""
         if not isinstance(value, str):
             self.error(path, f"{what} {value!r} must be a string")
+            return False
+        if len(value) > MAX_NAME_LENGTH:
+            self.error(path, f"{what} is {len(value)} characters long; the most is {MAX_NAME_LENGTH}")
             return False
         if not NAME_RE.fullmatch(value):
             self.error(path, f"invalid {what} {value!r}: {NAME_RULE}")
