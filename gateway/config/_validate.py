@@ -50,7 +50,8 @@ def index_path(base: str, index: int) -> str:
 
 
 def _fmt(x: float) -> str:
-    return f"{x:g}"
+    """A bound as written: ``1000000``, not ``1e+06``; ``0.5`` stays ``0.5``."""
+    return str(int(x)) if float(x).is_integer() and abs(x) < 1e15 else f"{x:g}"
 
 
 class Checker:
