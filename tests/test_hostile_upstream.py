@@ -35,6 +35,7 @@ ROUTES = """
 providers:
   up: {type: openai, base_url: "http://upstream.test/v1", api_key: sk-upstream-secret-abcdefghijklmnop}
   spare: {type: openai, base_url: "http://spare.test/v1", api_key: sk-spare}
+  claude: {type: anthropic, base_url: "http://anthropic.test", api_key: sk-ant-upstream}
   local: {type: mock}
 models:
   gpt-4o-mini:
@@ -46,6 +47,12 @@ models:
   emb: {provider: up, upstream: text-embedding-3-small, price: {input_per_mtok: 0.02, output_per_mtok: 0}}
   mock-emb: {provider: local, price: {input_per_mtok: 0.02, output_per_mtok: 0}}
   mock-chat: {provider: local, price: {input_per_mtok: 1, output_per_mtok: 2}}
+  haiku:
+    provider: claude
+    upstream: claude-3-5-haiku-latest
+    price: {input_per_mtok: 0.80, output_per_mtok: 4.00, cached_input_per_mtok: 0.08}
+    context_window: 200000
+    max_output_tokens: 8192
 routes:
   - name: with-spare
     match: {model: guarded}
@@ -71,11 +78,14 @@ class Upstream:
     def __init__(self) -> None:
         self.reply: Reply = lambda body: httpx.Response(200, json=chat_body(body["model"]))
         self.hosts: list[str] = []
+        self.anthropic_reply: Reply = lambda body: anthropic_message({"input_tokens": 5, "output_tokens": 2})
 
     async def handle(self, request: httpx.Request) -> httpx.Response:
         self.hosts.append(request.url.host)
         if request.url.host == "spare.test":
             return httpx.Response(200, json=chat_body("gpt-4o-mini", content="from the spare"))
+        if request.url.host == "anthropic.test":
+            return self.anthropic_reply(json.loads(request.content))
         return self.reply(json.loads(request.content))
 
 
@@ -207,6 +217,52 @@ def test_hostile_usage_in_a_stream_is_replaced_by_the_count(gw: LiveServer, upst
     spend = settled_spend(gw)
     assert spend["spent_usd"] == pytest.approx(float(cost))
     assert metric_sum(gw, "gateway_upstream_anomalies_total", kind="usage_negative") == 1
+
+
+def anthropic_message(usage: dict[str, Any]) -> httpx.Response:
+    message = {
+        "id": "msg_1",
+        "type": "message",
+        "role": "assistant",
+        "model": "claude-3-5-haiku-latest",
+        "content": [{"type": "text", "text": "Bonjour !"}],
+        "stop_reason": "end_turn",
+        "stop_sequence": None,
+        "usage": usage,
+    }
+    return httpx.Response(200, json=message)
+
+
+@pytest.mark.parametrize(
+    ("usage", "kind"),
+    [
+        ({"input_tokens": 5, "output_tokens": 2, "cache_read_input_tokens": -(10**12)}, "usage_negative"),
+        ({"input_tokens": "many", "output_tokens": 2}, "usage_malformed"),
+        ({"input_tokens": 5, "output_tokens": 10**16}, "usage_implausible"),
+    ],
+)
+def test_hostile_anthropic_usage_is_counted_instead(
+    gw: LiveServer, upstream: Upstream, usage: dict[str, Any], kind: str
+) -> None:
+    upstream.anthropic_reply = lambda body: anthropic_message(usage)
+    raw = hi(client(gw), model="haiku")
+    assert raw.parse().choices[0].message.content == "Bonjour !"
+    cost = Decimal(raw.headers["x-gateway-cost-usd"])
+    assert 0 < cost < Decimal("0.001"), cost
+    assert settled_spend(gw)["spent_usd"] == pytest.approx(float(cost))
+    assert metric_sum(gw, "gateway_upstream_anomalies_total", kind=kind) == 1
+
+
+def test_non_numeric_usage_through_the_messages_ingress(gw: LiveServer, upstream: Upstream) -> None:
+    upstream.reply = with_usage({"prompt_tokens": "abc", "completion_tokens": None})
+    r = httpx.post(
+        gw.url + "/v1/messages",
+        json={"model": "gpt-4o-mini", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]},
+        headers={"x-api-key": KEY, "anthropic-version": "2023-06-01"},
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["content"][0]["text"] == "Hello there!"
+    assert 0 < Decimal(r.headers["x-gateway-cost-usd"]) < Decimal("0.001")
 
 
 # -- the reservation covers n -----------------------------------------------------------------------------
