@@ -100,10 +100,18 @@ def parse(operation: Operation, body: dict[str, Any], headers: Mapping[str, str]
     if options is not None and not isinstance(options, dict):
         raise _field("stream_options", "must be an object")
     include_usage = bool(stream) and isinstance(options, dict) and options.get("include_usage") is True
-    for name, low, high, integer in _RANGES[operation]:
-        value = body.get(name)
-        if value is not None:
-            _check_range(name, value, low, high, integer)
+    ranges = _RANGES[operation]
+    for name, value in body.items():  # a body has a few fields; the table has more
+        bounds = ranges.get(name)
+        if bounds is None or value is None:
+            continue
+        low, high, integer = bounds
+        kind = type(value)
+        if (kind is int or (kind is float and not integer)) and (
+            (low is None or value >= low) and (high is None or value <= high)
+        ):
+            continue  # the usual case: a number in range
+        _check_range(name, value, low, high, integer)
     task = headers.get("x-gateway-task") or None
     return ParsedRequest(operation, body, model, bool(stream), include_usage, task)
 
@@ -119,33 +127,33 @@ MAX_DIMENSIONS = 65_536
 MAX_EMBEDDING_INPUTS = 2048
 """Inputs in one embeddings request: OpenAI's own bound."""
 
-# (field, lowest, highest, integer?) per operation: only fields the request carries are checked, and
+# field → (lowest, highest, integer?) per operation: only fields the request carries are checked, and
 # only those OpenAI defines with a range; anything else passes through untouched.
-_Range = tuple[str, float | None, float | None, bool]
-_SAMPLING: tuple[_Range, ...] = (
-    ("temperature", 0, 2, False),
-    ("top_p", 0, 1, False),
-    ("presence_penalty", -2, 2, False),
-    ("frequency_penalty", -2, 2, False),
-    ("seed", None, None, True),
-)
-_RANGES: dict[Operation, tuple[_Range, ...]] = {
-    Operation.CHAT: (
-        ("max_tokens", 1, MAX_OUTPUT_TOKENS, True),
-        ("max_completion_tokens", 1, MAX_OUTPUT_TOKENS, True),
-        ("n", 1, MAX_CHOICES, True),
-        ("top_logprobs", 0, 20, True),
-        *_SAMPLING,
-    ),
-    Operation.COMPLETIONS: (
+_Range = tuple[float | None, float | None, bool]
+_SAMPLING: dict[str, _Range] = {
+    "temperature": (0, 2, False),
+    "top_p": (0, 1, False),
+    "presence_penalty": (-2, 2, False),
+    "frequency_penalty": (-2, 2, False),
+    "seed": (None, None, True),
+}
+_RANGES: dict[Operation, dict[str, _Range]] = {
+    Operation.CHAT: {
+        "max_tokens": (1, MAX_OUTPUT_TOKENS, True),
+        "max_completion_tokens": (1, MAX_OUTPUT_TOKENS, True),
+        "n": (1, MAX_CHOICES, True),
+        "top_logprobs": (0, 20, True),
+        **_SAMPLING,
+    },
+    Operation.COMPLETIONS: {
         # 0 is allowed here: with ``echo`` it scores the prompt without generating
-        ("max_tokens", 0, MAX_OUTPUT_TOKENS, True),
-        ("n", 1, MAX_CHOICES, True),
-        ("best_of", 1, MAX_BEST_OF, True),
-        ("logprobs", 0, 5, True),
-        *_SAMPLING,
-    ),
-    Operation.EMBEDDINGS: (("dimensions", 1, MAX_DIMENSIONS, True),),
+        "max_tokens": (0, MAX_OUTPUT_TOKENS, True),
+        "n": (1, MAX_CHOICES, True),
+        "best_of": (1, MAX_BEST_OF, True),
+        "logprobs": (0, 5, True),
+        **_SAMPLING,
+    },
+    Operation.EMBEDDINGS: {"dimensions": (1, MAX_DIMENSIONS, True)},
 }
 
 
