@@ -1,7 +1,10 @@
 """Stage 1, parse: body size limit, JSON, and the few fields the gateway needs.
 
 The body is never validated against a closed schema: apps add fields with ``extra_body`` and they
-must reach the upstream untouched. Only what routing, admission and streaming read is checked.
+must reach the upstream untouched. Only what routing, admission and streaming read is checked, plus
+the numeric fields OpenAI defines with a range (``n``, ``max_tokens``, ``temperature``, ``dimensions``...),
+answered with OpenAI's own 400 codes: an upstream would refuse them anyway, and ``n`` and ``max_tokens``
+size the budget reservation, so they must be sane before admission.
 """
 
 from __future__ import annotations
