@@ -45,7 +45,10 @@ class Exchange:
     cache: str = "miss"
     usage: Usage | None = None
     usage_source: str | None = None
-    """``upstream`` (reported by the provider), ``counted`` (tiktoken, the upstream gave none) or None."""
+    """``upstream`` (reported by the provider), ``counted`` (tiktoken: the upstream gave none, or an
+    unusable one) or None."""
+    usage_anomaly: str | None = None
+    """What was wrong with the upstream's usage, when it was not used (``usage_check.KINDS``)."""
     cost: Decimal = Decimal(0)
     priced: Usage | None = None
     """The usage ``cost`` was worked out from (the pipeline prices once, when the cost is first needed)."""

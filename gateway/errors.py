@@ -14,6 +14,7 @@ Exception tree::
     └── ServerError                   the gateway or an upstream is at fault (5xx, upstream 429)
         ├── UpstreamStatusError       an upstream answered non-2xx (4xx passed through as said)
         ├── UpstreamUnavailable       502 connect/reset/malformed after every attempt
+        ├── UpstreamAuthError         502 upstream_auth_error: an upstream refused the gateway's credentials
         ├── NoHealthyDeployment       503
         ├── Overloaded                503 this replica's upstream slots stayed full (retry-after)
         ├── StoreUnavailable          503
@@ -25,7 +26,9 @@ Lower-layer exceptions (httpx, redis) are mapped to these at one boundary per la
 
 from __future__ import annotations
 
+import email.utils
 import math
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -155,6 +158,22 @@ class UpstreamUnavailable(ServerError):
     code = "upstream_error"
 
 
+class UpstreamAuthError(ServerError):
+    """An upstream answered 401/403: the operator's provider credentials are wrong, not the client's key.
+
+    Never carries the upstream's text (it may quote the provider key); dispatch logs that server-side.
+    ``x-should-retry: false``: a client retrying in seconds meets the same misconfiguration.
+    """
+
+    status = 502
+    type = "server_error"
+    code = "upstream_auth_error"
+
+    def __init__(self, message: str, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.headers.setdefault("x-should-retry", "false")
+
+
 class NoHealthyDeployment(ServerError):
     status = 503
     code = "no_healthy_deployment"
@@ -184,14 +203,38 @@ class DeadlineExceeded(ServerError):
     code = "deadline_exceeded"
 
 
-def retry_headers(retry_after: str | float | None) -> dict[str, str]:
-    """``retry-after`` (seconds) and ``retry-after-ms``, which the OpenAI SDKs honour first."""
-    if retry_after is None or retry_after == "":
-        return {}
+MAX_RETRY_AFTER_S = 3600
+"""The longest wait the gateway passes on (``retry-after``): an upstream's longer or absurd hint
+(``1e20``) is clamped to it; a hint that is no number or date (``nan``, ``inf``, garbage) is dropped."""
+
+
+def retry_after_seconds(hint: str | float | None, now: float | None = None) -> float | None:
+    """A ``retry-after`` hint (seconds or an HTTP date) as finite seconds in 0..MAX_RETRY_AFTER_S;
+    None when there is none or it is malformed (``nan``, ``inf``, ``-inf`` are malformed)."""
+    if hint is None or hint == "":
+        return None
     try:
-        seconds = float(retry_after)
+        seconds = float(hint)
     except ValueError:
-        return {"retry-after": str(retry_after)}  # an HTTP date: pass it on as given
+        seconds = _until_http_date(str(hint), time.time() if now is None else now)
+    if not math.isfinite(seconds):
+        return None
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER_S)
+
+
+def _until_http_date(hint: str, now: float) -> float:
+    try:
+        return email.utils.parsedate_to_datetime(hint).timestamp() - now
+    except (TypeError, ValueError, OverflowError):
+        return math.nan
+
+
+def retry_headers(retry_after: str | float | None) -> dict[str, str]:
+    """``retry-after`` (whole seconds) and ``retry-after-ms``, which the OpenAI SDKs honour first;
+    nothing for a malformed hint, and never more than ``MAX_RETRY_AFTER_S``."""
+    seconds = retry_after_seconds(retry_after)
+    if seconds is None:
+        return {}
     return {
         "retry-after": str(max(1, math.ceil(seconds))),
         "retry-after-ms": str(max(0, round(seconds * 1000))),

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Mapping
 from typing import Any
 
-from gateway.config.model import ROLES, Budget, BudgetsConfig, Limits, Role
+from gateway.config.model import MAX_BUDGET_USD, ROLES, Budget, BudgetsConfig, Limits, Role
 from gateway.pipeline.auth import Principal
 from gateway.store import KeyStore
 from gateway.store.base import StoreUnavailableError
@@ -35,9 +36,18 @@ def principal_from_record(record: Mapping[str, Any], budgets: BudgetsConfig) -> 
         models=tenant.models,
         tenant_budget=tenant.budget,
         tenant_limits=tenant.limits,
-        key_budget=Budget(float(budget["usd"]), budget["period"]) if isinstance(budget, dict) else None,
+        key_budget=Budget(_usd(budget["usd"]), budget["period"]) if isinstance(budget, dict) else None,
         key_limits=Limits(rpm=limits.get("rpm"), tpm=limits.get("tpm")),
     )
+
+
+def _usd(value: Any) -> float:
+    """A stored budget amount within 0..MAX_BUDGET_USD: records written before the admin API bounded
+    amounts may hold ``1e308``, which no nano-USD integer can carry (every request would fail)."""
+    usd = float(value)
+    if math.isnan(usd):
+        return 0.0
+    return min(max(usd, 0.0), float(MAX_BUDGET_USD))
 
 
 class RuntimeKeys:

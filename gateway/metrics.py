@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 
+from gateway.pipeline.usage_check import KINDS as ANOMALY_KINDS
+
 if TYPE_CHECKING:
     from gateway.otel import Spans
 
@@ -148,6 +150,14 @@ class Metrics:
             ["tenant"],
             registry=r,
         )
+        self.upstream_anomalies = Counter(
+            "gateway_upstream_anomalies",
+            "Upstream usage the gateway did not trust; it counted the tokens itself.",
+            ["kind"],
+            registry=r,
+        )
+        for kind in ANOMALY_KINDS:  # exported at 0 from the start, so rate() and alerts see them
+            self.upstream_anomalies.labels(kind)
         self.config_reload = Counter(
             "gateway_config_reload", "Config reloads.", ["file", "result"], registry=r
         )

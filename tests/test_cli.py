@@ -42,6 +42,23 @@ def test_check_prints_every_error_with_its_path(tmp_path: Path) -> None:
     assert "budgets.yaml: tenants.acme.keys[0].role: must be one of user, admin, reviewer" in lines
 
 
+def test_check_bounds_budget_amounts_and_ids(tmp_path: Path) -> None:
+    """A budget nano-USD cannot carry exactly (1e308: every request of the tenant failed) and an id
+    no URL path can name are refused by ``check``, as the admin API refuses them."""
+    (tmp_path / "routes.yaml").write_text("providers: {p: {type: mock}}\nmodels: {m: {provider: p}}\n")
+    (tmp_path / "budgets.yaml").write_text(
+        "tenants:\n  acme:\n    budget: {usd: 1.0e+308, period: monthly}\n    keys:\n"
+        "      - {id: " + "k" * 300 + ", sha256: '" + "a" * 64 + "'}\n"
+    )
+    result = run(
+        "check", "--routes", str(tmp_path / "routes.yaml"), "--budgets", str(tmp_path / "budgets.yaml")
+    )
+    assert result.returncode == 1
+    lines = result.stdout.splitlines()
+    assert "budgets.yaml: tenants.acme.budget.usd: must be between 0 and 1000000" in lines
+    assert "budgets.yaml: tenants.acme.keys[0].id: key id is 300 characters long; the most is 128" in lines
+
+
 def test_explain_prints_route_and_plan() -> None:
     result = run("explain", "--model", "anything", "--task", "summarize", "--key-id", "demo-key")
     assert result.returncode == 0, result.stderr

@@ -8,6 +8,7 @@ from collections.abc import Iterable
 
 from gateway.config._validate import Checker, key_path
 from gateway.config.model import (
+    MAX_BUDGET_USD,
     PERIODS,
     ROLES,
     Budget,
@@ -121,7 +122,8 @@ def _budget(value: object, path: str, c: Checker) -> Budget | None:
     if d is None:
         return None
     return Budget(
-        usd=c.number(d, path, "usd", 0.0, ge=0), period=c.choice(d, path, "period", PERIODS, "total")
+        usd=c.number(d, path, "usd", 0.0, ge=0, le=MAX_BUDGET_USD),
+        period=c.choice(d, path, "period", PERIODS, "total"),
     )
 
 

@@ -14,6 +14,8 @@ import re
 from collections.abc import Collection
 from typing import TypeVar
 
+from gateway.config.model import MAX_NAME_LENGTH
+
 T = TypeVar("T", bound=str)
 
 NAME_RE = re.compile(r"[A-Za-z0-9._-]+")
@@ -48,7 +50,8 @@ def index_path(base: str, index: int) -> str:
 
 
 def _fmt(x: float) -> str:
-    return f"{x:g}"
+    """A bound as written: ``1000000``, not ``1e+06``; ``0.5`` stays ``0.5``."""
+    return str(int(x)) if float(x).is_integer() and abs(x) < 1e15 else f"{x:g}"
 
 
 class Checker:
@@ -148,6 +151,9 @@ class Checker:
         """Whether ``value`` is a usable identifier (it becomes Redis key parts, metric labels, URL parts)."""
         if not isinstance(value, str):
             self.error(path, f"{what} {value!r} must be a string")
+            return False
+        if len(value) > MAX_NAME_LENGTH:
+            self.error(path, f"{what} is {len(value)} characters long; the most is {MAX_NAME_LENGTH}")
             return False
         if not NAME_RE.fullmatch(value):
             self.error(path, f"invalid {what} {value!r}: {NAME_RULE}")

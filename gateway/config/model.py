@@ -11,6 +11,12 @@ Role = Literal["user", "admin", "reviewer"]
 DEFAULT_LOG_CHARS = 2000
 ROLES: tuple[Role, ...] = ("user", "admin", "reviewer")
 PERIODS: tuple[Period, ...] = ("daily", "weekly", "monthly", "total")
+MAX_BUDGET_USD = 1_000_000
+"""The largest budget (budgets.yaml and the admin API): money is integer nano-USD that the store's
+Lua compares as doubles, exact up to 2**53 nano (~9 million USD); this leaves room above a full
+budget for the reservations and overruns that are added to it."""
+MAX_NAME_LENGTH = 128
+"""Tenant, key, model, provider and route names: they become Redis keys, metric labels and URL paths."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import secrets
 import time
 from datetime import UTC, datetime
@@ -17,7 +18,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.config.model import PERIODS, ROLES, Budget
+from gateway.config.model import MAX_BUDGET_USD, MAX_NAME_LENGTH, PERIODS, ROLES, Budget
 from gateway.errors import AuthenticationFailed, BadRequest, GatewayError, NotFound, render_openai
 from gateway.explain import explain
 from gateway.handlers.endpoint import RequestIncoming
@@ -49,10 +50,25 @@ def _ok(body: Any, status: int = 200) -> Response:
 
 
 def _name(value: Any, field: str) -> str:
-    if not isinstance(value, str) or not value or not set(value) <= _NAME_OK:
+    """budgets.yaml's name rule, and its length cap: an id is a URL path segment (``DELETE
+    /admin/keys/{id}`` must be able to name it), a Redis key part and a log field."""
+    if not isinstance(value, str) or not value or len(value) > MAX_NAME_LENGTH or not set(value) <= _NAME_OK:
         raise BadRequest(
-            f"'{field}' must be a non-empty string of letters, digits, '.', '_' or '-'.", param=field
+            f"'{field}' must be a string of 1 to {MAX_NAME_LENGTH} letters, digits, '.', '_' or '-'.",
+            param=field,
         )
+    return value
+
+
+def _budget_usd(value: Any) -> float | int:
+    """A budget amount: a finite number from 0 to ``MAX_BUDGET_USD`` (the store's exact range)."""
+    if (
+        not isinstance(value, int | float)
+        or isinstance(value, bool)
+        or not math.isfinite(value)
+        or not 0 <= value <= MAX_BUDGET_USD
+    ):
+        raise BadRequest(f"'budget.usd' must be a number from 0 to {MAX_BUDGET_USD}.", param="budget.usd")
     return value
 
 
@@ -80,10 +96,7 @@ async def create_key(request: Request) -> Response:
                     f"'budget' must be {{usd, period}} with period one of {', '.join(PERIODS)}.",
                     param="budget",
                 )
-            usd = budget.get("usd")
-            if not isinstance(usd, int | float) or isinstance(usd, bool) or usd < 0:
-                raise BadRequest("'budget.usd' must be a number ≥ 0.", param="budget.usd")
-            record["budget"] = {"usd": usd, "period": budget["period"]}
+            record["budget"] = {"usd": _budget_usd(budget.get("usd")), "period": budget["period"]}
         limits = body.get("limits") or {}
         if not isinstance(limits, dict) or any(
             k not in ("rpm", "tpm") or not isinstance(v, int) or isinstance(v, bool) or v < 1
@@ -153,6 +166,8 @@ async def spend(request: Request) -> Response:
         state = _state(request)
         tenant_name = _name(request.query_params.get("tenant"), "tenant")
         key_id = request.query_params.get("key")
+        if key_id is not None:
+            key_id = _name(key_id, "key")
         runtime = state.runtime
         tenant = runtime.budgets.tenants.get(tenant_name)
         if tenant is None:
@@ -208,7 +223,10 @@ async def explain_request(request: Request) -> Response:
         state = _state(request)
         payload = await read_json(RequestIncoming(request), ADMIN_BODY_LIMIT)
         body = payload.get("body", payload)
-        headers = {str(k).lower(): str(v) for k, v in (payload.get("headers") or {}).items()}
+        given = payload.get("headers") or {}
+        if not isinstance(given, dict):
+            raise BadRequest("'headers' must be an object of header names to values.", param="headers")
+        headers = {str(k).lower(): str(v) for k, v in given.items()}
         if not isinstance(body, dict) or not isinstance(body.get("model"), str):
             raise BadRequest("Send {body: {model, ...}, headers: {...}}.", param="body.model")
         runtime = state.runtime

@@ -70,13 +70,24 @@ class EmbeddingsIngress(OpenAIIngress):
         if not self.base64:
             return upstream.body
         data = orjson.loads(upstream.body)
-        for item in data.get("data") or []:
-            vector = item.get("embedding")
-            if isinstance(vector, list):
-                item["embedding"] = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
-        if not data.get("data"):
+        items = data.get("data") if isinstance(data, dict) else None
+        if not items or not isinstance(items, list):
             raise UpstreamUnavailable("upstream returned no embeddings")
+        for item in items:
+            vector = item.get("embedding") if isinstance(item, dict) else None
+            if isinstance(vector, list):
+                item["embedding"] = _packed(vector)
         return orjson.dumps(data)
+
+
+def _packed(vector: list[Any]) -> str:
+    """A float vector as base64 of little-endian float32; 502 for an upstream's non-numeric one."""
+    try:
+        return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+    except (struct.error, TypeError, OverflowError) as exc:  # strings, nulls, bools... or > float32
+        raise UpstreamUnavailable(
+            "upstream returned an embedding that is not a vector of float32 numbers"
+        ) from exc
 
 
 chat_completions = ProxyEndpoint("/v1/chat/completions", Operation.CHAT, OpenAIIngress)

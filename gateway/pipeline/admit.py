@@ -79,12 +79,27 @@ def scopes_of(principal: Principal, now: float) -> tuple[ScopeLimits, ...]:
     return tuple(s for s in scopes if s.rpm or s.tpm or s.budget_nano is not None)
 
 
-def max_output(body: Mapping[str, Any], deployment: ModelConfig) -> int | None:
+def max_output(body: Mapping[str, Any], deployment: ModelConfig | None) -> int | None:
     for name in ("max_completion_tokens", "max_tokens"):
         value = body.get(name)
         if isinstance(value, int) and not isinstance(value, bool) and value > 0:
             return value
     return None
+
+
+def choices(operation: Operation, body: Mapping[str, Any]) -> int:
+    """How many completions the request makes the upstream generate (and bill): ``n``, and on
+    ``/v1/completions`` ``best_of`` (generated server-side, ``n`` of them returned). parse.py has
+    range-checked both."""
+    if operation is Operation.EMBEDDINGS:
+        return 1
+    n = body.get("n")
+    count = n if isinstance(n, int) and n > 1 else 1
+    if operation is Operation.COMPLETIONS:
+        best = body.get("best_of")
+        if isinstance(best, int) and best > count:
+            count = best
+    return count
 
 
 def prompt_tokens(
@@ -107,8 +122,11 @@ def _nano(tokens: int, per_mtok: float) -> float:
 class Estimate:
     prompt_tokens: int
     output_tokens: int
+    """The output bound of one completion (what ``max_tokens`` says)."""
     cost_nano: int
     output_bound_added: bool
+    choices: int = 1
+    """Completions generated (``n``, ``best_of``): the output reserved is ``choices × output_tokens``."""
 
 
 def estimate(parsed: ParsedRequest, plan: Plan, margin: float, tenant: str | None = None) -> Estimate:
@@ -118,15 +136,16 @@ def estimate(parsed: ParsedRequest, plan: Plan, margin: float, tenant: str | Non
     prompt = math.ceil(parsed.prompt_tokens * (1 + margin))
     asked = max_output(parsed.body, first)
     embeddings = parsed.operation is Operation.EMBEDDINGS
+    n = choices(parsed.operation, parsed.body)
     worst_cost = 0.0
     worst_output = 0
     for deployment in plan.candidates:
         output = 0 if embeddings else asked or deployment.max_output_tokens or DEFAULT_MAX_OUTPUT
         worst_output = max(worst_output, output)
         price = deployment.price
-        cost = _nano(prompt, price.input_per_mtok) + _nano(output, price.output_per_mtok)
+        cost = _nano(prompt, price.input_per_mtok) + _nano(n * output, price.output_per_mtok)
         worst_cost = max(worst_cost, cost)
-    return Estimate(prompt, worst_output, math.ceil(worst_cost), asked is None and not embeddings)
+    return Estimate(prompt, worst_output, math.ceil(worst_cost), asked is None and not embeddings, n)
 
 
 class Admitter:
@@ -159,7 +178,7 @@ class Admitter:
             request_id=request_id,
             tenant=principal.tenant,
             scopes=scopes,
-            tokens=est.prompt_tokens + est.output_tokens,
+            tokens=est.prompt_tokens + est.choices * est.output_tokens,
             cost_nano=est.cost_nano,
             now=now,
             lease_s=max(2 * plan.timeout_s, plan.timeout_s + 10.0),

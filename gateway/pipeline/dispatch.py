@@ -32,6 +32,7 @@ from gateway.errors import (
     DeadlineExceeded,
     GatewayError,
     NoHealthyDeployment,
+    UpstreamAuthError,
     UpstreamStatusError,
     UpstreamUnavailable,
     retry_headers,
@@ -48,6 +49,7 @@ from gateway.providers.base import (
     UpstreamStream,
     Usage,
 )
+from gateway.redact import redact
 
 T = TypeVar("T")
 Call = Callable[[Provider, UpstreamRequest], Awaitable[T]]
@@ -147,6 +149,8 @@ class Dispatcher:
                 open_for.append(exc.reopen_in_s)
                 self.attempts.skipped.append(f"{deployment.name}: circuit open")
                 continue
+            except UpstreamAuthError as exc:  # this deployment is misconfigured; the next may not be
+                last = exc
             except UpstreamStatusError as exc:
                 if _context_exceeded(exc):  # the estimate was short: the next, larger model may fit
                     too_small.append(deployment.name)
@@ -226,6 +230,10 @@ class Dispatcher:
                 return await call(provider, request)
         except TimeoutError as exc:
             raise DeadlineExceeded(f"upstream '{deployment.name}' did not answer in {timeout:.3g}s") from exc
+        except UpstreamStatusError as exc:
+            if exc.status in (401, 403):
+                raise upstream_auth_error(deployment, exc) from None
+            raise
         finally:
             self.attempts.upstream_s += time.perf_counter() - started
 
@@ -333,14 +341,32 @@ async def _close(stream: UpstreamStream, frames: AsyncIterator[bytes]) -> None:
         await stream.aclose()
 
 
+def upstream_auth_error(deployment: ModelConfig, exc: UpstreamStatusError) -> UpstreamAuthError:
+    """An upstream 401/403 is the operator's credentials failing, not the client's key: the client
+    gets a 502 without the upstream's text (it may quote the provider key, masked or not); the
+    detail goes to the log, redacted and truncated."""
+    log.warning(
+        "upstream %s refused the gateway's credentials: HTTP %d %s: %s",
+        deployment.name,
+        exc.status,
+        exc.code or exc.type,
+        redact(exc.message[:300]),
+    )
+    return UpstreamAuthError(
+        f"upstream '{deployment.name}' refused the gateway's credentials (HTTP {exc.status}); "
+        "the operator must fix the provider configuration."
+    )
+
+
 def breaker_outcome(exc: GatewayError) -> Outcome:
-    """5xx, timeouts and connection failures count against the deployment; 429 is neutral; the rest
-    (4xx: the request's fault) shows the deployment answering well."""
+    """5xx, timeouts, connection failures and refused credentials (``UpstreamAuthError``) count
+    against the deployment; 429 is neutral; the rest (4xx: the request's fault) shows the deployment
+    answering well."""
     if isinstance(exc, UpstreamStatusError):
         if exc.status == 429:
             return Outcome.NEUTRAL
         return Outcome.FAILURE if exc.status >= 500 else Outcome.SUCCESS
-    if isinstance(exc, UpstreamUnavailable | DeadlineExceeded):
+    if isinstance(exc, UpstreamUnavailable | DeadlineExceeded | UpstreamAuthError):
         return Outcome.FAILURE
     return Outcome.SUCCESS
 
@@ -381,6 +407,8 @@ def final_error(
             code="upstream_rate_limited",
             retry_after=last.retry_after,
         )
+    if isinstance(last, UpstreamAuthError):
+        return UpstreamAuthError(f"Upstream failed after {attempts} attempt(s): {last.message}")
     return UpstreamUnavailable(f"Upstream failed after {attempts} attempt(s): {last.message}")
 
 

@@ -1,11 +1,15 @@
 """Stage 1, parse: body size limit, JSON, and the few fields the gateway needs.
 
 The body is never validated against a closed schema: apps add fields with ``extra_body`` and they
-must reach the upstream untouched. Only what routing, admission and streaming read is checked.
+must reach the upstream untouched. Only what routing, admission and streaming read is checked, plus
+the numeric fields OpenAI defines with a range (``n``, ``max_tokens``, ``temperature``, ``dimensions``...),
+answered with OpenAI's own 400 codes: an upstream would refuse them anyway, and ``n`` and ``max_tokens``
+size the budget reservation, so they must be sane before admission.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -81,9 +85,15 @@ def parse(operation: Operation, body: dict[str, Any], headers: Mapping[str, str]
     elif operation is Operation.COMPLETIONS:
         _require(body, "prompt", (str, list))
     else:
-        _require(body, "input", (str, list))
-        if body["input"] == [] or body["input"] == "":
+        inputs = _require(body, "input", (str, list))
+        if inputs == [] or inputs == "":
             raise _field("input", "must not be empty")
+        if (
+            isinstance(inputs, list)
+            and len(inputs) > MAX_EMBEDDING_INPUTS
+            and isinstance(inputs[0], str | list)
+        ):
+            raise _field("input", f"must hold at most {MAX_EMBEDDING_INPUTS} inputs, got {len(inputs)}")
     stream = body.get("stream", False)
     if stream is not None and not isinstance(stream, bool):
         raise _field("stream", "must be a boolean")
@@ -93,17 +103,99 @@ def parse(operation: Operation, body: dict[str, Any], headers: Mapping[str, str]
     if options is not None and not isinstance(options, dict):
         raise _field("stream_options", "must be an object")
     include_usage = bool(stream) and isinstance(options, dict) and options.get("include_usage") is True
-    for name in ("max_tokens", "max_completion_tokens", "n", "seed"):
-        value = body.get(name)
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
-            raise _field(name, "must be an integer")
-    temperature = body.get("temperature")
-    if temperature is not None and (
-        not isinstance(temperature, int | float) or isinstance(temperature, bool)
-    ):
-        raise _field("temperature", "must be a number")
+    ranges = _RANGES[operation]
+    for name, value in body.items():  # a body has a few fields; the table has more
+        bounds = ranges.get(name)
+        if bounds is None or value is None:
+            continue
+        low, high, integer = bounds
+        kind = type(value)
+        if (kind is int or (kind is float and not integer)) and (
+            (low is None or value >= low) and (high is None or value <= high)
+        ):
+            continue  # the usual case: a number in range
+        _check_range(name, value, low, high, integer)
     task = headers.get("x-gateway-task") or None
     return ParsedRequest(operation, body, model, bool(stream), include_usage, task)
+
+
+MAX_CHOICES = 128
+"""``n``: OpenAI's own bound (``integer_above_max_value``)."""
+MAX_BEST_OF = 20
+MAX_OUTPUT_TOKENS = 10_000_000
+"""``max_tokens`` / ``max_completion_tokens``: far above any model's output, but a bound, so that a
+reservation (``choices × max_tokens × price``) stays an exact integer in the store's Lua."""
+MAX_DIMENSIONS = 65_536
+"""``dimensions`` of embeddings: above every embedding model's size (the largest are 4-12 k)."""
+MAX_EMBEDDING_INPUTS = 2048
+"""Inputs in one embeddings request: OpenAI's own bound."""
+
+# field → (lowest, highest, integer?) per operation: only fields the request carries are checked, and
+# only those OpenAI defines with a range; anything else passes through untouched.
+_Range = tuple[float | None, float | None, bool]
+_SAMPLING: dict[str, _Range] = {
+    "temperature": (0, 2, False),
+    "top_p": (0, 1, False),
+    "presence_penalty": (-2, 2, False),
+    "frequency_penalty": (-2, 2, False),
+    "seed": (None, None, True),
+}
+_RANGES: dict[Operation, dict[str, _Range]] = {
+    Operation.CHAT: {
+        "max_tokens": (1, MAX_OUTPUT_TOKENS, True),
+        "max_completion_tokens": (1, MAX_OUTPUT_TOKENS, True),
+        "n": (1, MAX_CHOICES, True),
+        "top_logprobs": (0, 20, True),
+        **_SAMPLING,
+    },
+    Operation.COMPLETIONS: {
+        # 0 is allowed here: with ``echo`` it scores the prompt without generating
+        "max_tokens": (0, MAX_OUTPUT_TOKENS, True),
+        "n": (1, MAX_CHOICES, True),
+        "best_of": (1, MAX_BEST_OF, True),
+        "logprobs": (0, 5, True),
+        **_SAMPLING,
+    },
+    Operation.EMBEDDINGS: {"dimensions": (1, MAX_DIMENSIONS, True)},
+}
+
+
+def _check_range(name: str, value: Any, low: float | None, high: float | None, integer: bool) -> None:
+    """OpenAI's 400s for a numeric field: ``invalid_type``, ``integer_below_min_value``,
+    ``decimal_above_max_value``, ... with ``param`` the field."""
+    kind = "integer" if integer else "decimal"
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or (integer and not isinstance(value, int))
+    ):
+        got = "a string" if isinstance(value, str) else f"'{type(value).__name__}'"
+        expected = "an integer" if integer else "a number"
+        raise BadRequest(
+            f"Invalid type for '{name}': expected {expected}, but got {got} instead.",
+            param=name,
+            code="invalid_type",
+        )
+    if value != value or value in (math.inf, -math.inf):
+        raise BadRequest(f"Invalid '{name}': must be a finite number.", param=name, code="invalid_value")
+    if low is not None and value < low:
+        raise BadRequest(
+            f"Invalid '{name}': {kind} below minimum value. Expected a value >= {_num(low)}, "
+            f"but got {value} instead.",
+            param=name,
+            code=f"{kind}_below_min_value",
+        )
+    if high is not None and value > high:
+        raise BadRequest(
+            f"Invalid '{name}': {kind} above maximum value. Expected a value <= {_num(high)}, "
+            f"but got {value} instead.",
+            param=name,
+            code=f"{kind}_above_max_value",
+        )
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if x == int(x) else str(x)
 
 
 def _chat_fields(body: dict[str, Any]) -> None:

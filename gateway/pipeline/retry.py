@@ -16,7 +16,6 @@ tenacity's ``RetryError`` is mapped back to the last attempt's gateway error her
 
 from __future__ import annotations
 
-import email.utils
 import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -33,7 +32,13 @@ from tenacity.stop import stop_base
 from tenacity.wait import wait_base
 
 from gateway.config.model import RetryPolicy
-from gateway.errors import DeadlineExceeded, GatewayError, UpstreamStatusError, UpstreamUnavailable
+from gateway.errors import (
+    DeadlineExceeded,
+    GatewayError,
+    UpstreamStatusError,
+    UpstreamUnavailable,
+    retry_after_seconds,
+)
 
 T = TypeVar("T")
 
@@ -48,22 +53,11 @@ def is_retryable(exc: BaseException) -> bool:
 
 
 def retry_after_s(exc: BaseException | None, now: float | None = None) -> float:
-    """The upstream's requested wait in seconds (``retry-after-ms`` already folded in), else 0."""
+    """The upstream's requested wait in seconds (``retry-after-ms`` already folded in), else 0; a
+    malformed hint (``nan``, ``inf``, garbage) is no hint, and none is longer than ``MAX_RETRY_AFTER_S``."""
     hint = exc.retry_after if isinstance(exc, UpstreamStatusError) else None
-    if not hint:
-        return 0.0
-    try:
-        return max(float(hint), 0.0)
-    except ValueError:
-        return _until_http_date(hint, time.time() if now is None else now)
-
-
-def _until_http_date(hint: str, now: float) -> float:
-    try:
-        when = email.utils.parsedate_to_datetime(hint).timestamp()
-    except (TypeError, ValueError):
-        return 0.0  # a malformed hint is no hint
-    return max(when - now, 0.0)
+    seconds = retry_after_seconds(hint, now)
+    return 0.0 if seconds is None else seconds
 
 
 class BackoffWait(wait_base):

@@ -70,6 +70,8 @@ def settle(ex: Exchange, metrics: Metrics) -> None:
         metrics.fallbacks.inc(ex.attempts.fallbacks)
     if ex.ttft_s is not None:
         metrics.ttft.observe(ex.ttft_s)
+    if ex.usage_anomaly is not None:
+        metrics.child(metrics.upstream_anomalies, ex.usage_anomaly).inc()
     usage = ex.usage
     if usage is not None:
         cached = usage.cached_tokens
@@ -107,6 +109,7 @@ def _log_record(ex: Exchange, elapsed: float) -> dict[str, object]:
         "output_tokens": usage.completion_tokens if usage else None,
         "cached_tokens": usage.cached_tokens if usage else None,
         "usage_source": ex.usage_source,
+        "usage_anomaly": ex.usage_anomaly,
         "cost_usd": format_usd(ex.cost),
         "status": ex.status,
         "error_code": ex.error_code,

@@ -6,6 +6,11 @@ stream ends without upstream usage (it did not send any, it broke, or the client
 request and the text actually sent. So the normal path, where the upstream reports usage, parses
 nothing extra.
 
+An upstream's usage is vetted first (``usage_check.py``): a negative, absurd or non-numeric report
+is an anomaly, recorded on the exchange (``ex.usage_anomaly``, counted and logged at settlement),
+and the tokens are counted as if the upstream had reported none. The stream's usage chunk then
+carries the counted usage; a non-stream body reaches the client as the upstream sent it.
+
 The stream's usage chunk carries the gateway's cost as a top-level ``x_gateway: {"cost_usd": ...}``
 field: OpenAI's ``usage`` object is left exactly as the upstream sent it and SDKs keep unknown fields.
 """
@@ -22,6 +27,7 @@ import orjson
 from gateway.context import Exchange
 from gateway.pipeline.admit import prompt_tokens
 from gateway.pipeline.settle import cost_of, format_usd
+from gateway.pipeline.usage_check import usage_anomaly
 from gateway.providers.base import Operation, UpstreamResponse, UpstreamStream, Usage
 from gateway.sse import data_frame
 from gateway.tokens import count_text
@@ -143,15 +149,39 @@ def _upstream_model(ex: Exchange) -> str | None:
     return deployment.upstream if deployment is not None else None
 
 
+def vetted(ex: Exchange, usage: Usage, counter: UsageCounter) -> bool:
+    """Whether an upstream's usage may be priced; an anomaly is recorded on ``ex`` and logged."""
+    deployment = ex.attempts.deployment
+    kind = usage_anomaly(usage, counter.operation, counter.body, deployment)
+    if kind is None:
+        return True
+    ex.usage_anomaly = kind
+    log.warning(
+        "request %s: upstream %s reported unusable usage (%s): prompt=%r completion=%r cached=%r "
+        "cache_write=%r; counting the tokens instead",
+        ex.request_id,
+        deployment.name if deployment is not None else None,
+        kind,
+        usage.prompt_tokens,
+        usage.completion_tokens,
+        usage.cached_tokens,
+        usage.cache_write_tokens,
+    )
+    return False
+
+
 def response_usage(ex: Exchange, upstream: UpstreamResponse, counter: UsageCounter) -> None:
     """Set ``ex.usage`` and ``ex.usage_source`` for a non-stream answer."""
-    if upstream.usage is not None:
-        ex.usage, ex.usage_source = upstream.usage, UPSTREAM
+    reported = upstream.usage
+    if reported is not None and vetted(ex, reported, counter):
+        ex.usage, ex.usage_source = reported, UPSTREAM
         return
     model = _upstream_model(ex)
     if model is not None:
         ex.usage = _counted(lambda: counter.from_body(upstream.body, model))
         ex.usage_source = COUNTED if ex.usage is not None else None
+    if reported is not None:
+        upstream.usage = ex.usage  # what a cache entry keeps: the counts the gateway stands by
 
 
 def _counted(count: Callable[[], Usage]) -> Usage | None:
@@ -205,6 +235,9 @@ class MeteredStream:
         self._finished = True
         ex = self._ex
         usage = self.inner.usage
+        if usage is not None and not vetted(ex, usage, self._counter):
+            # the upstream's usage chunk is not passed on: a synthesized one carries the count
+            usage = self.inner.usage = self.inner.usage_frame = None
         if usage is not None:
             ex.usage_source = UPSTREAM
         elif self._frames and (model := _upstream_model(ex)) is not None:

@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 
 from gateway.errors import UpstreamStatusError, UpstreamUnavailable
-from gateway.providers.base import Usage
+from gateway.providers.base import Usage, token_count
 from gateway.sse import Event, data_frame
 
 FINISH_REASONS = {
@@ -29,23 +29,24 @@ def finish_reason(stop_reason: Any) -> str:
 
 
 def usage_from_anthropic(raw: Any) -> Usage:
-    """Anthropic usage → ``Usage``: ``prompt_tokens`` adds the cached and cache-write parts back in."""
+    """Anthropic usage → ``Usage``: ``prompt_tokens`` adds the cached and cache-write parts back in.
+    A count that is no integer reads as 0 and marks the usage ``malformed`` (vetted before pricing)."""
     counts = raw if isinstance(raw, Mapping) else {}
-    fresh, read, write = (_count(counts, k) for k in ("input_tokens", *_CACHE_KEYS))
+    fresh, read, write, output = (
+        token_count(counts.get(k)) for k in ("input_tokens", *_CACHE_KEYS, "output_tokens")
+    )
+    malformed = None in (fresh, read, write, output)
+    fresh, read, write, output = fresh or 0, read or 0, write or 0, output or 0
     return Usage(
         prompt_tokens=fresh + read + write,
-        completion_tokens=_count(counts, "output_tokens"),
+        completion_tokens=output,
         cached_tokens=read,
         cache_write_tokens=write,
+        malformed=malformed,
     )
 
 
 _CACHE_KEYS = ("cache_read_input_tokens", "cache_creation_input_tokens")
-
-
-def _count(counts: Mapping[str, Any], key: str) -> int:
-    value = counts.get(key)
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 def _completion_id(message_id: Any) -> str:

@@ -27,7 +27,12 @@ class Operation(enum.Enum):
 
 @dataclass(slots=True)
 class Usage:
-    """Token counts in OpenAI's sense: ``prompt_tokens`` includes cached and cache-write tokens."""
+    """Token counts in OpenAI's sense: ``prompt_tokens`` includes cached and cache-write tokens.
+
+    Built from an upstream's report, the counts are as reported, and may be negative or absurd; a
+    count that was no integer at all (``"abc"``, ``true``, ``1.5``) reads as 0 and sets ``malformed``.
+    ``gateway/pipeline/usage_check.py`` vets them before anything is priced.
+    """
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -35,6 +40,8 @@ class Usage:
     cache_write_tokens: int = 0
     estimated: bool = False
     """Counted by the gateway with tiktoken because the upstream reported no usage."""
+    malformed: bool = False
+    """The upstream reported a count that is not an integer."""
 
     @property
     def total_tokens(self) -> int:
@@ -46,10 +53,15 @@ class Usage:
             return None
         details = usage.get("prompt_tokens_details")
         cached = details.get("cached_tokens") if isinstance(details, Mapping) else None
+        prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        if type(prompt) is int and type(completion) is int and (cached is None or type(cached) is int):
+            return cls(prompt_tokens=prompt, completion_tokens=completion, cached_tokens=cached or 0)
+        p, c, r = token_count(prompt), token_count(completion), token_count(cached)
         return cls(
-            prompt_tokens=int(usage.get("prompt_tokens") or 0),
-            completion_tokens=int(usage.get("completion_tokens") or 0),
-            cached_tokens=int(cached or 0),
+            prompt_tokens=p or 0,
+            completion_tokens=c or 0,
+            cached_tokens=r or 0,
+            malformed=p is None or c is None or r is None,
         )
 
     def to_openai(self) -> dict[str, Any]:
@@ -59,6 +71,20 @@ class Usage:
             "total_tokens": self.total_tokens,
             "prompt_tokens_details": {"cached_tokens": self.cached_tokens},
         }
+
+
+def token_count(value: Any) -> int | None:
+    """An upstream's token count as an int: absent (None) is 0; an integral float (``12.0``) is read as
+    its int; anything else (a string, a bool, ``1.5``, ``nan``) is None. Range is checked elsewhere."""
+    if value is None:
+        return 0
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
 
 
 @dataclass(slots=True)

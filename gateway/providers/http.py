@@ -16,7 +16,13 @@ import httpx
 import orjson
 
 from gateway import __version__
-from gateway.errors import DeadlineExceeded, GatewayError, UpstreamStatusError, UpstreamUnavailable
+from gateway.errors import (
+    DeadlineExceeded,
+    GatewayError,
+    UpstreamStatusError,
+    UpstreamUnavailable,
+    retry_after_seconds,
+)
 from gateway.memo import Memo
 from gateway.transport import FastTransport, RawResponse
 
@@ -67,13 +73,17 @@ def openai_error(status: int, body: bytes, headers: Mapping[str, str]) -> Upstre
 
 
 def retry_after_of(headers: Mapping[str, str]) -> str | None:
+    """The upstream's wait as seconds text (``retry-after-ms`` first), bounded; None if malformed."""
     ms = headers.get("retry-after-ms")
     if ms:
         try:
-            return f"{max(float(ms) / 1000.0, 0):g}"
+            seconds = retry_after_seconds(float(ms) / 1000.0)
         except ValueError:
-            return headers.get("retry-after")  # a malformed hint is no hint
-    return headers.get("retry-after")
+            seconds = None
+        if seconds is not None:
+            return f"{seconds:g}"
+    seconds = retry_after_seconds(headers.get("retry-after"))
+    return f"{seconds:g}" if seconds is not None else None
 
 
 USER_AGENT = "llm-gateway/" + __version__

@@ -8,7 +8,8 @@ Usage is counted with tiktoken (o200k_base), as an OpenAI upstream would count i
 Answers: chat echoes the last user message (``"Mock reply: <text>"``); when the request offers
 tools and the last message is the user's (and ``tool_choice`` is not ``none``) it calls the named or
 first tool with ``{}``; with ``response_format`` json it answers a JSON object. Embeddings are unit
-vectors derived from sha256 of each input (``dimensions`` long, default 16).
+vectors derived from sha256 of each input (``dimensions`` long, default 16; at most ``MAX_DIMENSIONS``
+and ``MAX_VALUES`` values per request, else a 400 like a real provider's).
 """
 
 from __future__ import annotations
@@ -225,10 +226,16 @@ def completion(body: Mapping[str, Any]) -> tuple[dict[str, Any], Usage]:
     return answer, usage
 
 
+MAX_DIMENSIONS = 8192
+MAX_VALUES = 1 << 18
+"""The most vector values (inputs × dimensions) one mock embeddings request computes: the mock runs
+on the event loop, so it refuses, as a real provider would, work that would stall the worker."""
+
+
 def embeddings(body: Mapping[str, Any]) -> tuple[dict[str, Any], Usage]:
     raw = body.get("input")
     inputs = [raw] if isinstance(raw, str) else list(raw or [])
-    dims = int(_number(body.get("dimensions"), 16))
+    dims = _dimensions(body.get("dimensions"), len(inputs))
     as_base64 = body.get("encoding_format") == "base64"
     data = []
     for i, item in enumerate(inputs):
@@ -244,6 +251,29 @@ def embeddings(body: Mapping[str, Any]) -> tuple[dict[str, Any], Usage]:
         "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
     }
     return answer, usage
+
+
+def _dimensions(value: Any, inputs: int) -> int:
+    """The requested vector size (default 16), or the 400 a provider answers to one it cannot make."""
+    if value is None:
+        dims = 16
+    elif isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_DIMENSIONS:
+        dims = value
+    else:
+        raise UpstreamStatusError(
+            400,
+            f"'dimensions' must be an integer from 1 to {MAX_DIMENSIONS} for this model.",
+            param="dimensions",
+            code="invalid_value",
+        )
+    if dims * inputs > MAX_VALUES:
+        raise UpstreamStatusError(
+            400,
+            f"inputs × dimensions must be at most {MAX_VALUES}; send fewer inputs per request.",
+            param="input",
+            code="invalid_value",
+        )
+    return dims
 
 
 def _vector(seed: bytes, dims: int) -> list[float]:

@@ -50,13 +50,29 @@ class TestBudgets:
 
     def test_budget_rules(self) -> None:
         assert budgets_errors(tenant("{budget: {usd: -1, period: yearly}}")) == [
-            "budgets.yaml: tenants.acme.budget.usd: must be >= 0",
+            "budgets.yaml: tenants.acme.budget.usd: must be between 0 and 1000000",
             "budgets.yaml: tenants.acme.budget.period: must be one of daily, weekly, monthly, total",
         ]
+        # nano-USD must stay exact in the store's Lua (2**53): 1e308 would fail every request
+        assert budgets_errors(tenant("{budget: {usd: 1.0e+308, period: daily}}")) == [
+            "budgets.yaml: tenants.acme.budget.usd: must be between 0 and 1000000"
+        ]
+        assert budgets_errors(
+            key(f"{{id: k, sha256: {SHA_A}, budget: {{usd: 2000000, period: daily}}}}")
+        ) == ["budgets.yaml: tenants.acme.keys[0].budget.usd: must be between 0 and 1000000"]
         assert budgets_errors(tenant("{budget: {usd: true}}")) == [
             "budgets.yaml: tenants.acme.budget.period: is required",
             "budgets.yaml: tenants.acme.budget.usd: must be a number",
         ]
+
+    def test_tenant_and_key_ids_are_capped_at_128_characters(self) -> None:
+        long_id = "k" * 129
+        assert budgets_errors(key(f"{{id: {long_id}, sha256: {SHA_A}}}")) == [
+            "budgets.yaml: tenants.acme.keys[0].id: key id is 129 characters long; the most is 128"
+        ]
+        ok = "k" * 128
+        config, _ = parse_budgets(load(key(f"{{id: {ok}, sha256: {SHA_A}}}")), routes=None, environ={})
+        assert config.tenants["acme"].keys[0].id == ok
 
     def test_limits_are_positive_integers(self) -> None:
         assert budgets_errors(tenant("{limits: {rpm: 0, tpm: 1.5, rps: 1}}")) == [

@@ -17,6 +17,7 @@ from gateway.errors import (
     BadRequest,
     DeadlineExceeded,
     NoHealthyDeployment,
+    UpstreamAuthError,
     UpstreamStatusError,
     UpstreamUnavailable,
 )
@@ -131,12 +132,46 @@ async def test_retries_a_5xx_then_succeeds() -> None:
     assert (d.attempts.count, d.attempts.retries, d.attempts.fallbacks) == (3, 2, 0)
 
 
-@pytest.mark.parametrize("status", [400, 401, 403, 404])
+@pytest.mark.parametrize("status", [400, 404, 422])
 async def test_a_client_error_is_neither_retried_nor_fallen_back_from(status: int) -> None:
     a, b = Scripted("a", e(status)), Scripted("b", OK)
     with pytest.raises(UpstreamStatusError) as info:
         await dispatcher(a, b).send()
     assert info.value.status == status and len(a.calls) == 1 and not b.calls
+
+
+@pytest.mark.parametrize("status", [401, 403])
+async def test_an_upstream_auth_failure_is_the_deployments_fault_fallbacks_run(status: int) -> None:
+    """401/403 mean the operator's provider key is wrong: not retried (it cannot heal), but the next
+    candidate is tried, and the breaker counts it, so a misconfigured deployment is skipped."""
+    a, b = Scripted("a", e(status)), Scripted("b", OK)
+    breakers = registry()
+    d = dispatcher(a, b, breakers=breakers)
+    assert await d.send() is OK
+    assert (len(a.calls), len(b.calls), d.attempts.fallbacks) == (1, 1, 1)
+    d = dispatcher(a, b, breakers=breakers)  # failures=2: this one opens a's circuit
+    assert await d.send() is OK
+    d = dispatcher(a, b, breakers=breakers)
+    assert await d.send() is OK
+    assert len(a.calls) == 2 and d.attempts.skipped == ["a: circuit open"]
+
+
+@pytest.mark.parametrize("status", [401, 403])
+async def test_an_upstream_auth_failure_alone_is_a_502_without_upstream_text(
+    status: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    secret = UpstreamStatusError(
+        status, "Incorrect API key provided: sk-proj-abcdefghijklmnopqrstuvwx.", code="invalid_api_key"
+    )
+    with pytest.raises(UpstreamAuthError) as info:
+        await dispatcher(Scripted("a", secret)).send()
+    err = info.value
+    assert (err.status, err.code, err.type) == (502, "upstream_auth_error", "server_error")
+    assert "sk-proj" not in err.message and "Incorrect" not in err.message
+    assert err.headers["x-should-retry"] == "false"
+    logged = [r.getMessage() for r in caplog.records if "refused the gateway's credentials" in r.getMessage()]
+    assert logged and "invalid_api_key" in logged[0] and "sk-proj-abc" not in logged[0]
+    assert breaker_outcome(err) is Outcome.FAILURE
 
 
 async def test_attempt_cap_then_fallback_in_order() -> None:
