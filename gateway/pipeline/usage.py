@@ -4,7 +4,8 @@ A non-stream body without ``usage`` is counted from the request and the body. A 
 ``MeteredStream`` that keeps references to the frames it passes on (no parsing) and, only if the
 stream ends without upstream usage (it did not send any, it broke, or the client left), counts the
 request and the text actually sent. So the normal path, where the upstream reports usage, parses
-nothing extra.
+nothing extra. What it holds is bounded (``HELD_BYTES``): past it the frames held so far are counted
+and let go, so a stream that never ends holds a number, not every frame it ever sent.
 
 The stream's usage chunk carries the gateway's cost as a top-level ``x_gateway: {"cost_usd": ...}``
 field: OpenAI's ``usage`` object is left exactly as the upstream sent it and SDKs keep unknown fields.
@@ -30,6 +31,11 @@ log = logging.getLogger("gateway.usage")
 
 UPSTREAM = "upstream"
 COUNTED = "counted"
+
+HELD_BYTES = 4 * 1024 * 1024
+"""Frames a ``MeteredStream`` holds before it counts them and lets them go. Above any usual answer
+(a 16k-token answer is ~3 MB of frames), so the normal stream counts once, at its end, if at all; a
+stream longer than this is not cached either. Tokens spanning a counting boundary may count one more."""
 
 
 class UsageCounter:
@@ -57,14 +63,19 @@ class UsageCounter:
 
     def from_frames(self, frames: Iterable[bytes], model: str) -> Usage:
         """Usage of a stream: the prompt estimate plus the text of the chunks passed on."""
+        return Usage(
+            prompt_tokens=self.prompt(model), completion_tokens=self.completion(frames, model), estimated=True
+        )
+
+    def completion(self, frames: Iterable[bytes], model: str) -> int:
+        """The tokens of the text in the chunks ``frames``."""
         pieces: dict[tuple[int, int], list[str]] = {}
         for frame in frames:
             chunk = chunk_of(frame)
             choices = chunk.get("choices") if chunk is not None else None
             for key, text in _delta_pieces(choices):
                 pieces.setdefault(key, []).append(text)
-        completion = _count_pieces((("".join(parts)) for parts in pieces.values()), model)
-        return Usage(prompt_tokens=self.prompt(model), completion_tokens=completion, estimated=True)
+        return _count_pieces((("".join(parts)) for parts in pieces.values()), model)
 
 
 def chunk_of(frame: bytes) -> dict[str, Any] | None:
@@ -154,6 +165,15 @@ def response_usage(ex: Exchange, upstream: UpstreamResponse, counter: UsageCount
         ex.usage_source = COUNTED if ex.usage is not None else None
 
 
+def _counted_int(count: Callable[[], int]) -> int:
+    """``_counted`` for a token count: a failure counts 0 (and is logged)."""
+    try:
+        return count()
+    except Exception:
+        log.exception("counting usage failed")
+        return 0
+
+
 def _counted(count: Callable[[], Usage]) -> Usage | None:
     """Run a count; a failure is logged and bills nothing rather than lose the settlement."""
     try:
@@ -170,7 +190,8 @@ class MeteredStream:
     when the upstream gave no usage. ``finish`` runs when iteration ends (so the usage chunk the
     ingress reads next is final) and again from the proxy when the stream closes for any other
     reason; it acts once. With ``keep``, the frames of a stream that ran to its end stay in ``kept``
-    (for the response cache).
+    (for the response cache), unless it passed ``HELD_BYTES``: then the frames held are counted and
+    dropped as it goes (``_let_go``), and the stream is not cached.
     """
 
     def __init__(
@@ -182,14 +203,21 @@ class MeteredStream:
         self._ex = ex
         self._counter = counter
         self._frames: list[bytes] = []
+        self._held = 0
+        self._let_go_tokens = 0
+        """Completion tokens of the frames already counted and dropped."""
         self._first: bytes | None = None
         self._finished = False
         self.usage: Usage | None = None
         self.usage_frame: bytes | None = None
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
+        frames = self._frames
         async for frame in self.inner:
-            self._frames.append(frame)
+            frames.append(frame)
+            self._held += len(frame)
+            if self._held > HELD_BYTES:
+                self._let_go()
             yield frame
         if self._keep:  # not reached when the upstream raised or the client left
             self.kept = tuple(self._frames)
@@ -197,6 +225,19 @@ class MeteredStream:
 
     async def aclose(self) -> None:
         await self.inner.aclose()
+
+    def _let_go(self) -> None:
+        """Count the frames held so far, then drop them (in place: ``__aiter__`` holds the list)."""
+        self._keep = False  # too long to cache
+        frames = self._frames
+        if self._first is None:
+            self._first = frames[0]
+        if self.inner.usage is None and (model := _upstream_model(self._ex)) is not None:
+            # the usual stream reports usage only in its last chunk: counted anyway, in case it does not
+            held = list(frames)
+            self._let_go_tokens += _counted_int(lambda: self._counter.completion(held, model))
+        frames.clear()
+        self._held = 0
 
     def finish(self) -> None:
         """Settle on this stream's usage: the upstream's, or counted from what was sent."""
@@ -207,13 +248,16 @@ class MeteredStream:
         usage = self.inner.usage
         if usage is not None:
             ex.usage_source = UPSTREAM
-        elif self._frames and (model := _upstream_model(ex)) is not None:
+        elif (self._frames or self._first is not None) and (model := _upstream_model(ex)) is not None:
             # Nothing sent means nothing generated that the client saw: an upstream that failed
             # before its first chunk is not billed, like a failed non-stream request.
             frames = self._frames
             usage = _counted(lambda: self._counter.from_frames(frames, model))
+            if usage is not None:
+                usage.completion_tokens += self._let_go_tokens
             ex.usage_source = COUNTED if usage is not None else None
-        self._first = self._frames[0] if self._frames else None
+        if self._first is None and self._frames:
+            self._first = self._frames[0]
         self._frames = []
         self.usage = ex.usage = usage
         if usage is not None:
