@@ -69,6 +69,7 @@ class SSEParser:
             search = pending.find(b"\n\n", self._scanned)
             if search < 0:  # the partial event goes on: nothing to parse yet, nothing re-scanned
                 if len(pending) > limit:
+                    self._buf = bytearray()
                     raise LimitExceeded("event", limit)
                 self._scanned = len(pending) - 1
                 return

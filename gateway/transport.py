@@ -527,6 +527,9 @@ async def _fetch(
             if total > limit:  # the socket pauses at _HIGH_WATER, so at most that much is past it
                 conn.close()
                 if 200 <= conn.status < 300:
+                    # the traceback keeps this frame: let the bytes go now, not when it is collected
+                    parts.clear()
+                    del part
                     raise ResponseTooLarge(limit)
                 parts.append(part[: len(part) - (total - limit)])
                 return conn.status, conn.headers, b"".join(parts)

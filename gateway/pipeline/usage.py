@@ -35,7 +35,13 @@ COUNTED = "counted"
 HELD_BYTES = 4 * 1024 * 1024
 """Frames a ``MeteredStream`` holds before it counts them and lets them go. Above any usual answer
 (a 16k-token answer is ~3 MB of frames), so the normal stream counts once, at its end, if at all; a
-stream longer than this is not cached either. Tokens spanning a counting boundary may count one more."""
+stream longer than this is not cached either."""
+BYTES_PER_TOKEN = 4
+"""The estimate for text too long to tokenize on the event loop: frames let go, and any one text past
+``EXACT_CHARS``. A tokenizer pass over megabytes of a hostile answer's text (long runs without spaces
+cost tiktoken ~150 ns a byte) would stall every other request of the worker."""
+EXACT_CHARS = 256 * 1024
+"""Texts up to this long (~64k tokens: any usual answer) are counted exactly, longer ones estimated."""
 
 
 class UsageCounter:
@@ -69,13 +75,24 @@ class UsageCounter:
 
     def completion(self, frames: Iterable[bytes], model: str) -> int:
         """The tokens of the text in the chunks ``frames``."""
-        pieces: dict[tuple[int, int], list[str]] = {}
-        for frame in frames:
-            chunk = chunk_of(frame)
-            choices = chunk.get("choices") if chunk is not None else None
-            for key, text in _delta_pieces(choices):
-                pieces.setdefault(key, []).append(text)
-        return _count_pieces((("".join(parts)) for parts in pieces.values()), model)
+        return _count_pieces(_stream_texts(frames), model)
+
+    @staticmethod
+    def estimate(frames: Iterable[bytes]) -> int:
+        """The tokens of the text in the chunks ``frames``, estimated from its size (no tokenizer)."""
+        size = sum(len(text.encode()) for text in _stream_texts(frames))
+        return -(-size // BYTES_PER_TOKEN)
+
+
+def _stream_texts(frames: Iterable[bytes]) -> Iterable[str]:
+    """The text of a stream's chunks, one string per choice and part (tokens span fragments)."""
+    pieces: dict[tuple[int, int], list[str]] = {}
+    for frame in frames:
+        chunk = chunk_of(frame)
+        choices = chunk.get("choices") if chunk is not None else None
+        for key, text in _delta_pieces(choices):
+            pieces.setdefault(key, []).append(text)
+    return ("".join(parts) for parts in pieces.values())
 
 
 def chunk_of(frame: bytes) -> dict[str, Any] | None:
@@ -99,7 +116,13 @@ def with_cost(frame: bytes, cost: Decimal) -> bytes:
 
 
 def _count_pieces(pieces: Iterable[str], model: str) -> int:
-    return sum(count_text(text, model) for text in pieces if text)
+    return sum(_count_one(text, model) for text in pieces if text)
+
+
+def _count_one(text: str, model: str) -> int:
+    if len(text) > EXACT_CHARS:
+        return -(-len(text.encode()) // BYTES_PER_TOKEN)
+    return count_text(text, model)
 
 
 def _message_pieces(choices: Any) -> Iterable[str]:
@@ -227,15 +250,16 @@ class MeteredStream:
         await self.inner.aclose()
 
     def _let_go(self) -> None:
-        """Count the frames held so far, then drop them (in place: ``__aiter__`` holds the list)."""
+        """Estimate the tokens of the frames held so far, then drop them (in place: ``__aiter__``
+        holds the list). The usual stream reports usage only in its last chunk: estimated anyway, in
+        case it does not."""
         self._keep = False  # too long to cache
         frames = self._frames
         if self._first is None:
             self._first = frames[0]
-        if self.inner.usage is None and (model := _upstream_model(self._ex)) is not None:
-            # the usual stream reports usage only in its last chunk: counted anyway, in case it does not
+        if self.inner.usage is None:
             held = list(frames)
-            self._let_go_tokens += _counted_int(lambda: self._counter.completion(held, model))
+            self._let_go_tokens += _counted_int(lambda: self._counter.estimate(held))
         frames.clear()
         self._held = 0
 

@@ -92,6 +92,7 @@ def decode_whole(data: bytes, encoding: bytes, limit: int, *, cut: bool = False)
         parts.append(decoder.flush())
     except DecodedTooLarge:
         if not cut:
+            parts.clear()  # the traceback keeps this frame: let the bytes go now
             raise
         parts.append(decoder.overflow)
     return b"".join(parts)[:limit]
