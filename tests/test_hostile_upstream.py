@@ -46,8 +46,8 @@ def routes_yaml(hostile: HostileUpstream) -> str:
             "models:",
             *models,
             "routes:",
-            "  - {name: slow, match: {model: paced}, targets: [{model: paced}], timeout_s: %s}"
-            % ROUTE_TIMEOUT_S,
+            "  - {name: slow, match: {model: paced}, targets: [{model: paced}], timeout_s: "
+            + f"{ROUTE_TIMEOUT_S}}}",
             "defaults: {timeout_s: 30, retry: {attempts: 1}}",
             "",
         ]

@@ -165,7 +165,8 @@ async def post_json(
         try:
             resp = await transport.handle_async_request(_request(url, body, headers, timeout_s))
             try:
-                ok = resp.status_code // 100 == 2
+                status, raw_headers = resp.status_code, _raw_headers(resp)  # before the body is read
+                ok = status // 100 == 2
                 limit = limits.max_body_bytes if ok else limits.max_error_bytes
                 read = await read_capped(_raw(resp), limit, cut=not ok)
                 if read is None:
@@ -175,7 +176,6 @@ async def post_json(
                 await resp.aclose()
         except httpx.HTTPError as exc:
             raise map_transport_error(exc, provider) from exc
-        status, raw_headers = resp.status_code, _raw_headers(resp)
         content = _decoded(provider, status, raw_headers, content, limits)
     if status // 100 != 2:
         raise on_error(status, content, httpx.Headers(raw_headers))
