@@ -191,7 +191,9 @@ def test_an_answer_past_the_body_limit_is_a_502_read_no_further(
     baseline = gw.rss_mb()
     resp, peak = gw.watch(lambda: chat(gw, mode))
     assert resp.status_code == 502, resp.text
-    assert "larger than the gateway's limit (33554432 bytes)" in error_of(resp)["message"]
+    error = error_of(resp)
+    assert "larger than the gateway's limit (33554432 bytes)" in error["message"]
+    assert error["code"] == "upstream_too_large"
     # the gateway stopped reading at the limit (plus what was in flight), not at the end of the body
     assert hostile.sent[mode] < 100 * MB, hostile.sent[mode]
     after = settled_rss(gw, baseline + 40)
@@ -209,7 +211,11 @@ def test_a_huge_error_body_is_summarized_not_read(gateway: GatewayProcess, hosti
     message = error_of(resp)["message"]
     assert "HTTP 500" in message and len(message) < 1000, message[:300]
     assert hostile.sent["huge_error"] < 20 * MB, hostile.sent["huge_error"]
-    print(f"huge_error: peak {peak:.0f} MB, read {hostile.sent['huge_error'] / MB:.1f} MB")
+    (status, _, events), peak_streamed = gw.watch(lambda: stream(gw, "huge_error"))
+    assert status == 502 and "HTTP 500" in orjson.loads(events[-1])["error"]["message"]
+    assert hostile.sent["huge_error"] < 40 * MB, hostile.sent["huge_error"]
+    peak = max(peak, peak_streamed)
+    print(f"huge_error: peak {peak:.0f} MB, read {hostile.sent['huge_error'] / MB:.1f} MB for two")
 
 
 def test_a_gzip_bomb_is_cut_at_the_decoded_limit(gateway: GatewayProcess, hostile: HostileUpstream) -> None:
@@ -249,11 +255,9 @@ def test_an_sse_line_without_end_is_a_502_at_the_event_limit(
     print(f"noline: peak {peak:.0f} MB, read {hostile.sent['noline'] / MB:.1f} MB")
 
 
-def test_a_client_that_stops_reading_is_cut_at_the_route_deadline(
-    gateway: GatewayProcess, hostile: HostileUpstream
-) -> None:
-    """Finding: a client that stops reading holds a stream (and its upstream) past the route's deadline."""
-    gw = gateway.ensure()
+def stalled_stream(port: int, hostile: HostileUpstream) -> tuple[float, bool]:
+    """A streamed request whose client reads the head and nothing more; the hostile upstream paces an
+    endless stream. (Seconds until the gateway let the upstream go, whether the client was closed.)"""
     body = orjson.dumps({"model": "paced", "messages": [{"role": "user", "content": "hi"}], "stream": True})
     request = (
         b"POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\n"
@@ -261,17 +265,17 @@ def test_a_client_that_stops_reading_is_cut_at_the_route_deadline(
     )
     with socket.socket() as client:
         client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        client.connect(("127.0.0.1", gw.port))
+        client.connect(("127.0.0.1", port))
         started = time.monotonic()
         client.sendall(request)
         client.settimeout(5)
         assert client.recv(64).startswith(b"HTTP/1.1 200")
-        # ... and reads nothing more. The upstream is let go at the deadline (plus a margin).
-        while hostile.open_answers["paced"] and time.monotonic() - started < ROUTE_TIMEOUT_S + 3:
+        # ... and reads nothing more. The upstream must be let go at the deadline (plus a margin).
+        while hostile.open_answers["paced"] and time.monotonic() - started < ROUTE_TIMEOUT_S + 4:
             time.sleep(0.05)
         released = time.monotonic() - started
         assert hostile.open_answers["paced"] == 0, "the upstream is still streaming to the gateway"
-        # and the client's connection is closed (a reset, or the end once the buffers drain)
+        # then the client's connection is closed (a reset, or the end once the buffers drain)
         closed = False
         try:
             while time.monotonic() - started < ROUTE_TIMEOUT_S + 8:
@@ -280,8 +284,29 @@ def test_a_client_that_stops_reading_is_cut_at_the_route_deadline(
                     break
         except ConnectionResetError:
             closed = True
-        assert closed
+        except TimeoutError:
+            closed = False
+        return released, closed
+
+
+def test_a_client_that_stops_reading_is_cut_at_the_route_deadline(
+    gateway: GatewayProcess, hostile: HostileUpstream
+) -> None:
+    """Finding: a client that stops reading holds a stream (and its upstream) past the route's deadline."""
+    gw = gateway.ensure()
+    released, closed = stalled_stream(gw.port, hostile)
     print(f"paced: upstream released {released:.2f}s after the request (deadline {ROUTE_TIMEOUT_S}s)")
+    assert closed, "the client's connection is closed"
     assert released >= ROUTE_TIMEOUT_S - 0.1
-    resp = chat(gw, "normal")  # the gateway serves on
-    assert resp.status_code == 200
+    assert chat(gw, "normal").status_code == 200  # the gateway serves on
+
+
+def test_the_asgi_path_lets_a_stalled_stream_go_too(
+    gateway_factory: Callable[..., Any], hostile: HostileUpstream
+) -> None:
+    """The same on the ASGI path (``SSEResponse`` under plain uvicorn): the upstream is let go within
+    the stall grace past the deadline. (Uvicorn, not the gateway, closes the client connection there.)"""
+    gw = gateway_factory(routes=routes_yaml(hostile), budgets=BUDGETS, http="httptools")
+    released, _ = stalled_stream(gw.server.port, hostile)
+    print(f"paced (ASGI): upstream released {released:.2f}s after the request")
+    assert released >= ROUTE_TIMEOUT_S - 0.1

@@ -381,7 +381,8 @@ def final_error(
             code="upstream_rate_limited",
             retry_after=last.retry_after,
         )
-    return UpstreamUnavailable(f"Upstream failed after {attempts} attempt(s): {last.message}")
+    code = last.code if isinstance(last, UpstreamUnavailable) else None  # e.g. upstream_too_large
+    return UpstreamUnavailable(f"Upstream failed after {attempts} attempt(s): {last.message}", code=code)
 
 
 def _is_context(err: GatewayError) -> bool:
