@@ -12,7 +12,7 @@ Modes:
     huge          200 with ``content-length`` 2 GB, zeros
     endless       200, chunked, never ends
     huge_error    500 with ``content-length`` 1 GB
-    gzip_bomb     200, gzip: ~1 MB on the wire that inflates to a valid 1 GB chat completion
+    gzip_bomb     200, gzip: ~256 KB on the wire that inflates to a valid 256 MB chat completion
     endless_sse   an SSE stream of 8 KB chunks without usage and without ``[DONE]``
     noline        an SSE stream whose first line never ends (``data: xxxx…``)
     paced         an SSE stream of 16 KB content chunks, endless (for clients that stop reading)
@@ -228,7 +228,7 @@ async def gzip_bomb(a: _Answer) -> bool:
         frame = chunk(a.model, "a" * (MB - 300))
         return await a.pour((out for _ in range(1024) if (out := z.compress(frame))), chunked=True)
     await a.head(200, content_type="application/json", transfer_encoding="chunked", content_encoding="gzip")
-    return await a.pour(_bomb(a.model, 1024), chunked=True)
+    return await a.pour(_bomb(a.model, 256), chunked=True)
 
 
 async def endless_sse(a: _Answer) -> bool:

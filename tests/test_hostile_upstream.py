@@ -225,7 +225,7 @@ def test_a_gzip_bomb_is_cut_at_the_decoded_limit(gateway: GatewayProcess, hostil
     assert resp.status_code == 502, resp.text[:300]
     assert len(resp.content) < 4096
     assert "decoded answer larger than the gateway's limit" in error_of(resp)["message"]
-    print(f"gzip_bomb: peak {peak:.0f} MB, {hostile.sent['gzip_bomb'] / MB:.1f} MB on the wire")
+    print(f"gzip_bomb: peak {peak:.0f} MB, {hostile.sent['gzip_bomb'] / 1024:.0f} KB on the wire")
 
 
 def test_an_endless_stream_without_usage_ends_with_an_error_event(
