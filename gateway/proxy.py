@@ -159,10 +159,11 @@ class Pipeline:
                 if ex.plan.log_content is not None:  # opt-in content logging: the prompt only, for streams
                     ex.content = content_for_log(ex.plan.log_content, parsed.body, None)
                 # From here the slot is the stream's: ``_stream`` gives it back when the upstream closes.
-                frames = self._stream(ex, ingress, metered, parsed.include_usage, store_as)
+                deadline = dispatcher.deadline
+                frames = self._stream(ex, ingress, metered, parsed.include_usage, store_as, deadline)
                 # A client gone before the first frame never starts ``frames``; on_close still cleans up.
                 on_close = functools.partial(self._end_stream, ex, metered, store_as)
-                return Reply(200, ex.response_headers(), frames=frames, after=on_close)
+                return Reply(200, ex.response_headers(), frames=frames, after=on_close, deadline=deadline)
             try:
                 upstream = await dispatcher.send()
             finally:
@@ -269,6 +270,7 @@ class Pipeline:
         upstream: UpstreamStream,
         include_usage: bool,
         store_as: tuple[str, int] | None = None,
+        deadline: float | None = None,
     ) -> AsyncGenerator[bytes, None]:
         try:
             first = True
@@ -281,7 +283,10 @@ class Pipeline:
             ex.status, ex.error_code = err.status, err.code
             yield ingress.stream_error(err)
         except (GeneratorExit, asyncio.CancelledError):
-            ex.status, ex.error_code = 499, "client_closed"
+            if deadline is not None and time.monotonic() >= deadline:  # a client that stopped reading
+                ex.status, ex.error_code = 504, "deadline_exceeded"
+            else:
+                ex.status, ex.error_code = 499, "client_closed"
             raise
         except Exception as exc:  # a stream must end with an error event, whatever broke
             log.exception("stream failed")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
@@ -20,6 +21,15 @@ from starlette.types import Receive, Scope, Send
 log = logging.getLogger("gateway")
 
 JSON = "application/json"
+STALL_GRACE_S = 1.0
+"""On the ASGI path, how long past its deadline a stream may stay blocked on a client that does not
+read: the stream's own deadline ends it (with an error event) first whenever the client reads."""
+
+
+class ClientStalled(ConnectionError):
+    """A streamed answer's client stopped reading until the deadline (an OSError: a lost connection)."""
+
+
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
 
@@ -29,6 +39,8 @@ class Reply:
 
     ``after`` runs once the answer is out: after a JSON body is sent, or when a stream ends or is cut
     short (then ``frames`` is closed first). It runs whether or not the client is still there.
+    ``deadline`` (``time.monotonic()``) is when a stream must be over: a client that stops reading
+    cannot hold it, or the upstream behind it, past that (the server closes the connection).
     """
 
     status: int
@@ -36,11 +48,12 @@ class Reply:
     body: bytes = b""
     frames: AsyncGenerator[bytes, None] | None = None
     after: Callable[[], Awaitable[None]] | None = None
+    deadline: float | None = None
 
 
 def to_response(reply: Reply) -> Response:
     if reply.frames is not None:
-        return SSEResponse(reply.frames, reply.headers, reply.after)
+        return SSEResponse(reply.frames, reply.headers, reply.after, reply.deadline)
     response = json_response(reply.body, reply.status, reply.headers)
     if reply.after is not None:
         response.background = BackgroundTask(reply.after)
@@ -65,9 +78,11 @@ class SSEResponse(Response):
         frames: AsyncGenerator[bytes, None],
         headers: Mapping[str, str],
         on_close: Callable[[], Awaitable[None]] | None = None,
+        deadline: float | None = None,
     ) -> None:
         self.frames = frames
         self.on_close = on_close
+        self.deadline = deadline
         self.status_code = 200
         self.background = None
         self.init_headers({**headers, **SSE_HEADERS})
@@ -87,12 +102,17 @@ class SSEResponse(Response):
                 task.cancel()
 
         watcher = asyncio.create_task(watch())
+        # one timer per stream: the server's ``send`` waits while the client does not read
+        stall_s = None if self.deadline is None else self.deadline + STALL_GRACE_S - time.monotonic()
         async with stream_to_client(self.frames, self.on_close, gone.is_set):
             try:
-                await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
-                async for frame in self.frames:
-                    await send({"type": "http.response.body", "body": frame, "more_body": True})
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                async with asyncio.timeout(stall_s):
+                    await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+                    async for frame in self.frames:
+                        await send({"type": "http.response.body", "body": frame, "more_body": True})
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+            except TimeoutError:
+                raise ClientStalled("the client stopped reading before the stream's deadline") from None
             finally:
                 finished = True
                 watcher.cancel()
@@ -116,6 +136,8 @@ async def stream_to_client(
             raise
         task.uncancel()
         log.debug("client disconnected mid-stream")
+    except ClientStalled:
+        log.info("closed a stream at its deadline: the client stopped reading")
     except OSError:
         log.debug("client connection lost mid-stream")
     finally:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
@@ -24,7 +25,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from gateway.errors import ClientClosed, ServerError, render_openai
 from gateway.handlers.endpoint import ProxyEndpoint
 from gateway.pipeline.parse import check_declared_size, check_size
-from gateway.responses import JSON, SSE_HEADERS, Reply, stream_to_client
+from gateway.responses import JSON, SSE_HEADERS, ClientStalled, Reply, stream_to_client
 
 log = logging.getLogger("gateway")
 
@@ -169,13 +170,29 @@ class GatewayHttpProtocol(HttpToolsProtocol):
                         head = b""
                         continue
                     if cycle.flow.write_paused and not cycle.disconnected:
-                        await cycle.flow.drain()
+                        await self._drain(cycle, reply.deadline)
                     self._wire.write(chunk)  # frames of one turn leave together
                 self._streaming = None
                 self._wire.write_now(head + _LAST_CHUNK)
                 _complete(cycle)
             finally:
                 self._streaming = None
+
+    async def _drain(self, cycle: RequestResponseCycle, deadline: float | None) -> None:
+        """Wait for a slow client to take what was written, but not past the stream's deadline: a
+        client that stops reading would otherwise hold the stream, and the upstream behind it, for as
+        long as it likes. At the deadline the connection is aborted (a close would wait on the very
+        bytes the client does not read) and the stream ends as a client gone."""
+        if deadline is None:
+            await cycle.flow.drain()
+            return
+        try:
+            async with asyncio.timeout(deadline - time.monotonic()):
+                await cycle.flow.drain()
+        except TimeoutError:
+            self._streaming = None  # this task is the one ending it: connection_lost must not cancel it
+            self._wire.abort()
+            raise ClientStalled("the client stopped reading before the stream's deadline") from None
 
 
 class NativeIncoming:

@@ -18,11 +18,37 @@ class Event:
     data: bytes
 
 
-class SSEParser:
-    __slots__ = ("_buf",)
+class LimitExceeded(Exception):
+    """An upstream stream past one of the parser's limits (an event, or the whole stream)."""
 
-    def __init__(self) -> None:
-        self._buf = b""
+    def __init__(self, what: str, limit: int) -> None:
+        super().__init__(f"{what} exceeded {limit} bytes")
+        self.what = what
+        self.limit = limit
+
+
+_UNLIMITED = 1 << 62
+
+
+class SSEParser:
+    """Events out of byte chunks, in time linear in the bytes fed.
+
+    A chunk that holds whole events (the usual case) is sliced as it is, without a copy. A partial event
+    waits in a ``bytearray`` that the next chunks are appended to, and the search for the blank line
+    that ends it resumes where the last one stopped, so an event arriving in many small chunks, or a
+    line that never ends, costs no re-scan per chunk. ``max_event`` bounds an event (a partial one
+    too: past it ``LimitExceeded`` rather than buffering on); ``max_total`` bounds the whole stream.
+    """
+
+    __slots__ = ("_buf", "_cr", "_max_event", "_max_total", "_scanned", "_total")
+
+    def __init__(self, max_event: int = _UNLIMITED, max_total: int = _UNLIMITED) -> None:
+        self._buf = bytearray()
+        self._scanned = 0  # the bytes of _buf already searched for b"\n\n", less one
+        self._cr = False  # the last chunk ended in "\r": a "\n" opening the next is part of that CRLF
+        self._max_event = max_event
+        self._max_total = max_total
+        self._total = 0
 
     def feed(self, chunk: bytes) -> list[Event]:
         return list(self.events(chunk))
@@ -30,24 +56,54 @@ class SSEParser:
     def events(self, chunk: bytes) -> Iterator[Event]:
         """``feed``, lazily: each event is parsed when it is asked for, so the first of a chunk that
         holds a whole stream goes on its way before the rest is parsed. Consume it to the end."""
-        buf = self._buf + chunk
-        if b"\r" in buf:
-            buf = buf.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-        self._buf = b""
+        self._total += len(chunk)
+        if self._total > self._max_total:
+            raise LimitExceeded("stream", self._max_total)
+        if b"\r" in chunk or self._cr:
+            chunk = self._normalize(chunk)
+        limit = self._max_event
+        search = 0
+        if self._buf:
+            pending = self._buf
+            pending += chunk
+            search = pending.find(b"\n\n", self._scanned)
+            if search < 0:  # the partial event goes on: nothing to parse yet, nothing re-scanned
+                if len(pending) > limit:
+                    self._buf = bytearray()
+                    raise LimitExceeded("event", limit)
+                self._scanned = len(pending) - 1
+                return
+            chunk, self._buf = bytes(pending), bytearray()  # one copy per event that was split
         start = 0
         while True:
-            end = buf.find(b"\n\n", start)
+            end = chunk.find(b"\n\n", search)
             if end < 0:
                 break
-            event = _parse_block(buf[start:end])
-            start = end + 2
+            if end - start > limit:
+                raise LimitExceeded("event", limit)
+            event = _parse_block(chunk[start:end])
+            start = search = end + 2
             if event is not None:
                 yield event
-        self._buf = buf[start:]
+        rest = len(chunk) - start
+        if rest:
+            if rest > limit:
+                raise LimitExceeded("event", limit)
+            self._buf += chunk[start:] if start else chunk
+            self._scanned = rest - 1
+
+    def _normalize(self, chunk: bytes) -> bytes:
+        """CRLF and lone CR as LF, a CRLF split across two chunks included."""
+        if self._cr and chunk.startswith(b"\n"):
+            chunk = chunk[1:]
+        self._cr = chunk.endswith(b"\r")
+        return chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
 
     def flush(self) -> list[Event]:
         """Events left in the buffer when the stream ended without a final blank line."""
-        rest, self._buf = self._buf.strip(b"\n"), b""
+        rest = bytes(self._buf).strip(b"\n")
+        self._buf = bytearray()
+        self._scanned = 0
         if not rest:
             return []
         event = _parse_block(rest)

@@ -18,7 +18,7 @@ from conftest import free_port
 
 from gateway.errors import UpstreamStatusError
 from gateway.providers import http
-from gateway.transport import FastTransport
+from gateway.transport import FastTransport, ResponseTooLarge
 
 
 @dataclass
@@ -641,3 +641,36 @@ async def test_open_stream_decodes_compressed_bodies_and_maps_error_answers(
     assert "slow down" in str(caught.value)
     assert up.requests[0].headers["user-agent"] == http.USER_AGENT
     assert up.accepted == 1  # both answers were read to the end: one connection throughout
+
+
+async def test_fetch_stops_reading_at_its_limits_and_closes_the_connection(upstream: Start) -> None:
+    """issue 16: a body past ``max_bytes`` is refused, an error body past ``max_error_bytes`` cut; the
+    rest is never read (the connection is closed) and the server sees the gateway hang up."""
+    sent = {"n": 0}
+
+    async def endless(q: Request, _r: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        status = "500 Oops" if q.path == "/error" else "200 OK"
+        writer.write(f"HTTP/1.1 {status}\r\ntransfer-encoding: chunked\r\n\r\n".encode())
+        block = chunk(b"z" * 65536)
+        for _ in range(20_000):  # 1.3 GB, were it all read
+            writer.write(block)
+            await writer.drain()
+            sent["n"] += 65536
+        return False
+
+    up = await upstream(endless)
+    transport = FastTransport()
+    try:
+        with pytest.raises(ResponseTooLarge):
+            await transport.fetch(httpx.URL(up.url + "/ok"), [], b"{}", 5.0, max_bytes=1_000_000)
+        status, _, body = await transport.fetch(
+            httpx.URL(up.url + "/error"), [], b"{}", 5.0, max_error_bytes=5000
+        )
+        assert (status, body) == (500, b"z" * 5000)
+        await asyncio.wait_for(up.closed.wait(), 5)
+        assert transport.open_connections() == 0
+        assert sent["n"] < 40 * 1024 * 1024, sent["n"]
+        mapped = http.map_transport_error(ResponseTooLarge(1000), "p")
+        assert (mapped.status, mapped.code) == (502, "upstream_too_large")
+    finally:
+        await transport.aclose()

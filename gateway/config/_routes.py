@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 from typing import Literal
 
@@ -21,6 +22,7 @@ from gateway.config.model import (
     Route,
     RoutesConfig,
     Target,
+    UpstreamLimits,
 )
 
 PROVIDER_TYPES = ("openai", "azure", "anthropic", "mock")
@@ -29,7 +31,9 @@ AZURE_API_VERSION = "2024-10-21"
 ANTHROPIC_BASE_URL = "https://api.anthropic.com"
 
 _TOP = ("providers", "defaults", "models", "routes", "plugins")
-_COMMON = ("type", "base_url", "api_key", "headers", "timeout_s")
+_COMMON = ("type", "base_url", "api_key", "headers", "timeout_s", "limits")
+_LIMITS = tuple(UpstreamLimits.__dataclass_fields__)
+_MIN_LIMIT = 1024  # below a kilobyte no real answer fits: surely a slip
 _AZURE_ONLY = ("api_version",)
 _MOCK_ONLY = ("latency_ms", "fault", "fault_rate")
 _NEEDS_BASE_URL = ("openai", "azure")
@@ -45,6 +49,7 @@ def build_routes(data: object, c: Checker) -> RoutesConfig:
     plugins = _plugins(top.get("plugins"), c)
     models = _models(top.get("models"), providers, c)
     defaults = _defaults(top.get("defaults"), c)
+    providers = _with_limits(top.get("providers"), providers, defaults.upstream_limits, c)
     routes = _routes(top.get("routes"), models, plugins, defaults.retry, c)
     return RoutesConfig(providers=providers, models=models, routes=routes, defaults=defaults, plugins=plugins)
 
@@ -94,6 +99,32 @@ def _provider(name: str, value: object, path: str, c: Checker) -> ProviderConfig
         api_version=api_version,
         options=_mock_options(d, path, c) if kind == "mock" else {},
     )
+
+
+def _with_limits(
+    value: object, providers: dict[str, ProviderConfig], base: UpstreamLimits, c: Checker
+) -> dict[str, ProviderConfig]:
+    """Each provider's ``limits``: ``defaults.upstream_limits`` with the provider's own fields laid over."""
+    entries = value if isinstance(value, dict) else {}
+    out = {}
+    for name, config in providers.items():
+        entry = entries.get(name)
+        own = entry.get("limits") if isinstance(entry, dict) else None
+        out[name] = dataclasses.replace(
+            config, limits=_limits(own, key_path(key_path("providers", name), "limits"), base, c)
+        )
+    return out
+
+
+def _limits(value: object, path: str, base: UpstreamLimits, c: Checker) -> UpstreamLimits:
+    """Upstream answer limits; fields left out are taken from ``base``."""
+    if value is None:
+        return base
+    d = c.record(value, path, _LIMITS)
+    if d is None:
+        return base
+    given = {key: c.integer(d, path, key, getattr(base, key), ge=_MIN_LIMIT) for key in _LIMITS}
+    return UpstreamLimits(**given)
 
 
 def _headers(value: object, path: str, c: Checker) -> dict[str, str]:
@@ -189,6 +220,7 @@ def _defaults(value: object, c: Checker) -> Defaults:
         "estimate_margin",
         "max_concurrent_upstream",
         "queue_timeout_s",
+        "upstream_limits",
     )
     d = c.record(value, "defaults", fields)
     if d is None:
@@ -202,6 +234,9 @@ def _defaults(value: object, c: Checker) -> Defaults:
         estimate_margin=c.number(d, "defaults", "estimate_margin", base.estimate_margin, ge=0, le=1),
         max_concurrent_upstream=c.opt_integer(d, "defaults", "max_concurrent_upstream", ge=1),
         queue_timeout_s=c.number(d, "defaults", "queue_timeout_s", base.queue_timeout_s, ge=0),
+        upstream_limits=_limits(
+            d.get("upstream_limits"), "defaults.upstream_limits", base.upstream_limits, c
+        ),
     )
 
 

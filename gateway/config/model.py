@@ -19,6 +19,25 @@ MAX_NAME_LENGTH = 128
 """Tenant, key, model, provider and route names: they become Redis keys, metric labels and URL paths."""
 
 
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamLimits:
+    """How much of an upstream's answer the gateway reads (routes.yaml ``defaults.upstream_limits``,
+    overridden per provider by ``providers.<name>.limits``). Sizes are bytes after decompression, so a
+    compressed answer is held to the same bound as a plain one (a gzip bomb stops at the cap)."""
+
+    max_body_bytes: int = 32 * MIB
+    """A non-streamed answer; past it the answer is a 502, and the read stops there."""
+    max_error_bytes: int = 1 * MIB
+    """A non-2xx answer's body: past it the body is not read further and the error is summarized."""
+    max_event_bytes: int = 1 * MIB
+    """One SSE event (its lines up to the blank line that ends it)."""
+    max_stream_bytes: int = 256 * MIB
+    """A whole stream; past it the stream ends with a 502 (before the first byte) or an SSE error event."""
+
+
 @dataclass(frozen=True, slots=True)
 class ProviderConfig:
     name: str
@@ -31,6 +50,8 @@ class ProviderConfig:
     """Azure's api-version query parameter."""
     options: Mapping[str, object] = field(default_factory=dict)
     """Type-specific settings (the mock's latency_ms, fault, fault_rate)."""
+    limits: UpstreamLimits = field(default_factory=UpstreamLimits)
+    """``defaults.upstream_limits`` with this provider's ``limits`` laid over them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +148,7 @@ class Defaults:
     """Per-replica cap on upstream requests in flight; None is no cap."""
     queue_timeout_s: float = 1.0
     """How long a request waits for a free upstream slot before it is shed with 503."""
+    upstream_limits: UpstreamLimits = field(default_factory=UpstreamLimits)
 
 
 @dataclass(frozen=True, slots=True)

@@ -409,7 +409,8 @@ def final_error(
         )
     if isinstance(last, UpstreamAuthError):
         return UpstreamAuthError(f"Upstream failed after {attempts} attempt(s): {last.message}")
-    return UpstreamUnavailable(f"Upstream failed after {attempts} attempt(s): {last.message}")
+    code = last.code if isinstance(last, UpstreamUnavailable) else None  # e.g. upstream_too_large
+    return UpstreamUnavailable(f"Upstream failed after {attempts} attempt(s): {last.message}", code=code)
 
 
 def _is_context(err: GatewayError) -> bool:

@@ -4,7 +4,8 @@ A non-stream body without ``usage`` is counted from the request and the body. A 
 ``MeteredStream`` that keeps references to the frames it passes on (no parsing) and, only if the
 stream ends without upstream usage (it did not send any, it broke, or the client left), counts the
 request and the text actually sent. So the normal path, where the upstream reports usage, parses
-nothing extra.
+nothing extra. What it holds is bounded (``HELD_BYTES``): past it the frames held so far are counted
+and let go, so a stream that never ends holds a number, not every frame it ever sent.
 
 An upstream's usage is vetted first (``usage_check.py``): a negative, absurd or non-numeric report
 is an anomaly, recorded on the exchange (``ex.usage_anomaly``, counted and logged at settlement),
@@ -37,6 +38,17 @@ log = logging.getLogger("gateway.usage")
 UPSTREAM = "upstream"
 COUNTED = "counted"
 
+HELD_BYTES = 4 * 1024 * 1024
+"""Frames a ``MeteredStream`` holds before it counts them and lets them go. Above any usual answer
+(a 16k-token answer is ~3 MB of frames), so the normal stream counts once, at its end, if at all; a
+stream longer than this is not cached either."""
+BYTES_PER_TOKEN = 4
+"""The estimate for text too long to tokenize on the event loop: frames let go, and any one text past
+``EXACT_CHARS``. A tokenizer pass over megabytes of a hostile answer's text (long runs without spaces
+cost tiktoken ~150 ns a byte) would stall every other request of the worker."""
+EXACT_CHARS = 256 * 1024
+"""Texts up to this long (~64k tokens: any usual answer) are counted exactly, longer ones estimated."""
+
 
 class UsageCounter:
     """Counts a request's tokens with tiktoken when the upstream reports none."""
@@ -63,14 +75,30 @@ class UsageCounter:
 
     def from_frames(self, frames: Iterable[bytes], model: str) -> Usage:
         """Usage of a stream: the prompt estimate plus the text of the chunks passed on."""
-        pieces: dict[tuple[int, int], list[str]] = {}
-        for frame in frames:
-            chunk = chunk_of(frame)
-            choices = chunk.get("choices") if chunk is not None else None
-            for key, text in _delta_pieces(choices):
-                pieces.setdefault(key, []).append(text)
-        completion = _count_pieces((("".join(parts)) for parts in pieces.values()), model)
-        return Usage(prompt_tokens=self.prompt(model), completion_tokens=completion, estimated=True)
+        return Usage(
+            prompt_tokens=self.prompt(model), completion_tokens=self.completion(frames, model), estimated=True
+        )
+
+    def completion(self, frames: Iterable[bytes], model: str) -> int:
+        """The tokens of the text in the chunks ``frames``."""
+        return _count_pieces(_stream_texts(frames), model)
+
+    @staticmethod
+    def estimate(frames: Iterable[bytes]) -> int:
+        """The tokens of the text in the chunks ``frames``, estimated from its size (no tokenizer)."""
+        size = sum(len(text.encode()) for text in _stream_texts(frames))
+        return -(-size // BYTES_PER_TOKEN)
+
+
+def _stream_texts(frames: Iterable[bytes]) -> Iterable[str]:
+    """The text of a stream's chunks, one string per choice and part (tokens span fragments)."""
+    pieces: dict[tuple[int, int], list[str]] = {}
+    for frame in frames:
+        chunk = chunk_of(frame)
+        choices = chunk.get("choices") if chunk is not None else None
+        for key, text in _delta_pieces(choices):
+            pieces.setdefault(key, []).append(text)
+    return ("".join(parts) for parts in pieces.values())
 
 
 def chunk_of(frame: bytes) -> dict[str, Any] | None:
@@ -94,7 +122,13 @@ def with_cost(frame: bytes, cost: Decimal) -> bytes:
 
 
 def _count_pieces(pieces: Iterable[str], model: str) -> int:
-    return sum(count_text(text, model) for text in pieces if text)
+    return sum(_count_one(text, model) for text in pieces if text)
+
+
+def _count_one(text: str, model: str) -> int:
+    if len(text) > EXACT_CHARS:
+        return -(-len(text.encode()) // BYTES_PER_TOKEN)
+    return count_text(text, model)
 
 
 def _message_pieces(choices: Any) -> Iterable[str]:
@@ -184,6 +218,15 @@ def response_usage(ex: Exchange, upstream: UpstreamResponse, counter: UsageCount
         upstream.usage = ex.usage  # what a cache entry keeps: the counts the gateway stands by
 
 
+def _counted_int(count: Callable[[], int]) -> int:
+    """``_counted`` for a token count: a failure counts 0 (and is logged)."""
+    try:
+        return count()
+    except Exception:
+        log.exception("counting usage failed")
+        return 0
+
+
 def _counted(count: Callable[[], Usage]) -> Usage | None:
     """Run a count; a failure is logged and bills nothing rather than lose the settlement."""
     try:
@@ -200,7 +243,8 @@ class MeteredStream:
     when the upstream gave no usage. ``finish`` runs when iteration ends (so the usage chunk the
     ingress reads next is final) and again from the proxy when the stream closes for any other
     reason; it acts once. With ``keep``, the frames of a stream that ran to its end stay in ``kept``
-    (for the response cache).
+    (for the response cache), unless it passed ``HELD_BYTES``: then the frames held are counted and
+    dropped as it goes (``_let_go``), and the stream is not cached.
     """
 
     def __init__(
@@ -212,14 +256,21 @@ class MeteredStream:
         self._ex = ex
         self._counter = counter
         self._frames: list[bytes] = []
+        self._held = 0
+        self._let_go_tokens = 0
+        """Completion tokens of the frames already counted and dropped."""
         self._first: bytes | None = None
         self._finished = False
         self.usage: Usage | None = None
         self.usage_frame: bytes | None = None
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
+        frames = self._frames
         async for frame in self.inner:
-            self._frames.append(frame)
+            frames.append(frame)
+            self._held += len(frame)
+            if self._held > HELD_BYTES:
+                self._let_go()
             yield frame
         if self._keep:  # not reached when the upstream raised or the client left
             self.kept = tuple(self._frames)
@@ -227,6 +278,20 @@ class MeteredStream:
 
     async def aclose(self) -> None:
         await self.inner.aclose()
+
+    def _let_go(self) -> None:
+        """Estimate the tokens of the frames held so far, then drop them (in place: ``__aiter__``
+        holds the list). The usual stream reports usage only in its last chunk: estimated anyway, in
+        case it does not."""
+        self._keep = False  # too long to cache
+        frames = self._frames
+        if self._first is None:
+            self._first = frames[0]
+        if self.inner.usage is None:
+            held = list(frames)
+            self._let_go_tokens += _counted_int(lambda: self._counter.estimate(held))
+        frames.clear()
+        self._held = 0
 
     def finish(self) -> None:
         """Settle on this stream's usage: the upstream's, or counted from what was sent."""
@@ -240,13 +305,16 @@ class MeteredStream:
             usage = self.inner.usage = self.inner.usage_frame = None
         if usage is not None:
             ex.usage_source = UPSTREAM
-        elif self._frames and (model := _upstream_model(ex)) is not None:
+        elif (self._frames or self._first is not None) and (model := _upstream_model(ex)) is not None:
             # Nothing sent means nothing generated that the client saw: an upstream that failed
             # before its first chunk is not billed, like a failed non-stream request.
             frames = self._frames
             usage = _counted(lambda: self._counter.from_frames(frames, model))
+            if usage is not None:
+                usage.completion_tokens += self._let_go_tokens
             ex.usage_source = COUNTED if usage is not None else None
-        self._first = self._frames[0] if self._frames else None
+        if self._first is None and self._frames:
+            self._first = self._frames[0]
         self._frames = []
         self.usage = ex.usage = usage
         if usage is not None:

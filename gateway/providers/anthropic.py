@@ -19,7 +19,7 @@ from gateway.providers import http
 from gateway.providers.anthropic_response import StreamTranslator, error_from_response, to_openai_response
 from gateway.providers.anthropic_translate import to_anthropic_request
 from gateway.providers.base import Operation, UpstreamRequest, UpstreamResponse, Usage
-from gateway.sse import Event, SSEParser
+from gateway.sse import Event, LimitExceeded, SSEParser
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
 DEFAULT_VERSION = "2023-06-01"
@@ -62,6 +62,7 @@ class AnthropicProvider:
             headers=self._headers(request.headers),
             timeout_s=request.timeout_s,
             on_error=error_from_response,
+            limits=self._config.limits,
         )
         if not isinstance(message, dict):
             raise UpstreamUnavailable("malformed upstream body")
@@ -78,9 +79,12 @@ class AnthropicProvider:
             headers=self._headers(request.headers),
             timeout_s=request.timeout_s,
             on_error=error_from_response,
+            limits=self._config.limits,
         )
         translator = StreamTranslator(model=request.body["model"], created=int(time.time()))
-        return AnthropicStream(self.name, response, translator)
+        limits = self._config.limits
+        parser = SSEParser(limits.max_event_bytes, limits.max_stream_bytes)
+        return AnthropicStream(self.name, response, translator, parser)
 
     def _body(self, request: UpstreamRequest, *, stream: bool) -> dict[str, Any]:
         if request.operation is not Operation.CHAT:
@@ -111,8 +115,15 @@ class AnthropicProvider:
 class AnthropicStream:
     """An open Anthropic stream yielding OpenAI SSE frames; the response is closed however it ends."""
 
-    def __init__(self, provider: str, response: http.OpenResponse, translator: StreamTranslator) -> None:
+    def __init__(
+        self,
+        provider: str,
+        response: http.OpenResponse,
+        translator: StreamTranslator,
+        parser: SSEParser | None = None,
+    ) -> None:
         self._provider = provider
+        self._parser = parser or SSEParser()
         self.usage: Usage | None = None
         self.usage_frame: bytes | None = None
         self._response = response
@@ -137,7 +148,7 @@ class AnthropicStream:
         return frames
 
     async def _iterate(self) -> AsyncGenerator[bytes, None]:
-        parser = SSEParser()
+        parser = self._parser
         translator = self._translator
         try:
             async for chunk in self._response.aiter_bytes():
@@ -159,5 +170,7 @@ class AnthropicStream:
                 raise UpstreamUnavailable("upstream stream ended early")
         except httpx.HTTPError as exc:
             raise http.map_transport_error(exc, self._provider) from exc
+        except LimitExceeded as exc:
+            raise http.map_limit_error(exc, self._provider) from exc
         finally:
             await self._response.aclose()

@@ -16,6 +16,7 @@ import httpx
 import orjson
 
 from gateway import __version__
+from gateway.config.model import UpstreamLimits
 from gateway.errors import (
     DeadlineExceeded,
     GatewayError,
@@ -24,7 +25,17 @@ from gateway.errors import (
     retry_after_seconds,
 )
 from gateway.memo import Memo
-from gateway.transport import FastTransport, RawResponse
+from gateway.providers.decode import (
+    DecodedTooLarge,
+    UnsupportedEncoding,
+    decode_stream,
+    decode_whole,
+    encoding_of,
+)
+from gateway.sse import LimitExceeded
+from gateway.transport import FastTransport, RawResponse, ResponseTooLarge
+
+NO_LIMITS = UpstreamLimits()
 
 ErrorMapper = Callable[[int, bytes, Mapping[str, str]], UpstreamStatusError]
 
@@ -47,7 +58,29 @@ def map_transport_error(exc: httpx.HTTPError, provider: str) -> GatewayError:
     """The one boundary where httpx exceptions become gateway errors."""
     if isinstance(exc, httpx.TimeoutException):
         return DeadlineExceeded(f"upstream '{provider}' timed out")
+    if isinstance(exc, ResponseTooLarge):
+        return too_large(provider, exc.limit, "answer")
     return UpstreamUnavailable(f"upstream '{provider}' failed: {type(exc).__name__}")
+
+
+def map_limit_error(exc: Exception, provider: str) -> GatewayError:
+    """An answer past one of ``UpstreamLimits`` (or undecodable) as the 502 the client gets."""
+    if isinstance(exc, DecodedTooLarge):
+        return too_large(provider, exc.limit, "decoded answer")
+    if isinstance(exc, LimitExceeded):
+        return too_large(provider, exc.limit, exc.what)
+    return UpstreamUnavailable(f"upstream '{provider}' sent an undecodable body: {exc}")
+
+
+def too_large(provider: str, limit: int, what: str) -> UpstreamUnavailable:
+    return UpstreamUnavailable(
+        f"upstream '{provider}' sent a {what} larger than the gateway's limit ({limit} bytes)",
+        code="upstream_too_large",
+    )
+
+
+LIMIT_ERRORS = (DecodedTooLarge, UnsupportedEncoding, LimitExceeded)
+"""What reading an answer within ``UpstreamLimits`` raises, besides httpx's errors."""
 
 
 def openai_error(status: int, body: bytes, headers: Mapping[str, str]) -> UpstreamStatusError:
@@ -126,24 +159,34 @@ async def post_json(
     headers: Mapping[str, str],
     timeout_s: float,
     on_error: ErrorMapper = openai_error,
+    limits: UpstreamLimits = NO_LIMITS,
 ) -> tuple[bytes, Any]:
     """POST a JSON body and return (raw bytes, parsed JSON) of a 2xx answer.
 
     The whole call is bounded by dispatch's attempt deadline (one timer per attempt, not one per layer);
-    ``timeout_s`` also goes to the transport for its connect/read/write/pool waits.
+    ``timeout_s`` also goes to the transport for its connect/read/write/pool waits. A 2xx body past
+    ``limits.max_body_bytes`` is a 502; an error body is read up to ``limits.max_error_bytes`` only.
     """
     if isinstance(transport, FastTransport):
-        status, raw_headers, content = await _fetch(transport, provider, url, body, headers, timeout_s)
+        status, raw_headers, content = await _fetch(
+            transport, provider, url, body, headers, timeout_s, limits
+        )
     else:
         try:
             resp = await transport.handle_async_request(_request(url, body, headers, timeout_s))
             try:
-                await resp.aread()
+                status, raw_headers = resp.status_code, _raw_headers(resp)  # before the body is read
+                ok = status // 100 == 2
+                limit = limits.max_body_bytes if ok else limits.max_error_bytes
+                read = await read_capped(_raw(resp), limit, cut=not ok)
+                if read is None:
+                    raise too_large(provider, limit, "answer")
+                content = read
             finally:
                 await resp.aclose()
         except httpx.HTTPError as exc:
             raise map_transport_error(exc, provider) from exc
-        status, raw_headers, content = resp.status_code, resp.headers.raw, resp.content
+        content = _decoded(provider, status, raw_headers, content, limits)
     if status // 100 != 2:
         raise on_error(status, content, httpx.Headers(raw_headers))
     try:
@@ -159,18 +202,96 @@ async def _fetch(
     body: Mapping[str, Any] | bytes,
     headers: Mapping[str, str],
     timeout_s: float,
+    limits: UpstreamLimits,
 ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
     """``FastTransport``'s short path: no httpx Request/Response objects, same wire bytes."""
     try:
         status, raw_headers, content = await transport.fetch(
-            _url(url), _wire(headers), _encoded(body), timeout_s
+            _url(url),
+            _wire(headers),
+            _encoded(body),
+            timeout_s,
+            limits.max_body_bytes,
+            limits.max_error_bytes,
         )
     except httpx.HTTPError as exc:
         raise map_transport_error(exc, provider) from exc
-    if any(name.lower() == b"content-encoding" for name, _ in raw_headers):
-        # compressed although the gateway asked for nothing of the kind: let httpx decode it
-        content = httpx.Response(status, headers=raw_headers, content=content).read()
-    return status, raw_headers, content
+    return status, raw_headers, _decoded(provider, status, raw_headers, content, limits)
+
+
+def _decoded(
+    provider: str, status: int, raw_headers: list[tuple[bytes, bytes]], content: bytes, limits: UpstreamLimits
+) -> bytes:
+    """A whole body, decoded if the upstream compressed it although the gateway asked for nothing of
+    the kind: within ``max_body_bytes`` (past it a 502) or, for an error, cut at ``max_error_bytes``."""
+    encoding = encoding_of(raw_headers)
+    if encoding is None:
+        return content
+    ok = status // 100 == 2
+    try:
+        return decode_whole(
+            content, encoding, limits.max_body_bytes if ok else limits.max_error_bytes, cut=not ok
+        )
+    except LIMIT_ERRORS as exc:
+        if not ok:  # an error is still an error; its undecodable body is just not worth showing
+            return b""
+        raise map_limit_error(exc, provider) from exc
+
+
+async def _raw(resp: httpx.Response) -> AsyncIterator[bytes]:
+    """An httpx answer's body as sent (decoded here, within limits), or whole if already read."""
+    if resp.is_stream_consumed:  # built with ``content=`` (a test's MockTransport): already in memory
+        yield resp.content
+        return
+    async for part in resp.aiter_raw():
+        yield part
+
+
+def _raw_headers(resp: httpx.Response) -> list[tuple[bytes, bytes]]:
+    """The headers as sent; an answer httpx already read (and decoded) counts as not encoded."""
+    if resp.is_stream_consumed:
+        return [(k, v) for k, v in resp.headers.raw if k.lower() != b"content-encoding"]
+    return resp.headers.raw
+
+
+async def read_capped(chunks: AsyncIterator[bytes], limit: int, *, cut: bool) -> bytes | None:
+    """A body read up to ``limit`` bytes and no further: past it None, or with ``cut`` the first
+    ``limit`` bytes. The caller closes the answer, which drops the connection if bytes were left."""
+    parts: list[bytes] = []
+    total = 0
+    async for part in chunks:
+        total += len(part)
+        if total > limit:
+            if not cut:
+                return None
+            parts.append(part[: len(part) - (total - limit)])
+            break
+        parts.append(part)
+    return b"".join(parts)
+
+
+class _DecodedResponse:
+    """An open answer whose body is decoded as it arrives, within ``limit`` decoded bytes."""
+
+    def __init__(
+        self, inner: OpenResponse, raw: AsyncIterator[bytes], encoding: bytes, limit: int, provider: str
+    ):
+        self.status_code = inner.status_code
+        self._inner = inner
+        self._raw = raw
+        self._encoding = encoding
+        self._limit = limit
+        self._provider = provider
+
+    async def aiter_bytes(self) -> AsyncIterator[bytes]:
+        try:
+            async for piece in decode_stream(self._raw, self._encoding, self._limit):
+                yield piece
+        except LIMIT_ERRORS as exc:
+            raise map_limit_error(exc, self._provider) from exc
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
 
 
 async def open_stream(
@@ -182,28 +303,34 @@ async def open_stream(
     headers: Mapping[str, str],
     timeout_s: float,
     on_error: ErrorMapper = openai_error,
+    limits: UpstreamLimits = NO_LIMITS,
 ) -> OpenResponse:
     """Send a streaming request; return the open 2xx response (the caller must close it). Bounded by
-    dispatch's attempt deadline, like ``post_json``. A ``FastTransport`` takes ``open``, the short path."""
+    dispatch's attempt deadline, like ``post_json``. A ``FastTransport`` takes ``open``, the short path.
+    An error body is read up to ``limits.max_error_bytes`` only; a compressed stream is decoded within
+    ``limits.max_stream_bytes`` (the SSE parser holds the stream to its limits past that)."""
     resp: httpx.Response | RawResponse
     try:
         if isinstance(transport, FastTransport):
             resp = await transport.open(_url(url), _wire(headers), _encoded(body), timeout_s)
-            if any(name.lower() == b"content-encoding" for name, _ in resp.headers):
-                # compressed although the gateway asked for nothing of the kind: let httpx decode it
-                resp = httpx.Response(resp.status_code, headers=resp.headers, stream=resp.stream)
+            raw_headers, raw = resp.headers, resp.aiter_bytes()
         else:
             resp = await transport.handle_async_request(_request(url, body, headers, timeout_s))
+            raw_headers, raw = _raw_headers(resp), _raw(resp)
     except httpx.HTTPError as exc:
         raise map_transport_error(exc, provider) from exc
     if resp.status_code // 100 != 2:
         try:
-            content = await resp.aread()
+            content = await read_capped(raw, limits.max_error_bytes, cut=True) or b""
         except httpx.HTTPError as exc:
             raise map_transport_error(exc, provider) from exc
         finally:
             await resp.aclose()
-        raise on_error(resp.status_code, content, httpx.Headers(resp.headers))
+        content = _decoded(provider, resp.status_code, raw_headers, content, limits)
+        raise on_error(resp.status_code, content, httpx.Headers(raw_headers))
+    encoding = encoding_of(raw_headers)
+    if encoding is not None:
+        return _DecodedResponse(resp, raw, encoding, limits.max_stream_bytes, provider)
     return resp
 
 

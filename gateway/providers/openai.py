@@ -20,7 +20,7 @@ from gateway.config.model import ProviderConfig
 from gateway.errors import UpstreamStatusError, UpstreamUnavailable
 from gateway.providers import http
 from gateway.providers.base import Operation, UpstreamRequest, UpstreamResponse, Usage
-from gateway.sse import SSEParser, data_frame
+from gateway.sse import LimitExceeded, SSEParser, data_frame
 
 PATHS = {
     Operation.CHAT: "/chat/completions",
@@ -38,6 +38,7 @@ class OpenAIProvider:
         self.name = config.name
         self._transport = transport
         self._base = config.base_url.rstrip("/")
+        self._limits = config.limits
         self._headers = {"content-type": "application/json", **self._auth_headers(config), **config.headers}
         if not http.has_user_agent(self._headers):
             self._headers["user-agent"] = http.USER_AGENT
@@ -75,6 +76,7 @@ class OpenAIProvider:
             body=self._payload(request),
             headers=self._headers,
             timeout_s=request.timeout_s,
+            limits=self._limits,
         )
         if not isinstance(data, dict):
             raise UpstreamUnavailable(f"upstream '{self.name}' sent a malformed body")
@@ -88,8 +90,11 @@ class OpenAIProvider:
             body=self._payload(request),
             headers=self._headers,
             timeout_s=request.timeout_s,
+            limits=self._limits,
         )
-        return OpenAIStream(self.name, response)
+        return OpenAIStream(
+            self.name, response, SSEParser(self._limits.max_event_bytes, self._limits.max_stream_bytes)
+        )
 
 
 def _completion_tokens(body: dict[str, Any]) -> dict[str, Any]:
@@ -106,14 +111,15 @@ def _completion_tokens(body: dict[str, Any]) -> dict[str, Any]:
 class OpenAIStream:
     """Forwards OpenAI SSE frames as they arrive; keeps the usage chunk aside for the core."""
 
-    def __init__(self, provider: str, response: http.OpenResponse) -> None:
+    def __init__(self, provider: str, response: http.OpenResponse, parser: SSEParser | None = None) -> None:
         self._provider = provider
         self._response = response
+        self._parser = parser or SSEParser()
         self.usage: Usage | None = None
         self.usage_frame: bytes | None = None
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        parser = SSEParser()
+        parser = self._parser
         try:
             async for raw in self._response.aiter_bytes():
                 for event in parser.events(raw):
@@ -125,6 +131,8 @@ class OpenAIStream:
                         yield frame
         except httpx.HTTPError as exc:
             raise http.map_transport_error(exc, self._provider) from exc
+        except LimitExceeded as exc:
+            raise http.map_limit_error(exc, self._provider) from exc
         finally:
             await self._response.aclose()
         raise UpstreamUnavailable(f"upstream '{self._provider}' stream ended before [DONE]")

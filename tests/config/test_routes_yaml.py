@@ -405,3 +405,46 @@ class TestPlugins:
             "routes.yaml: plugins.b.on_error: must be one of open, closed",
             "routes.yaml: plugins: invalid plugin name 'c d': use only letters, digits, '.', '_' and '-'",
         ]
+
+
+class TestUpstreamLimits:
+    """``defaults.upstream_limits`` and a provider's own ``limits`` over them (issue 16)."""
+
+    def test_defaults_and_a_provider_override(self) -> None:
+        config, _ = routes_ok(
+            """
+            providers:
+              big:
+                type: openai
+                base_url: "http://h/v1"
+                limits: {max_body_bytes: 2048, max_event_bytes: 4096}
+              plain: {type: openai, base_url: "http://h/v1"}
+            models:
+              m: {provider: plain}
+            defaults:
+              upstream_limits: {max_error_bytes: 8192, max_event_bytes: 16384}
+            """
+        )
+        plain, big = config.providers["plain"].limits, config.providers["big"].limits
+        assert (plain.max_body_bytes, plain.max_error_bytes, plain.max_event_bytes) == (32 << 20, 8192, 16384)
+        assert plain.max_stream_bytes == 256 << 20
+        # the provider's fields win; the rest come from the defaults, not the built-in values
+        assert (big.max_body_bytes, big.max_error_bytes, big.max_event_bytes) == (2048, 8192, 4096)
+
+    def test_rules_name_their_path(self) -> None:
+        errors = routes_errors(
+            """
+            providers:
+              p: {type: openai, base_url: "http://h/v1", limits: {max_body_bytes: 10, max_lines: 5}}
+            models:
+              m: {provider: p}
+            defaults:
+              upstream_limits: {max_stream_bytes: -1, max_error_bytes: "big"}
+            """
+        )
+        assert errors == [
+            "routes.yaml: defaults.upstream_limits.max_error_bytes: must be an integer",
+            "routes.yaml: defaults.upstream_limits.max_stream_bytes: must be >= 1024",
+            "routes.yaml: providers.p.limits: unknown field 'max_lines'",
+            "routes.yaml: providers.p.limits.max_body_bytes: must be >= 1024",
+        ]
