@@ -37,8 +37,8 @@ from typing import Any, Literal
 
 from gateway.store.base import (
     DONE_TTL_S,
-    AlreadySettledError,
     Admission,
+    AlreadySettledError,
     Ask,
     ScopeLimits,
     ScopeState,

@@ -17,9 +17,10 @@ Key layout (``{T}`` is the tenant as a Redis Cluster hash tag, so one script cal
 TTLs: windows 120 s, renewed by the first write of each second; ``res`` and ``lease`` together, to
 the longest live lease + 60..120 s, never shortened; a period's spent until 32 days after the
 period starts (the longest period plus a day), a ``total`` budget's spent (start 0) forever; a
-settled marker ``DONE_TTL_S`` (a day); the admin keys forever. Scope names are ``t`` and ``k:<key id>``; tenant and key ids must follow the
-config's name rule (letters, digits, ``.``, ``_``, ``-``), which keeps the hash tag and the
-space-separated reservation record intact. lib.lua explains the window bookkeeping.
+settled marker ``DONE_TTL_S`` (a day); the admin keys forever. Scope names are ``t`` and
+``k:<key id>``; tenant and key ids must follow the config's name rule (letters, digits, ``.``,
+``_``, ``-``), which keeps the hash tag and the space-separated reservation record intact.
+lib.lua explains the window bookkeeping.
 
 Time is the caller's ``now``, not Redis ``TIME``, so tests can drive the clock. That is safe enough
 across replicas: NTP-synced hosts disagree by milliseconds, windows are seconds wide and leases a
