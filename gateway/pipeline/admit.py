@@ -30,7 +30,16 @@ from gateway.pipeline.open_mode import LastKnown, local_ask, refused_by_allowanc
 from gateway.pipeline.parse import ParsedRequest
 from gateway.pipeline.route import Plan
 from gateway.providers.base import Operation
-from gateway.store.base import NANO, Admission, Ask, ScopeLimits, ScopeState, Store, StoreUnavailableError
+from gateway.store.base import (
+    NANO,
+    Admission,
+    Ask,
+    ScopeLimits,
+    ScopeState,
+    Store,
+    StoreUnavailableError,
+    StoreUnreachableError,
+)
 from gateway.tokens import count_chat, count_text
 
 log = logging.getLogger("gateway.admit")
@@ -207,10 +216,12 @@ class Admitter:
         except StoreUnavailableError as exc:
             self._failing = True
             log.warning("admission: %s (store_failure: %s)", exc, self._defaults.store_failure)
+            sent = not isinstance(exc, StoreUnreachableError)  # else it cannot have run: no release
             if self._defaults.store_failure == "closed":
-                self._release(ask)
+                if sent:
+                    self._release(ask)
                 raise StoreUnavailable("The gateway's store is unreachable; try again shortly.") from exc
-            return await self._admit_locally(ask, scopes)
+            return await self._admit_locally(ask, scopes, sent)
         except BaseException:  # an error reply, a bug, a cancelled request: it may have run all the same
             self._release(ask)
             raise
@@ -222,14 +233,15 @@ class Admitter:
             raise refusal(admission, scopes)
         return Reservation(ask, admission)
 
-    async def _admit_locally(self, ask: Ask, scopes: tuple[ScopeLimits, ...]) -> Reservation:
+    async def _admit_locally(self, ask: Ask, scopes: tuple[ScopeLimits, ...], sent: bool) -> Reservation:
         """``store_failure: open``: admitted by the fallback store, within ``open_mode``'s bounds. The
-        shared store's admission may have run too: the settlement (or the release) frees it."""
+        shared store's admission may have run too (``sent``): the settlement (or the release) frees it."""
         local = local_ask(ask, self._open_spend_nano, self._known)
         admission = await self._fallback.admit(local)
         if admission.admitted:
             return Reservation(ask, admission, local)
-        self._release(ask)
+        if sent:
+            self._release(ask)
         if admission.refused_by == "budget" and refused_by_allowance(
             ask, admission.refused_scope, self._open_spend_nano, self._known
         ):

@@ -120,6 +120,11 @@ class StoreUnavailableError(Exception):
     """The store could not be reached in time; the caller applies ``store_failure``."""
 
 
+class StoreUnreachableError(StoreUnavailableError):
+    """Unavailable, and the call was never sent (no connection): it certainly did not run, so an
+    admission that failed this way needs no release."""
+
+
 class AlreadySettledError(StoreUnavailableError):
     """An admission of a request id that was already settled or released: nothing was recorded.
     Only a caller that gave up on the admission and released it can cause it, so nobody sees it but

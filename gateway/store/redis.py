@@ -63,9 +63,10 @@ from gateway.store.base import (
     Settlement,
     Spend,
     StoreUnavailableError,
+    StoreUnreachableError,
 )
 from gateway.store.memory import SPENT_RETENTION_S, key_id_of
-from gateway.store.resp import ReplyError, RespClient, Script, is_noscript
+from gateway.store.resp import NotSentError, ReplyError, RespClient, Script, is_noscript
 
 T = TypeVar("T")
 
@@ -84,7 +85,10 @@ ahead of the next admission added ~40 µs to that request's time to first event)
 
 
 def _down(exc: OSError) -> StoreUnavailableError:
-    """ConnectionError, and the builtin TimeoutError of a call's deadline: the store is unavailable."""
+    """ConnectionError, and the builtin TimeoutError of a call's deadline: the store is unavailable
+    (``StoreUnreachableError`` when the call was never sent)."""
+    if isinstance(exc, NotSentError):
+        return StoreUnreachableError(f"redis unavailable (nothing sent): {exc!r}")
     return StoreUnavailableError(f"redis unavailable: {exc!r}")
 
 
