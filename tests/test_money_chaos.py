@@ -174,7 +174,7 @@ def rig(
     replicas: int = 1,
     policy: str = "closed",
     budget_usd: float = 1000.0,
-    open_spend_usd: float = 1.0,
+    open_spend_usd: float | None = None,
 ) -> Iterator[Rig]:
     (tmp_path / "routes.yaml").write_text(routes(policy, open_spend_usd))
     (tmp_path / "budgets.yaml").write_text(budgets(budget_usd))
