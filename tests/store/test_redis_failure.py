@@ -85,8 +85,11 @@ async def test_a_frozen_server_times_out(redis_servers: Callable[[], RedisServer
             os.kill(server.proc.pid, signal.SIGCONT)
         assert (await store.admit(ask("thawed"))).admitted
         # The frozen call's script ran once the server woke, though its caller was told it failed:
-        # its reservation is held until its lease expires, which is what leases are for.
+        # released by its request id (the gateway's settler does this), it holds nothing at once;
+        # left alone, it would be held until its lease expires.
         assert (await store.spend("acme", SCOPE, now=T0)).reserved_nano == 300
+        assert await store.settle(Settlement.release(ask("frozen"), now=T0)) == {"t": 0}
+        assert (await store.spend("acme", SCOPE, now=T0)).reserved_nano == 200
         assert (await store.spend("acme", SCOPE, now=T0 + 61)).reserved_nano == 0
     finally:
         await store.close()
