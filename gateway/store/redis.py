@@ -36,7 +36,8 @@ stalled server wakes and reads it). Both money operations are idempotent by requ
 ``base``), so the caller recovers: the settler (``gateway/pipeline/spend.py``) re-sends a settlement
 until one copy is acknowledged, and releases an admission whose reply was lost; the ``done`` marker
 makes every later copy a no-op, and makes a late admission of a released id record nothing.
-Connection errors, timeouts, OSErrors and READONLY replies (a failed-over primary) become
+Connection errors, timeouts, OSErrors, READONLY replies (a failed-over primary) and LOADING, BUSY
+and MASTERDOWN replies (a server that will serve again soon) become
 ``StoreUnavailableError`` here and nowhere else. After a Redis restart the scripts reload by
 themselves (EVALSHA, then SCRIPT LOAD on NOSCRIPT: NOSCRIPT means the script did not run).
 """
@@ -110,14 +111,22 @@ def _put_outcome(done: asyncio.Future[None], replies: asyncio.Future[list[Any]])
         done.set_result(None)
 
 
+_PASSING_REPLIES = ("LOADING", "BUSY", "MASTERDOWN")
+"""Error replies of a server that will answer again soon, the command not run: a restarted server
+reading its AOF or RDB, a script running too long, a replica cut off from its primary."""
+
+
 def _unavailable(exc: OSError | ReplyError) -> StoreUnavailableError | None:
     """What a failed call means for the gateway: the store is unavailable, or (None) a plain error.
 
     READONLY: a failed-over primary that became a replica refuses writes until clients move on."""
     if isinstance(exc, OSError):
         return _down(exc)
-    if str(exc).startswith("READONLY"):
+    text = str(exc)
+    if text.startswith("READONLY"):
         return StoreUnavailableError(f"redis is read-only: {exc}")
+    if text.startswith(_PASSING_REPLIES):
+        return StoreUnavailableError(f"redis is not serving yet: {exc}")
     return None
 
 

@@ -12,7 +12,8 @@ import pytest
 from redis_server import RedisServer
 
 from gateway.store.base import Ask, ScopeLimits, Settlement, StoreUnavailableError
-from gateway.store.redis import RedisStore
+from gateway.store.redis import RedisStore, _unavailable
+from gateway.store.resp import ReplyError
 
 pytestmark = pytest.mark.redis
 
@@ -115,3 +116,18 @@ async def test_a_primary_turned_replica_is_unavailable_not_an_error(
     finally:
         await store.close()
         await admin.close()
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "LOADING Redis is loading the dataset in memory",
+        "BUSY Redis is busy running a script. You can only call SCRIPT KILL or SHUTDOWN NOSCRIPT.",
+        "MASTERDOWN Link with MASTER is down and replica-serve-stale-data is set to 'no'.",
+    ],
+)
+def test_a_server_that_will_serve_again_soon_is_unavailable_not_an_error(reply: str) -> None:
+    """A restarted Redis answers LOADING while it reads its AOF (seen in the kill-and-restart chaos
+    test): money calls must be retried (settlements) or refused with 503, never a 500."""
+    assert isinstance(_unavailable(ReplyError(reply)), StoreUnavailableError)
+    assert _unavailable(ReplyError("ERR unknown command")) is None
