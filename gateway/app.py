@@ -58,8 +58,18 @@ def create_app(
         metrics = Metrics()
         breakers = BreakerRegistry(metrics.circuit_state, settings.redis_url)
         gate = Gate(routes.defaults.max_concurrent_upstream)
-        shared = Shared(upstream, store, MemoryStore(), runtime_keys.lookup, breakers, gate)
-        settler = Settler(store, shared.fallback, metrics)
+        fallback = MemoryStore()
+        settler = Settler(store, fallback, metrics)
+        shared = Shared(
+            upstream,
+            store,
+            fallback,
+            runtime_keys.lookup,
+            breakers,
+            gate,
+            releases=settler,  # admissions that failed are released through the settler's queue
+            known=settler.known,
+        )
         state = GatewayState(
             settings, build_runtime(routes, budgets, shared), shared, metrics, runtime_keys, settler
         )
