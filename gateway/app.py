@@ -32,7 +32,7 @@ from gateway.responses import json_response
 from gateway.runtime import Shared, build_runtime
 from gateway.settings import Settings
 from gateway.state import GatewayState
-from gateway.store import build_store
+from gateway.store import build_store, warn_if_evicting
 from gateway.store.memory import MemoryStore
 from gateway.tokens import prepare_encodings
 from gateway.transport import FastTransport
@@ -53,11 +53,14 @@ def create_app(
         # A lean HTTP/1.1 keep-alive transport (gateway/transport.py) behind httpx's request/response types.
         upstream = transport or FastTransport(max_connections=2000, max_idle=256, keepalive_expiry=30)
         store = build_store(settings.redis_url, timeout_s=0.9)
+        # The response cache may live on a Redis of its own, where eviction is allowed.
+        cache_url = settings.cache_redis_url
+        cache_store = build_store(cache_url, timeout_s=0.9) if cache_url else None
         runtime_keys = RuntimeKeys(store)
         metrics = Metrics()
         breakers = BreakerRegistry(metrics.circuit_state, settings.redis_url)
         gate = Gate(routes.defaults.max_concurrent_upstream)
-        shared = Shared(upstream, store, MemoryStore(), runtime_keys.lookup, breakers, gate)
+        shared = Shared(upstream, store, MemoryStore(), runtime_keys.lookup, breakers, gate, cache_store)
         settler = Settler(store, shared.fallback, metrics)
         state = GatewayState(
             settings, build_runtime(routes, budgets, shared), shared, metrics, runtime_keys, settler
@@ -76,6 +79,7 @@ def create_app(
         app.state.gateway = state
         app.state.watcher = watcher
         await breakers.sync()  # the shared circuit states, before the first request is served
+        await warn_if_evicting(store)
         jobs = [
             asyncio.create_task(watcher.run(), name="config-watcher"),
             asyncio.create_task(runtime_keys.run(), name="runtime-keys"),
@@ -99,6 +103,8 @@ def create_app(
                 log.error("settlement flush timed out at shutdown: %d not written", settler.pending)
             await upstream.aclose()
             await store.close()
+            if cache_store is not None:
+                await cache_store.close()
             if metrics.spans is not None:
                 metrics.spans.shutdown()  # exports the spans still batched
             await breakers.close()

@@ -46,6 +46,8 @@ class Shared:
     runtime_keys: RuntimeLookup | None = None
     breakers: BreakerRegistry | None = None
     gate: Gate = field(default_factory=Gate)
+    cache_store: GatewayStore | None = None
+    """The response cache's own store (``GATEWAY_CACHE_REDIS_URL``); None: ``store`` holds it."""
 
 
 def build_runtime(routes: RoutesConfig, budgets: BudgetsConfig, shared: Shared) -> Runtime:

@@ -31,9 +31,11 @@ connection, commands of the same event-loop turn written together). Every call h
 ``timeout_s``, covering the connect and the reply. There are no client-side retries, because admit is
 not idempotent: a retry after a lost reply would count the request twice. A call that times out may
 still have run on the server; its reservation is then held until its lease expires. Connection
-errors, timeouts, OSErrors and READONLY replies (a failed-over primary) become
-``StoreUnavailableError`` here and nowhere else. After a Redis restart the scripts reload by
-themselves (EVALSHA, then SCRIPT LOAD on NOSCRIPT).
+errors, timeouts, OSErrors and every error reply (READONLY from a failed-over primary, MOVED from
+a cluster node named by a plain URL, LOADING, BUSY, CLUSTERDOWN, TRYAGAIN, MASTERDOWN, ...) become
+``StoreUnavailableError`` here and nowhere else, so ``store_failure`` decides, never a 500. The URL
+picks the client (``topology.py``): one server, the Sentinels' primary, or a cluster. After a Redis
+restart the scripts reload by themselves (EVALSHA, then SCRIPT LOAD on NOSCRIPT).
 """
 
 from __future__ import annotations
@@ -58,7 +60,8 @@ from gateway.store.base import (
     StoreUnavailableError,
 )
 from gateway.store.memory import SPENT_RETENTION_S, key_id_of
-from gateway.store.resp import ReplyError, RespClient, Script, is_noscript
+from gateway.store.resp import ReplyError, Script, is_noscript
+from gateway.store.topology import connect
 
 T = TypeVar("T")
 
@@ -99,15 +102,18 @@ def _put_outcome(done: asyncio.Future[None], replies: asyncio.Future[list[Any]])
         done.set_result(None)
 
 
-def _unavailable(exc: OSError | ReplyError) -> StoreUnavailableError | None:
-    """What a failed call means for the gateway: the store is unavailable, or (None) a plain error.
+def _unavailable(exc: OSError | ReplyError) -> StoreUnavailableError:
+    """What a failed call means for the gateway: the store is unavailable, whatever Redis said.
 
-    READONLY: a failed-over primary that became a replica refuses writes until clients move on."""
+    An error reply is never the request's fault: READONLY (a failed-over primary that became a
+    replica), MOVED/ASK (a cluster node named by a plain URL, or a redirect not followed), LOADING,
+    BUSY (a script or DEBUG SLEEP holds the server), CLUSTERDOWN, TRYAGAIN, MASTERDOWN, NOREPLICAS,
+    OOM, or a script error. ``store_failure`` decides what the request gets; the text says why."""
     if isinstance(exc, OSError):
         return _down(exc)
     if str(exc).startswith("READONLY"):
         return StoreUnavailableError(f"redis is read-only: {exc}")
-    return None
+    return StoreUnavailableError(f"redis refused: {exc}")
 
 
 async def _raising(exc: Exception) -> Any:
@@ -128,7 +134,7 @@ class RedisStore:
     def __init__(
         self, url: str, *, timeout_s: float = 0.25, prefix: str = "gw", linger_s: float = 0.002
     ) -> None:
-        self._redis = RespClient(url, timeout_s=timeout_s)
+        self._redis = connect(url, timeout_s=timeout_s)
         # Settlements and cache puts run after the response and nobody waits on them: they may wait
         # this long to share the next admission's write (one syscall less per request under load).
         self._linger_s = linger_s
@@ -147,10 +153,14 @@ class RedisStore:
         try:
             return await make()
         except (OSError, ReplyError) as exc:
-            unavailable = _unavailable(exc)
-            if unavailable is None:
-                raise
-            raise unavailable from exc
+            raise self._refused(exc) from exc
+
+    def _refused(self, exc: OSError | ReplyError) -> StoreUnavailableError:
+        """``_unavailable``, and a server that said READONLY is left: it is no primary any more, so
+        the next call dials again (with Sentinel, the new primary)."""
+        if isinstance(exc, ReplyError) and str(exc).startswith("READONLY"):
+            self._redis.drop()
+        return _unavailable(exc)
 
     def _script(
         self,
@@ -181,10 +191,7 @@ class RedisStore:
         if isinstance(reply, ReplyError):
             if is_noscript(reply):
                 return await self._call(lambda: script.call(self._redis, keys, args))
-            unavailable = _unavailable(reply)
-            if unavailable is not None:
-                raise unavailable from reply
-            raise reply
+            raise self._refused(reply) from reply
         return reply
 
     def _tenant_keys(self, tenant: str) -> tuple[str, list[str]]:
@@ -286,6 +293,17 @@ class RedisStore:
     async def close(self) -> None:
         await self._redis.close()
 
+    async def eviction_policy(self) -> str | None:
+        """The server's ``maxmemory-policy``, or None when it will not say (managed Redis often
+        disables CONFIG) or cannot be reached. Asked once, at start-up: the money store must be
+        ``noeviction``, since an evicted budget or reservation silently resets a limit."""
+        try:
+            reply = await self._call(lambda: self._redis.execute("CONFIG", "GET", "maxmemory-policy"))
+        except StoreUnavailableError:
+            return None
+        values = [_text(v) for v in reply]
+        return values[values.index("maxmemory-policy") + 1] if "maxmemory-policy" in values else None
+
     # -- response cache ------------------------------------------------------------------------------------
 
     async def cache_get(self, key: str) -> bytes | None:
@@ -354,7 +372,7 @@ class _Lookup:
         except OSError as exc:
             raise _down(exc) from exc
         if isinstance(reply, ReplyError):
-            raise reply
+            raise _unavailable(reply) from reply
         value: bytes | None = reply
         return value
 
