@@ -22,11 +22,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from redis_server import RedisServer  # noqa: E402
-from redis_topologies import Cluster, SentinelGroup  # noqa: E402
+from redis_server import RedisServer
+from redis_topologies import Cluster, SentinelGroup
 
-from gateway.store.base import Ask, ScopeLimits  # noqa: E402
-from gateway.store.redis import RedisStore  # noqa: E402
+from gateway.store.base import Ask, ScopeLimits
+from gateway.store.redis import RedisStore
 
 SCOPE = ScopeLimits("t", rpm=10**9, tpm=10**12, budget_nano=10**18)
 
