@@ -60,8 +60,19 @@ def create_app(
         metrics = Metrics()
         breakers = BreakerRegistry(metrics.circuit_state, settings.redis_url)
         gate = Gate(routes.defaults.max_concurrent_upstream)
-        shared = Shared(upstream, store, MemoryStore(), runtime_keys.lookup, breakers, gate, cache_store)
-        settler = Settler(store, shared.fallback, metrics)
+        fallback = MemoryStore()
+        settler = Settler(store, fallback, metrics)
+        shared = Shared(
+            upstream,
+            store,
+            fallback,
+            runtime_keys.lookup,
+            breakers,
+            gate,
+            cache_store=cache_store,
+            releases=settler,  # admissions that failed are released through the settler's queue
+            known=settler.known,
+        )
         state = GatewayState(
             settings, build_runtime(routes, budgets, shared), shared, metrics, runtime_keys, settler
         )

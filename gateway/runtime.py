@@ -12,10 +12,11 @@ from dataclasses import dataclass, field
 import httpx
 
 from gateway.config.model import BudgetsConfig, RoutesConfig
-from gateway.pipeline.admit import Admitter
+from gateway.pipeline.admit import Admitter, Releases
 from gateway.pipeline.auth import KeyIndex, RuntimeLookup
 from gateway.pipeline.breaker import BreakerRegistry
 from gateway.pipeline.dispatch import Resilience
+from gateway.pipeline.open_mode import LastKnown
 from gateway.pipeline.overload import Gate
 from gateway.pipeline.route import Router
 from gateway.providers import build_provider
@@ -46,6 +47,10 @@ class Shared:
     runtime_keys: RuntimeLookup | None = None
     breakers: BreakerRegistry | None = None
     gate: Gate = field(default_factory=Gate)
+    releases: Releases | None = None
+    """The settler: releases the admissions that failed (``gateway/pipeline/admit.py``)."""
+    known: LastKnown = field(default_factory=LastKnown)
+    """Spent totals as the store last reported them, for ``store_failure: open``'s bound."""
     cache_store: GatewayStore | None = None
     """The response cache's own store (``GATEWAY_CACHE_REDIS_URL``); None: ``store`` holds it."""
 
@@ -62,7 +67,9 @@ def build_runtime(routes: RoutesConfig, budgets: BudgetsConfig, shared: Shared) 
         router=Router(routes),
         keys=KeyIndex(budgets, shared.runtime_keys),
         providers={name: build_provider(cfg, shared.transport) for name, cfg in routes.providers.items()},
-        admitter=Admitter(shared.store, shared.fallback, routes.defaults),
+        admitter=Admitter(
+            shared.store, shared.fallback, routes.defaults, releases=shared.releases, known=shared.known
+        ),
         resilience=Resilience(
             breakers=shared.breakers,
             breaker_policy=routes.defaults.breaker,

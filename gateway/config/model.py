@@ -116,6 +116,9 @@ class Defaults:
     breaker: BreakerPolicy = field(default_factory=BreakerPolicy)
     max_body_bytes: int = 10 * 1024 * 1024
     store_failure: Literal["closed", "open"] = "closed"
+    open_spend_usd: float = 1.0
+    """``store_failure: open``: what one replica may spend per tenant (and per key with a budget of its
+    own) in one budget period while the store is unreachable (``gateway/pipeline/open_mode.py``)."""
     estimate_margin: float = 0.10
     max_concurrent_upstream: int | None = None
     """Per-replica cap on upstream requests in flight; None is no cap."""

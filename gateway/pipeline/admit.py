@@ -4,6 +4,12 @@ The reservation is the worst case: the prompt estimate (tiktoken, padded by ``es
 priced at the dearest candidate's input price, plus the most output the request may produce at that
 candidate's output price. So that the output really is bounded, a request with a budget and no
 ``max_tokens`` gets the reserved bound written into the body sent upstream.
+
+An admission that fails (the store unreachable, its reply lost, any error) may still have run, or
+may run later (a stalled Redis reads it when it wakes): its request id is then released through the
+settler, which re-sends the release until the store acknowledges it, so the reservation does not
+hold budget until its lease runs out. ``store_failure: open`` admits on the local fallback store
+instead, within the bounds of ``gateway/pipeline/open_mode.py``.
 """
 
 from __future__ import annotations
@@ -14,16 +20,26 @@ import math
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from gateway.config.model import Budget, Defaults, Limits, ModelConfig
 from gateway.errors import BudgetExceeded, RateLimited, StoreUnavailable, retry_headers
 from gateway.memo import Memo
 from gateway.pipeline.auth import Principal
+from gateway.pipeline.open_mode import LastKnown, local_ask, refused_by_allowance
 from gateway.pipeline.parse import ParsedRequest
 from gateway.pipeline.route import Plan
 from gateway.providers.base import Operation
-from gateway.store.base import NANO, Admission, Ask, ScopeLimits, ScopeState, Store, StoreUnavailableError
+from gateway.store.base import (
+    NANO,
+    Admission,
+    Ask,
+    ScopeLimits,
+    ScopeState,
+    Store,
+    StoreUnavailableError,
+    StoreUnreachableError,
+)
 from gateway.tokens import count_chat, count_text
 
 log = logging.getLogger("gateway.admit")
@@ -37,9 +53,22 @@ DEFAULT_MAX_OUTPUT = 4096
 @dataclass(slots=True)
 class Reservation:
     ask: Ask
-    local: bool
-    """Admitted by the local fallback store while the shared one was down (``store_failure: open``)."""
     admission: Admission
+    local: Ask | None = None
+    """What the local fallback store admitted while the shared one was down (``store_failure: open``):
+    the settlement goes to both, the local one with these scopes (``open_mode.local_ask``)."""
+
+
+class Releases(Protocol):
+    """The settler, as admission sees it (``gateway/pipeline/spend.py``)."""
+
+    def release(self, ask: Ask) -> None:
+        """Free ``ask``'s reservation by request id, re-sent until the store acknowledges it."""
+        ...
+
+    def store_answered(self) -> None:
+        """The store answered again after failing: what waits to be settled may go now."""
+        ...
 
 
 def period_start(budget: Budget | None, now: float) -> int:
@@ -130,10 +159,23 @@ def estimate(parsed: ParsedRequest, plan: Plan, margin: float, tenant: str | Non
 
 
 class Admitter:
-    def __init__(self, store: Store, fallback: Store, defaults: Defaults) -> None:
+    def __init__(
+        self,
+        store: Store,
+        fallback: Store,
+        defaults: Defaults,
+        *,
+        releases: Releases | None = None,
+        known: LastKnown | None = None,
+    ) -> None:
         self._store = store
         self._fallback = fallback
         self._defaults = defaults
+        self._releases = releases
+        self._known = known or LastKnown()
+        self._open_spend_nano = round(defaults.open_spend_usd * NANO)
+        self._failing = False
+        """The last admission found the store unreachable (tells the settler when it answers again)."""
         # scopes_of by (key id, UTC day): budget periods start on day boundaries
         self._scopes: Memo[tuple[str, int], tuple[ScopeLimits, ...]] = Memo(10_000)
 
@@ -169,17 +211,49 @@ class Admitter:
     async def _reserved(
         self, admitting: Awaitable[Admission], ask: Ask, scopes: tuple[ScopeLimits, ...]
     ) -> Reservation:
-        local = False
         try:
             admission = await admitting
         except StoreUnavailableError as exc:
+            self._failing = True
             log.warning("admission: %s (store_failure: %s)", exc, self._defaults.store_failure)
+            sent = not isinstance(exc, StoreUnreachableError)  # else it cannot have run: no release
             if self._defaults.store_failure == "closed":
+                if sent:
+                    self._release(ask)
                 raise StoreUnavailable("The gateway's store is unreachable; try again shortly.") from exc
-            admission, local = await self._fallback.admit(ask), True
+            return await self._admit_locally(ask, scopes, sent)
+        except BaseException:  # an error reply, a bug, a cancelled request: it may have run all the same
+            self._release(ask)
+            raise
+        if self._failing:
+            self._failing = False
+            if self._releases is not None:
+                self._releases.store_answered()
         if not admission.admitted:
             raise refusal(admission, scopes)
-        return Reservation(ask, local, admission)
+        return Reservation(ask, admission)
+
+    async def _admit_locally(self, ask: Ask, scopes: tuple[ScopeLimits, ...], sent: bool) -> Reservation:
+        """``store_failure: open``: admitted by the fallback store, within ``open_mode``'s bounds. The
+        shared store's admission may have run too (``sent``): the settlement (or the release) frees it."""
+        local = local_ask(ask, self._open_spend_nano, self._known)
+        admission = await self._fallback.admit(local)
+        if admission.admitted:
+            return Reservation(ask, admission, local)
+        if sent:
+            self._release(ask)
+        if admission.refused_by == "budget" and refused_by_allowance(
+            ask, admission.refused_scope, self._open_spend_nano, self._known
+        ):
+            raise StoreUnavailable(
+                "The gateway's store is unreachable and this replica's allowance for serving without "
+                "it (open_spend_usd) is spent; try again shortly."
+            )
+        raise refusal(admission, scopes)
+
+    def _release(self, ask: Ask) -> None:
+        if self._releases is not None:
+            self._releases.release(ask)
 
 
 async def _nothing() -> None:

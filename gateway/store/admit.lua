@@ -1,9 +1,17 @@
 -- Admission: check every scope's RPM, TPM and budget; record all of them, or nothing.
--- KEYS: res, lease, then per scope: rpm window, tpm window, spent of the current period
+-- KEYS: res, lease, done (this request's settled marker), then per scope: rpm window, tpm window,
+--       spent of the current period
 -- ARGV: now_ms, lease_expiry_ms, lease_ttl_s (lease + margin), request_id, tokens, cost_nano,
 --       then per scope: name, rpm, tpm, budget_nano  (-1 = no such limit)
 -- Returns {1, 0, 0, 0, states...} admitted, or {0, kind (1 rpm, 2 tpm, 3 budget), scope index, retry_ms,
 -- states...} refused; states are 4 integers per scope: rpm_used, tpm_used, rpm_reset_ms, tpm_reset_ms.
+-- Returns {0, 4} when the request was already settled or released (its marker exists): an admission
+-- that arrives late (sent on a stalled connection, run after its caller gave up and released it)
+-- records nothing, so it cannot hold budget nobody will ever release.
+
+if redis.call('EXISTS', KEYS[3]) == 1 then
+  return { 0, 4 }
+end
 
 local res, lease = KEYS[1], KEYS[2]
 local now_ms = ARGV[1]
@@ -40,7 +48,7 @@ reap(res, lease, now_ms)
 local used = {}
 local refused_kind, refused_at, retry, budget_at = 0, 0, 0, 0
 for i = 1, n do
-  local a, k = 6 + (i - 1) * 4, 2 + (i - 1) * 3
+  local a, k = 6 + (i - 1) * 4, 3 + (i - 1) * 3
   local rpm, tpm, budget = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])
   local s = { 0, 0, nil, nil }
   if rpm >= 0 then
@@ -101,7 +109,7 @@ redis.call('ZADD', lease, ARGV[2], id)
 
 local out = { 1, 0, 0, 0 }
 for i = 1, n do
-  local a, k = 6 + (i - 1) * 4, 2 + (i - 1) * 3
+  local a, k = 6 + (i - 1) * 4, 3 + (i - 1) * 3
   local s = used[i]
   if cost > 0 then
     redis.call('HINCRBY', res, 's:' .. scopes[i], ARGV[6])

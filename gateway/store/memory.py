@@ -18,6 +18,8 @@ Semantics both stores keep, where ``base`` leaves a choice:
   the time until the oldest non-empty bucket leaves the window (0 when the window is empty); zeros
   for a limit the scope does not have, whose window is not kept at all.
 * A reservation holds ``cost_nano`` in every scope of the ask; ``spend`` reports it as reserved.
+* ``settle`` runs once per request id: a marker kept ``DONE_TTL_S`` makes a second settle (or a
+  late admission of a settled or released id) change nothing, as in Redis.
 * ``settle`` corrects TPM: extra tokens go into the current second; over-reserved tokens are given
   back in the bucket that holds the reservation, never below zero, and not at all once that bucket
   has left the window or the reservation was reaped.
@@ -33,7 +35,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from gateway.store.base import Admission, Ask, ScopeLimits, ScopeState, Settlement, Spend
+from gateway.store.base import (
+    DONE_TTL_S,
+    Admission,
+    AlreadySettledError,
+    Ask,
+    ScopeLimits,
+    ScopeState,
+    Settlement,
+    Spend,
+)
 
 WINDOW_S = 60
 SPENT_RETENTION_S = 32 * 86_400
@@ -64,6 +75,12 @@ class _Tenant:
     reservations: dict[str, _Reservation] = field(default_factory=dict)
     leases: list[tuple[int, str]] = field(default_factory=list)
     """A heap of (expiry ms, request id); entries of settled reservations are skipped lazily."""
+    done: dict[str, int] = field(default_factory=dict)
+    """Settled (or released) request id → marker expiry ms, in the order settled."""
+
+    def settled(self, request_id: str, now_ms: int) -> bool:
+        expiry = self.done.get(request_id)
+        return expiry is not None and expiry > now_ms
 
 
 def _window(buckets: dict[int, int], now_s: int) -> tuple[int, int | None]:
@@ -128,6 +145,8 @@ class MemoryStore:
         now_s = now_ms // 1000
         self._sweep(now_ms)
         tenant = self._tenants.setdefault(ask.tenant, _Tenant())
+        if tenant.settled(ask.request_id, now_ms):
+            raise AlreadySettledError(f"request {ask.request_id} was already settled or released")
         self._reap(tenant, now_ms)
 
         used: list[list[int]] = []
@@ -194,8 +213,15 @@ class MemoryStore:
         return self._settle(settlement)
 
     def _settle(self, st: Settlement) -> dict[str, int]:
-        now_s = int(st.now * 1000) // 1000
+        if st.cost_nano < 0:
+            raise ValueError("cost_nano must not be negative")
+        now_ms = int(st.now * 1000)
+        now_s = now_ms // 1000
         tenant = self._tenants.setdefault(st.tenant, _Tenant())
+        if tenant.settled(st.request_id, now_ms):
+            return {s.scope: tenant.spent.get((s.scope, s.period_start), 0) for s in st.scopes}
+        tenant.done.pop(st.request_id, None)  # an expired marker: renewed at the end of the order
+        tenant.done[st.request_id] = now_ms + DONE_TTL_S * 1000
         admitted_at = self._release(tenant, st.request_id)
         delta = st.tokens - st.reserved_tokens
         out: dict[str, int] = {}
@@ -307,7 +333,11 @@ class MemoryStore:
                 del tenant.windows[window]
             for period in [k for k in tenant.spent if k[1] and k[1] + SPENT_RETENTION_S < now_s]:
                 del tenant.spent[period]
-            if not (tenant.windows or tenant.spent or tenant.reservations):
+            # markers are kept in the order settled: the expired ones are at the front
+            done = tenant.done
+            while done and (oldest := next(iter(done))) and done[oldest] <= now_ms:
+                del done[oldest]
+            if not (tenant.windows or tenant.spent or tenant.reservations or tenant.done):
                 del self._tenants[name]
 
     # -- run-time keys (admin API) --------------------------------------------------------------------------

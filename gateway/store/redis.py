@@ -8,6 +8,7 @@ Key layout (``{T}`` is the tenant as a Redis Cluster hash tag, so one script cal
     gw:{T}:rpm:<scope>            HASH   <unix second> → requests;  n → sum;  lo → oldest second
     gw:{T}:tpm:<scope>            HASH   <unix second> → tokens;    n → sum;  lo → oldest second
     gw:{T}:spent:<scope>:<start>  STRING spent nano in the budget period starting at <start>
+    gw:{T}:done:<request id>      STRING settled marker (the cost settled; 0 for a release)
     gw:{T}:cache:<sha256>         STRING a cached answer (gateway/pipeline/cache.py), TTL per route
     gw:{admin}:keys               HASH   sha256 → run-time key record (JSON)
     gw:{admin}:key-ids            HASH   key id → sha256
@@ -15,10 +16,11 @@ Key layout (``{T}`` is the tenant as a Redis Cluster hash tag, so one script cal
 
 TTLs: windows 120 s, renewed by the first write of each second; ``res`` and ``lease`` together, to
 the longest live lease + 60..120 s, never shortened; a period's spent until 32 days after the
-period starts (the longest period plus a day), a ``total`` budget's spent (start 0) forever; the
-admin keys forever. Scope names are ``t`` and ``k:<key id>``; tenant and key ids must follow the
-config's name rule (letters, digits, ``.``, ``_``, ``-``), which keeps the hash tag and the
-space-separated reservation record intact. lib.lua explains the window bookkeeping.
+period starts (the longest period plus a day), a ``total`` budget's spent (start 0) forever; a
+settled marker ``DONE_TTL_S`` (a day); the admin keys forever. Scope names are ``t`` and
+``k:<key id>``; tenant and key ids must follow the config's name rule (letters, digits, ``.``,
+``_``, ``-``), which keeps the hash tag and the space-separated reservation record intact.
+lib.lua explains the window bookkeeping.
 
 Time is the caller's ``now``, not Redis ``TIME``, so tests can drive the clock. That is safe enough
 across replicas: NTP-synced hosts disagree by milliseconds, windows are seconds wide and leases a
@@ -28,14 +30,18 @@ is exact up to 2**53 nano (about 9 million USD per budget).
 
 One round-trip per admit and per settle, through the lean pipelined client in ``resp.py`` (one
 connection, commands of the same event-loop turn written together). Every call has one deadline,
-``timeout_s``, covering the connect and the reply. There are no client-side retries, because admit is
-not idempotent: a retry after a lost reply would count the request twice. A call that times out may
-still have run on the server; its reservation is then held until its lease expires. Connection
-errors, timeouts, OSErrors and every error reply (READONLY from a failed-over primary, MOVED from
-a cluster node named by a plain URL, LOADING, BUSY, CLUSTERDOWN, TRYAGAIN, MASTERDOWN, ...) become
-``StoreUnavailableError`` here and nowhere else, so ``store_failure`` decides, never a 500. The URL
-picks the client (``topology.py``): one server, the Sentinels' primary, or a cluster. After a Redis
-restart the scripts reload by themselves (EVALSHA, then SCRIPT LOAD on NOSCRIPT).
+``timeout_s`` for the reply, plus one more for a connect when a call has to dial. This module retries
+nothing itself: a call that times out may still have run on the server (or run later, when a
+stalled server wakes and reads it). Both money operations are idempotent by request id (see
+``base``), so the caller recovers: the settler (``gateway/pipeline/spend.py``) re-sends a settlement
+until one copy is acknowledged, and releases an admission whose reply was lost; the ``done`` marker
+makes every later copy a no-op, and makes a late admission of a released id record nothing.
+Connection errors, timeouts, OSErrors and every error reply (READONLY from a failed-over primary,
+MOVED from a cluster node named by a plain URL, LOADING, BUSY, CLUSTERDOWN, TRYAGAIN, MASTERDOWN,
+...) become ``StoreUnavailableError`` here and nowhere else, so ``store_failure`` decides, never a
+500. The URL picks the client (``topology.py``): one server, the Sentinels' primary, or a cluster.
+After a Redis restart the scripts reload by themselves (EVALSHA, then SCRIPT LOAD on NOSCRIPT:
+NOSCRIPT means the script did not run).
 """
 
 from __future__ import annotations
@@ -51,16 +57,19 @@ from typing import Any, Literal, TypeVar
 import orjson
 
 from gateway.store.base import (
+    DONE_TTL_S,
     Admission,
+    AlreadySettledError,
     Ask,
     ScopeLimits,
     ScopeState,
     Settlement,
     Spend,
     StoreUnavailableError,
+    StoreUnreachableError,
 )
 from gateway.store.memory import SPENT_RETENTION_S, key_id_of
-from gateway.store.resp import ReplyError, Script, is_noscript
+from gateway.store.resp import NotSentError, ReplyError, Script, is_noscript
 from gateway.store.topology import connect
 
 T = TypeVar("T")
@@ -80,7 +89,10 @@ ahead of the next admission added ~40 µs to that request's time to first event)
 
 
 def _down(exc: OSError) -> StoreUnavailableError:
-    """ConnectionError, and the builtin TimeoutError of a call's deadline: the store is unavailable."""
+    """ConnectionError, and the builtin TimeoutError of a call's deadline: the store is unavailable
+    (``StoreUnreachableError`` when the call was never sent)."""
+    if isinstance(exc, NotSentError):
+        return StoreUnreachableError(f"redis unavailable (nothing sent): {exc!r}")
     return StoreUnavailableError(f"redis unavailable: {exc!r}")
 
 
@@ -198,6 +210,11 @@ class RedisStore:
         base = f"{self._prefix}:{{{tenant}}}"
         return base, [f"{base}:res", f"{base}:lease"]
 
+    def _money_keys(self, tenant: str, request_id: str) -> tuple[str, list[str]]:
+        """The tenant's reservation keys and the request's settled marker (one hash slot)."""
+        base = f"{self._prefix}:{{{tenant}}}"
+        return base, [f"{base}:res", f"{base}:lease", f"{base}:done:{request_id}"]
+
     # -- admission ----------------------------------------------------------------------------------------
 
     def admit(self, ask: Ask) -> Awaitable[Admission]:
@@ -205,7 +222,7 @@ class RedisStore:
         if ask.tokens < 0 or ask.cost_nano < 0:
             raise ValueError("tokens and cost_nano must not be negative")
         now_ms = int(ask.now * 1000)
-        base, keys = self._tenant_keys(ask.tenant)
+        base, keys = self._money_keys(ask.tenant, ask.request_id)
         args: list[str | int] = [
             now_ms,
             now_ms + int(ask.lease_s * 1000),
@@ -227,6 +244,8 @@ class RedisStore:
 
     async def _admission(self, reply: Awaitable[list[int]], ask: Ask) -> Admission:
         raw = await reply
+        if raw[1] == 4:
+            raise AlreadySettledError(f"request {ask.request_id} was already settled or released")
         states = tuple(
             ScopeState(
                 scope=s.scope,
@@ -250,18 +269,18 @@ class RedisStore:
     # -- settlement -----------------------------------------------------------------------------------------
 
     async def settle(self, settlement: Settlement) -> dict[str, int]:
-        """Release the reservation (at most once), add the cost, correct the TPM windows.
-
-        Call it exactly once per admitted request: the release is guarded (a second settle finds no
-        reservation), but the cost is added every time it is called.
-        """
+        """Release the reservation, add the cost, correct the TPM windows: once per request id, however
+        often it is called (a marker is left; see ``base``). Safe to re-send after a lost reply."""
         st = settlement
-        base, keys = self._tenant_keys(st.tenant)
+        if st.cost_nano < 0:
+            raise ValueError("cost_nano must not be negative")
+        base, keys = self._money_keys(st.tenant, st.request_id)
         args: list[str | int] = [
             int(st.now * 1000),
             st.request_id,
             st.tokens - st.reserved_tokens,
             st.cost_nano,
+            DONE_TTL_S,
         ]
         for s in st.scopes:
             keys += [f"{base}:tpm:{s.scope}", f"{base}:spent:{s.scope}:{s.period_start}"]

@@ -22,9 +22,11 @@ a handful of commands (EVALSHA, GET, SET, HVALS, HGETALL, HMGET, PING), so this 
   One watchdog timer per connection enforces them. When a deadline passes and the connection has not
   answered anything for a whole deadline, it is presumed dead (a partition sends no RST), closed,
   and the next call dials again.
-* **Errors**: connection failures raise ``ConnectionError`` (an ``OSError``); ``-ERR`` replies raise
-  ``ReplyError``. ``Script.call`` runs EVALSHA and, on ``NOSCRIPT`` (Redis restarted or flushed),
-  loads the script and runs it once more: NOSCRIPT means it did not run, so the retry is safe.
+* **Errors**: connection failures raise ``ConnectionError`` (an ``OSError``); ``NotSentError``, a
+  ``ConnectionError``, when the command was never written (no connection could be made), so the
+  caller knows it cannot have run; ``-ERR`` replies raise ``ReplyError``. ``Script.call`` runs
+  EVALSHA and, on ``NOSCRIPT`` (Redis restarted or flushed), loads the script and runs it once
+  more: NOSCRIPT means it did not run, so the retry is safe.
 * **URLs**: ``redis://[user:password@]host[:port][/db]``, ``rediss://`` (TLS), ``unix:///path?db=N``.
   AUTH and SELECT go ahead of the first command on every (re)connect. A ``locate`` callable, when
   given, says where to dial at each (re)connect instead (``topology.py``: the primary the Sentinels
@@ -55,6 +57,10 @@ Command = Sequence[Arg]
 
 class ReplyError(Exception):
     """Redis answered ``-ERR ...`` (or another error reply) to a command."""
+
+
+class NotSentError(ConnectionError):
+    """The command was never written: no connection could be made. It cannot have run."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,7 +187,7 @@ class _Connection(asyncio.Protocol):
         ``now``: written before this returns, with whatever else is queued; ``ahead`` (lingering):
         first in the write it leaves with, and it waits for one even on an idle connection."""
         if self.closed or self.transport is None:
-            raise ConnectionError("redis connection is closed")
+            raise NotSentError("redis connection is closed")
         loop = self.loop
         future: asyncio.Future[list[Any]] = loop.create_future()
         pending = _Pending(future, n, loop.time() + self.timeout_s)
@@ -267,9 +273,12 @@ class _Connection(asyncio.Protocol):
             self._watchdog = None
         unsent = [pending for _, pending in self._ahead + self._urgent + self._lingering]
         self._urgent, self._lingering, self._ahead = [], [], []
-        for pending in [*self._waiting, *unsent]:
+        for pending in self._waiting:
             if not pending.future.done():
                 pending.future.set_exception(exc)
+        for pending in unsent:  # never written: they cannot have run
+            if not pending.future.done():
+                pending.future.set_exception(NotSentError(str(exc)))
         self._waiting.clear()
         self._on_lost(self)
 
@@ -300,8 +309,11 @@ class RespClient:
         """
         conn = self._conn
         if conn is None or conn.closed:
-            async with asyncio.timeout(self.timeout_s):
-                conn = await self._connect()
+            try:
+                async with asyncio.timeout(self.timeout_s):
+                    conn = await self._connect()
+            except OSError as exc:  # refused, unreachable, or the connect deadline (TimeoutError)
+                raise NotSentError(f"redis unreachable: {exc!r}") from exc
         return await self._send(conn, commands, linger_s)
 
     def submit(

@@ -1,14 +1,27 @@
--- Settlement: release the reservation (once), add the actual cost, correct the TPM windows.
--- KEYS: res, lease, then per scope: tpm window, spent of the current period
--- ARGV: now_ms, request_id, token_delta (actual - reserved), cost_nano,
+-- Settlement: release the reservation (once), add the actual cost, correct the TPM windows, and leave
+-- a marker, so that running it again changes nothing. A release (an admission refused or lost
+-- after it may have run) is a settlement of cost 0 and no tokens.
+-- KEYS: res, lease, done (this request's marker), then per scope: tpm window, spent of the current period
+-- ARGV: now_ms, request_id, token_delta (actual - reserved), cost_nano, done_ttl_s,
 --       then per scope: name, has_tpm (1/0), spent_ttl_s (0 = keep forever)
--- Returns each scope's spent after this request (nano), in order.
+-- Returns each scope's spent after this request (nano), in order; for a request already settled,
+-- each scope's spent as it is, and nothing changes.
 
 local res, lease = KEYS[1], KEYS[2]
+local n = (#ARGV - 5) / 3
+
+if redis.call('EXISTS', KEYS[3]) == 1 then
+  local out = {}
+  for i = 1, n do
+    out[i] = tonumber(redis.call('GET', KEYS[3 + (i - 1) * 2 + 2]) or '0')
+  end
+  return out
+end
+redis.call('SET', KEYS[3], ARGV[4], 'EX', ARGV[5])
+
 local now_s = math.floor(tonumber(ARGV[1]) / 1000)
 local first_live = now_s - 59
 local delta = tonumber(ARGV[3])
-local n = (#ARGV - 4) / 3
 
 local admitted_at = release(res, lease, ARGV[2])
 
@@ -36,7 +49,7 @@ end
 
 local out = {}
 for i = 1, n do
-  local a, k = 4 + (i - 1) * 3, 2 + (i - 1) * 2
+  local a, k = 5 + (i - 1) * 3, 3 + (i - 1) * 2
   if ARGV[a + 2] == '1' then
     local key = KEYS[k + 1]
     if delta > 0 then

@@ -169,6 +169,7 @@ class TestDefaults:
                   breaker: {failures: 1, reset_s: 0.5}
                   max_body_bytes: 1024
                   store_failure: open
+                  open_spend_usd: 0.25
                   estimate_margin: 0
                   max_concurrent_upstream: 64
                   queue_timeout_s: 0
@@ -176,7 +177,7 @@ class TestDefaults:
             )
         )
         d = config.defaults
-        assert (d.max_concurrent_upstream, d.queue_timeout_s) == (64, 0.0)
+        assert (d.max_concurrent_upstream, d.queue_timeout_s, d.open_spend_usd) == (64, 0.0, 0.25)
         assert (d.timeout_s, d.max_body_bytes, d.store_failure, d.estimate_margin) == (5.0, 1024, "open", 0.0)
         assert (d.retry.attempts, d.retry.backoff_initial_s, d.retry.backoff_max_s) == (1, 0.0, 0.0)
         assert (d.breaker.failures, d.breaker.reset_s) == (1, 0.5)
@@ -191,6 +192,7 @@ class TestDefaults:
                   breaker: {failures: 0, reset_s: 0}
                   max_body_bytes: 1023
                   store_failure: maybe
+                  open_spend_usd: -1
                   estimate_margin: 1.5
                   max_concurrent_upstream: 0
                   queue_timeout_s: -0.5
@@ -205,6 +207,7 @@ class TestDefaults:
             "routes.yaml: defaults.breaker.reset_s: must be > 0",
             "routes.yaml: defaults.max_body_bytes: must be >= 1024",
             "routes.yaml: defaults.store_failure: must be one of closed, open",
+            "routes.yaml: defaults.open_spend_usd: must be >= 0",
             "routes.yaml: defaults.estimate_margin: must be between 0 and 1",
             "routes.yaml: defaults.max_concurrent_upstream: must be >= 1",
             "routes.yaml: defaults.queue_timeout_s: must be >= 0",

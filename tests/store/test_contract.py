@@ -12,7 +12,7 @@ import itertools
 import pytest
 
 from gateway.store import GatewayStore
-from gateway.store.base import Admission, Ask, ScopeLimits, Settlement
+from gateway.store.base import Admission, AlreadySettledError, Ask, ScopeLimits, Settlement
 
 T0 = 1_700_000_000.0
 DAY = 86_400
@@ -315,3 +315,57 @@ async def test_reset_moves_on_when_the_oldest_bucket_is_given_back(store: Gatewa
     await store.settle(settle_of(a, tokens=0, now=T0 + 11))  # bucket T0 is empty now
     s = (await store.admit(ask(t, now=T0 + 12, tokens=0))).states[0]
     assert s.tpm_used == 50 and s.tpm_reset_s == pytest.approx(58.0)
+
+
+# -- idempotent money operations (a lost reply is simply sent again) --------------------------------------
+
+
+async def test_a_settlement_sent_twice_counts_once(store: GatewayStore) -> None:
+    t = ScopeLimits("t", tpm=1_000, budget_nano=10_000)
+    a = ask(t, tokens=600, cost=4_000)
+    await store.admit(a)
+    first = await store.settle(settle_of(a, tokens=200, cost=1_500, now=T0 + 1))
+    # the re-send of a settlement whose reply was lost: the same totals back, nothing changes
+    for _ in range(3):
+        assert await store.settle(settle_of(a, tokens=200, cost=1_500, now=T0 + 2)) == first == {"t": 1_500}
+    spend = await store.spend("acme", t, now=T0 + 2)
+    assert (spend.spent_nano, spend.reserved_nano) == (1_500, 0)
+    # the over-reserved tokens were given back once: 200 used, so 800 still fit and 801 do not
+    assert (await store.admit(ask(t, now=T0 + 3, tokens=801))).refused_by == "tpm"
+    assert (await store.admit(ask(t, now=T0 + 3, tokens=800))).admitted
+
+
+async def test_a_settlement_without_a_reservation_counts_once(store: GatewayStore) -> None:
+    """``store_failure: open``: served on a local admission, settled in the shared store later."""
+    t = ScopeLimits("t", budget_nano=10_000)
+    a = ask(t, cost=3_000)
+    assert await store.settle(settle_of(a)) == {"t": 3_000}
+    assert await store.settle(settle_of(a)) == {"t": 3_000}
+    assert (await store.spend("acme", t, now=T0)).spent_nano == 3_000
+
+
+async def test_a_release_frees_the_reservation_once(store: GatewayStore) -> None:
+    t = ScopeLimits("t", tpm=1_000, budget_nano=1_000)
+    a = ask(t, tokens=1_000, cost=1_000)
+    assert (await store.admit(a)).admitted
+    assert await store.settle(Settlement.release(a, now=T0 + 1)) == {"t": 0}
+    assert await store.settle(Settlement.release(a, now=T0 + 1)) == {"t": 0}
+    spend = await store.spend("acme", t, now=T0 + 1)
+    assert (spend.spent_nano, spend.reserved_nano) == (0, 0)
+    assert (await store.admit(ask(t, now=T0 + 2, tokens=1_000, cost=1_000))).admitted  # all given back
+    # a settlement arriving after the release (it was sent first, on a stalled connection) adds nothing
+    assert await store.settle(settle_of(a, cost=700)) == {"t": 0}
+
+
+async def test_an_admission_after_its_release_records_nothing(store: GatewayStore) -> None:
+    """The admission was sent on a connection that stalled; its caller gave up, answered 503 and
+    released the id on another connection, which Redis happened to run first."""
+    t = ScopeLimits("t", rpm=1, tpm=100, budget_nano=1_000)
+    late = ask(t, tokens=100, cost=1_000)
+    await store.settle(Settlement.release(late, now=T0))
+    with pytest.raises(AlreadySettledError):
+        await store.admit(late)
+    spend = await store.spend("acme", t, now=T0)
+    assert (spend.spent_nano, spend.reserved_nano) == (0, 0)
+    # nothing was counted in the windows either: the one request of the minute still fits
+    assert (await store.admit(ask(t, tokens=100, cost=1_000))).admitted

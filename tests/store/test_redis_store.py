@@ -11,7 +11,7 @@ import pytest
 import redis.asyncio as aredis
 from test_contract import DAY, T0, ask, settle_of, state
 
-from gateway.store.base import Ask, ScopeLimits
+from gateway.store.base import DONE_TTL_S, Ask, ScopeLimits
 from gateway.store.memory import MemoryStore
 from gateway.store.redis import RedisStore
 
@@ -65,6 +65,7 @@ async def test_every_redis_key_is_hash_tagged_and_expires(clean_redis: str) -> N
         await store.settle(settle_of(a, tokens=50, cost=40))
         keys = sorted(await client.keys("*"))
         assert keys == [
+            f"gw:{{acme}}:done:{a.request_id}",
             "gw:{acme}:lease",
             "gw:{acme}:res",
             "gw:{acme}:rpm:k:one",
@@ -77,6 +78,7 @@ async def test_every_redis_key_is_hash_tagged_and_expires(clean_redis: str) -> N
         ttls = {key: await client.ttl(key) for key in keys}
         assert ttls["gw:{acme}:lease"] == ttls["gw:{acme}:res"] == 420  # lease 300 + 60, + 60 to spare
         assert ttls["gw:{acme}:rpm:t"] == ttls["gw:{acme}:tpm:t"] == 120
+        assert ttls[f"gw:{{acme}}:done:{a.request_id}"] == DONE_TTL_S  # the settled marker: a day
         assert ttls["gw:{acme}:spent:k:two:0"] == -1  # a ``total`` budget's spend is kept
         # a period's spend is kept until 32 days after the period starts, on the caller's clock
         assert ttls[f"gw:{{acme}}:spent:t:{t.period_start}"] == t.period_start + 32 * DAY - int(T0)
