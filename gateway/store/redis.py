@@ -70,7 +70,7 @@ from gateway.store.base import (
 )
 from gateway.store.memory import SPENT_RETENTION_S, key_id_of
 from gateway.store.resp import NotSentError, ReplyError, Script, is_noscript
-from gateway.store.topology import connect
+from gateway.store.topology import Client, connect, parse_url
 
 T = TypeVar("T")
 
@@ -147,6 +147,11 @@ class RedisStore:
         self, url: str, *, timeout_s: float = 0.25, prefix: str = "gw", linger_s: float = 0.002
     ) -> None:
         self._redis = connect(url, timeout_s=timeout_s)
+        # Sentinel: a settlement is acknowledged only once a replica has it (``_confirmed``), on a
+        # connection of its own, since WAIT holds the connection it is sent on.
+        sentinel = parse_url(url).kind == "sentinel"
+        self._acks = connect(url, timeout_s=timeout_s) if sentinel else None
+        self._wait_ms = max(int(timeout_s * 1000 / 3), 1)
         # Settlements and cache puts run after the response and nobody waits on them: they may wait
         # this long to share the next admission's write (one syscall less per request under load).
         self._linger_s = linger_s
@@ -167,12 +172,33 @@ class RedisStore:
         except (OSError, ReplyError) as exc:
             raise self._refused(exc) from exc
 
-    def _refused(self, exc: OSError | ReplyError) -> StoreUnavailableError:
+    def _refused(self, exc: OSError | ReplyError, client: Client | None = None) -> StoreUnavailableError:
         """``_unavailable``, and a server that said READONLY is left: it is no primary any more, so
         the next call dials again (with Sentinel, the new primary)."""
         if isinstance(exc, ReplyError) and str(exc).startswith("READONLY"):
-            self._redis.drop()
+            (client or self._redis).drop()
         return _unavailable(exc)
+
+    async def _confirmed(self, acks: Client, script: Script, keys: list[str], args: list[str | int]) -> Any:
+        """Run a settlement and ``WAIT 1``: acknowledged only once a replica has it.
+
+        Replication is asynchronous: a primary that dies before passing a write on loses it, and
+        Sentinel promotes a replica that never saw it. A settlement no replica confirmed within
+        ``_wait_ms`` is reported unavailable, so the settler re-sends it; being idempotent by request
+        id, the copy counts once, on whichever primary has it."""
+        commands = [script.command(keys, args), ("WAIT", 1, self._wait_ms)]
+        try:
+            reply, acked = await acks.pipeline(commands)
+            if is_noscript(reply):  # nothing ran: load it, and run both again
+                await acks.execute("SCRIPT", "LOAD", script.source)
+                reply, acked = await acks.pipeline(commands)
+        except (OSError, ReplyError) as exc:
+            raise self._refused(exc, acks) from exc
+        if isinstance(reply, ReplyError):
+            raise self._refused(reply, acks) from reply
+        if not isinstance(acked, int) or acked < 1:
+            raise StoreUnavailableError(f"settlement not confirmed by a replica within {self._wait_ms} ms")
+        return reply
 
     def _script(
         self,
@@ -287,7 +313,11 @@ class RedisStore:
             # relative to the caller's clock, like everything else here (see the module docstring)
             ttl = max(s.period_start + SPENT_RETENTION_S - int(st.now), 60) if s.period_start else 0
             args += [s.scope, 0 if s.tpm is None else 1, ttl]
-        raw: list[int] = await self._script(self._settle, keys, args, linger_s=self._linger_s)
+        raw: list[int]
+        if self._acks is None:
+            raw = await self._script(self._settle, keys, args, linger_s=self._linger_s)
+        else:
+            raw = await self._confirmed(self._acks, self._settle, keys, args)
         return {s.scope: spent for s, spent in zip(st.scopes, raw, strict=True)}
 
     async def spend(self, tenant: str, scope: ScopeLimits, now: float | None = None) -> Spend:
@@ -311,6 +341,8 @@ class RedisStore:
 
     async def close(self) -> None:
         await self._redis.close()
+        if self._acks is not None:
+            await self._acks.close()
 
     async def eviction_policy(self) -> str | None:
         """The server's ``maxmemory-policy``, or None when it will not say (managed Redis often
