@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from chaos_load import ROUTES, Load, budgets, report, settled
-from redis_topologies import Cluster, Process
+from redis_topologies import Cluster, Process, SentinelGroup, wait_until
 from replicas import Replica
 
 pytestmark = [pytest.mark.slow, pytest.mark.redis]
@@ -101,3 +101,34 @@ def test_a_slot_migrated_during_traffic(tmp_path: Path, cluster: Cluster) -> Non
     print(f"failed: {[(a.tenant, round(a.started - disrupted_at, 2), a.status) for a in failed][:20]}")
     assert {a.tenant for a in failed} <= {moving}
     assert all(disrupted_at <= a.started <= migrated_at + 1 for a in failed)
+
+
+def test_a_sentinel_failover_under_load(tmp_path: Path) -> None:
+    group = SentinelGroup(tmp_path / "sentinel", replicas=2)
+    tenants = ["acme", "globex", "initech", "umbrella"]
+    try:
+        group.start()
+        replicas = gateways(tmp_path, group.url, tenants, n=3)
+        try:
+            load = Load(replicas, tenants).start()
+            time.sleep(2.0)
+            first = group.primary.port
+            disrupted_at = time.monotonic()
+            group.primary.kill()
+            promoted_s = wait_until(lambda: group.current_primary_port() != first, 30, "a promotion")
+            time.sleep(4.0)  # traffic on the new primary
+            answers = load.stop()
+            final = settled(replicas[0], tenants, within=30)
+        finally:
+            for replica in replicas:
+                replica.stop()
+    finally:
+        group.stop()
+    recorded = sum((spent for spent, _ in final.values()), start=final[tenants[0]][0] * 0)
+    figures = report("sentinel failover", answers, recorded, disrupted_at)
+    print(f"sentinel: promoted {promoted_s:.2f}s after the primary was killed")
+    assert all(reserved == 0 for _, reserved in final.values()), final
+    assert recorded == sum(a.cost for a in answers)
+    assert figures["max_latency_s"] < LATENCY_BOUND_S
+    ok_after = [a for a in answers if a.started > disrupted_at + promoted_s + 2 and a.status == 200]
+    assert ok_after, "the gateways did not follow the failover"

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from redis_topologies import Cluster, SentinelGroup, wait_until
 
-from gateway.store.base import Ask, ScopeLimits, Settlement, StoreUnavailableError
+from gateway.store.base import Ask, ScopeLimits, Settlement, Spend, StoreUnavailableError
 from gateway.store.cluster import ClusterClient
 from gateway.store.redis import RedisStore
 from gateway.store.resp import Endpoint, RespClient
@@ -180,6 +182,34 @@ async def test_a_sentinel_store_follows_a_failover(tmp_path: Path) -> None:
         assert outcomes[-3:] == [True, True, True], outcomes
         with group.node(group.current_primary_port()).client() as c:
             assert c.hexists("gw:{acme}:res", "r:after-0") or not outcomes[0]
+        await store.close()
+    finally:
+        group.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.redis
+async def test_a_sentinel_settlement_counts_once_a_replica_has_it(tmp_path: Path) -> None:
+    """Replication is asynchronous: a settlement only the primary has is lost if it dies. Under
+    Sentinel the store says "unavailable" until a replica confirms (WAIT), so the settler re-sends;
+    the re-send counts once, the first copy having left a settled marker."""
+    group = SentinelGroup(tmp_path, replicas=1)
+    try:
+        group.start()
+        store = RedisStore(group.url, timeout_s=0.5)
+        (replica,) = group.replicas
+        assert replica.proc is not None
+        assert (await store.admit(ask("r1"))).admitted
+        os.kill(replica.proc.pid, signal.SIGSTOP)  # the replica confirms nothing
+        try:
+            with pytest.raises(StoreUnavailableError, match="not confirmed by a replica"):
+                await store.settle(settlement("r1"))
+        finally:
+            os.kill(replica.proc.pid, signal.SIGCONT)
+        await store.settle(settlement("r1"))  # the settler's re-send, confirmed this time
+        assert (await store.spend("acme", SCOPE, now=T0)) == Spend(spent_nano=70, reserved_nano=0)
+        with replica.client() as c:  # and the replica has it: a failover now would keep it
+            wait_until(lambda: c.get("gw:{acme}:spent:t:0") == b"70", 5, "the replica's copy")
         await store.close()
     finally:
         group.stop()
