@@ -182,7 +182,12 @@ class SentinelGroup:
         self.sentinels: list[Process] = []
 
     def _server_args(self, port: int) -> list[str]:
-        return ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        # A directory of its own: a replica's full sync writes the primary's dataset to dump.rdb there,
+        # and a later server started in the same directory would load it.
+        data = self.dir / f"data-{port}"
+        data.mkdir()
+        args = ["--port", str(port), "--bind", "127.0.0.1", "--dir", str(data)]
+        return [*args, "--save", "", "--appendonly", "no"]
 
     def start(self) -> SentinelGroup:
         self.primary.wait_ping()
