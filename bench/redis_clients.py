@@ -57,7 +57,8 @@ def redis_py_admit(client: Any, store: RedisStore) -> Callable[[int], Awaitable[
     def run(i: int) -> Awaitable[Any]:
         now_ms = int(time.time() * 1000)
         base = "gw:{acme}"
-        keys = [f"{base}:res", f"{base}:lease", f"{base}:rpm:t", f"{base}:tpm:t", f"{base}:spent:t:0"]
+        keys = [f"{base}:res", f"{base}:lease", f"{base}:done:r{i}"]
+        keys += [f"{base}:rpm:t", f"{base}:tpm:t", f"{base}:spent:t:0"]
         args = [now_ms, now_ms + 60_000, 120, f"r{i}", 10, 1, "t", 10**9, 10**12, 10**18]
         return client.evalsha(script.sha, len(keys), *keys, *args)
 
