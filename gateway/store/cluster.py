@@ -77,7 +77,7 @@ class ClusterClient:
             code = getattr(exc, "status_code", None)
             return ReplyError(f"{code} {exc}" if code else str(exc))
         except (RedisError, RedisClusterException) as exc:  # no node reachable, LOADING, a timeout
-            raise ConnectionError(f"redis cluster: {exc!r}") from exc
+            raise ConnectionError(f"redis cluster: {type(exc).__name__}: {exc}") from exc
         if isinstance(reply, dict):  # HGETALL, CONFIG GET: back to the flat RESP2 list
             return [item for pair in reply.items() for item in pair]
         return reply
