@@ -93,3 +93,12 @@ def test_no_warning_for_a_noeviction_money_store(tmp_path: Path, caplog: pytest.
         assert not [r for r in caplog.records if "maxmemory-policy" in r.getMessage()]
     finally:
         money.stop()
+
+
+def test_the_cache_url_comes_from_the_environment_and_reaches_the_workers() -> None:
+    settings = Settings.from_env(
+        {"GATEWAY_REDIS_URL": "redis://a:6379/0", "GATEWAY_CACHE_REDIS_URL": "redis://b/1"}
+    )
+    assert (settings.redis_url, settings.cache_redis_url) == ("redis://a:6379/0", "redis://b/1")
+    assert settings.to_env()["GATEWAY_CACHE_REDIS_URL"] == "redis://b/1"
+    assert "GATEWAY_CACHE_REDIS_URL" not in Settings.from_env({}).to_env()
