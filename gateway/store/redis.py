@@ -39,7 +39,8 @@ makes every later copy a no-op, and makes a late admission of a released id reco
 Connection errors, timeouts, OSErrors and every error reply (READONLY from a failed-over primary,
 MOVED from a cluster node named by a plain URL, LOADING, BUSY, CLUSTERDOWN, TRYAGAIN, MASTERDOWN,
 ...) become ``StoreUnavailableError`` here and nowhere else, so ``store_failure`` decides, never a
-500. The URL picks the client (``topology.py``): one server, the Sentinels' primary, or a cluster.
+500. The URL picks the client (``topology.py``): one server, the Sentinels' primary, or a cluster;
+under Sentinel a settlement is acknowledged only once a replica has it (``replicated.py``).
 After a Redis restart the scripts reload by themselves (EVALSHA, then SCRIPT LOAD on NOSCRIPT:
 NOSCRIPT means the script did not run).
 """
@@ -69,6 +70,7 @@ from gateway.store.base import (
     StoreUnreachableError,
 )
 from gateway.store.memory import SPENT_RETENTION_S, key_id_of
+from gateway.store.replicated import Replicated
 from gateway.store.resp import NotSentError, ReplyError, Script, is_noscript
 from gateway.store.topology import Client, connect, parse_url
 
@@ -147,11 +149,12 @@ class RedisStore:
         self, url: str, *, timeout_s: float = 0.25, prefix: str = "gw", linger_s: float = 0.002
     ) -> None:
         self._redis = connect(url, timeout_s=timeout_s)
-        # Sentinel: a settlement is acknowledged only once a replica has it (``_confirmed``), on a
-        # connection of its own, since WAIT holds the connection it is sent on.
-        sentinel = parse_url(url).kind == "sentinel"
-        self._acks = connect(url, timeout_s=timeout_s) if sentinel else None
-        self._wait_ms = max(int(timeout_s * 1000 / 3), 1)
+        # Sentinel: a settlement is acknowledged only once a replica has it (``replicated.py``).
+        self._replicated = (
+            Replicated(connect(url, timeout_s=timeout_s), wait_ms=max(int(timeout_s * 1000 / 3), 1))
+            if parse_url(url).kind == "sentinel"
+            else None
+        )
         # Settlements and cache puts run after the response and nobody waits on them: they may wait
         # this long to share the next admission's write (one syscall less per request under load).
         self._linger_s = linger_s
@@ -179,25 +182,21 @@ class RedisStore:
             (client or self._redis).drop()
         return _unavailable(exc)
 
-    async def _confirmed(self, acks: Client, script: Script, keys: list[str], args: list[str | int]) -> Any:
-        """Run a settlement and ``WAIT 1``: acknowledged only once a replica has it.
-
-        Replication is asynchronous: a primary that dies before passing a write on loses it, and
-        Sentinel promotes a replica that never saw it. A settlement no replica confirmed within
-        ``_wait_ms`` is reported unavailable, so the settler re-sends it; being idempotent by request
-        id, the copy counts once, on whichever primary has it."""
-        commands = [script.command(keys, args), ("WAIT", 1, self._wait_ms)]
+    async def _confirmed(self, script: Script, keys: list[str], args: list[str | int]) -> Any:
+        """Run a settlement through ``replicated.py``: acknowledged once a replica has it; until
+        then unavailable, so the settler re-sends it (idempotent: it counts once)."""
+        assert self._replicated is not None
+        command = script.command(keys, args)
+        client = self._replicated.client
         try:
-            reply, acked = await acks.pipeline(commands)
-            if is_noscript(reply):  # nothing ran: load it, and run both again
-                await acks.execute("SCRIPT", "LOAD", script.source)
-                reply, acked = await acks.pipeline(commands)
+            reply = await self._replicated.run(command)
+            if is_noscript(reply):  # it did not run: load the script, and run it again
+                await client.execute("SCRIPT", "LOAD", script.source)
+                reply = await self._replicated.run(command)
         except (OSError, ReplyError) as exc:
-            raise self._refused(exc, acks) from exc
+            raise self._refused(exc, client) from exc
         if isinstance(reply, ReplyError):
-            raise self._refused(reply, acks) from reply
-        if not isinstance(acked, int) or acked < 1:
-            raise StoreUnavailableError(f"settlement not confirmed by a replica within {self._wait_ms} ms")
+            raise self._refused(reply, client) from reply
         return reply
 
     def _script(
@@ -314,10 +313,10 @@ class RedisStore:
             ttl = max(s.period_start + SPENT_RETENTION_S - int(st.now), 60) if s.period_start else 0
             args += [s.scope, 0 if s.tpm is None else 1, ttl]
         raw: list[int]
-        if self._acks is None:
+        if self._replicated is None:
             raw = await self._script(self._settle, keys, args, linger_s=self._linger_s)
         else:
-            raw = await self._confirmed(self._acks, self._settle, keys, args)
+            raw = await self._confirmed(self._settle, keys, args)
         return {s.scope: spent for s, spent in zip(st.scopes, raw, strict=True)}
 
     async def spend(self, tenant: str, scope: ScopeLimits, now: float | None = None) -> Spend:
@@ -341,8 +340,8 @@ class RedisStore:
 
     async def close(self) -> None:
         await self._redis.close()
-        if self._acks is not None:
-            await self._acks.close()
+        if self._replicated is not None:
+            await self._replicated.close()
 
     async def eviction_policy(self) -> str | None:
         """The server's ``maxmemory-policy``, or None when it will not say (managed Redis often

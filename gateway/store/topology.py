@@ -36,7 +36,7 @@ if one ever turns out CPU-bound on it, this table is where to start.
 
 Money on failover. Redis replicates asynchronously: a write a primary acknowledged and died before
 passing on is gone once a replica is promoted. Under Sentinel a settlement (or release) is therefore
-acknowledged only once a replica has it (``RedisStore._confirmed``: ``WAIT 1``); unconfirmed, the
+acknowledged only once a replica has it (``replicated.py``: ``WAIT 1``); unconfirmed, the
 settler re-sends it, and the idempotent settle counts it once. Admissions are not confirmed (that
 would put a replica's round-trip on every request): one lost in a failover loses its reservation,
 not its cost, which the settlement still records. A cluster's primaries get no such confirmation
