@@ -144,6 +144,11 @@ class Rig:
     def redis(self) -> redis.Redis:
         return redis.Redis(host="127.0.0.1", port=self.server.port, socket_timeout=5)
 
+    def connections(self) -> int:
+        """Connections Redis accepted so far (this test's own reads included)."""
+        with self.redis() as r:
+            return int(r.info("stats")["total_connections_received"])
+
     def recorded(self) -> tuple[int, int]:
         """(spent, reserved) nano-USD of the tenant, read raw: no lease is reaped by reading."""
         with self.redis() as r:
@@ -256,8 +261,10 @@ def test_money_stays_exact_through_a_redis_fault(tmp_path: Path, name: str) -> N
         (replica,) = r.replicas
         with Load([replica.url], threads=20) as load:
             time.sleep(0.5)
+            dialed = r.connections()
             FAULTS[name](r)
             fault_over = time.monotonic()
+            dialed = r.connections() - dialed if name != "kill-restart" else r.connections()
             time.sleep(1.5)
         answers = load.answers
         settled = r.settled(answers.cost_nano)
@@ -269,7 +276,8 @@ def test_money_stays_exact_through_a_redis_fault(tmp_path: Path, name: str) -> N
             f"\n{name}: {n} answers ({ok} x 200, {refused} x 503); recorded {spent / 1e9:.9f} USD, "
             f"answers' sum {answers.cost_nano / 1e9:.9f} USD; reserved {reserved}; slowest request "
             f"{worst:.2f}s; first 200 {serving:.2f}s after the fault ended; spend exact and nothing "
-            f"reserved {settled:.2f}s after the load stopped"
+            f"reserved {settled:.2f}s after the load stopped; {dialed} connections dialed by the gateway "
+            f"during the fault"
         )
         assert set(answers.statuses) <= {200, 503}, answers.statuses
         assert all(c in (None, "store_unavailable") for c in answers.codes)

@@ -179,7 +179,11 @@ class Settler:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):
                     await self._answered.wait()
-            drained = await self._drain()
+            try:
+                drained = await self._drain()
+            except Exception:  # a bug must not stop the only sender; what failed stays queued
+                log.exception("draining the settlement queue failed")
+                drained = False
             delay = self._retry_initial_s if drained else min(2 * delay, self._retry_max_s)
 
     async def flush(self) -> None:
@@ -202,6 +206,7 @@ class Settler:
             except BaseException:  # cancelled (shutdown): back in line, a copy that ran counts once
                 self._pending.extendleft(reversed(batch))
                 raise
+            # from here on nothing awaits: the batch is sorted out before anything else runs
             failed = []
             for settlement, result in zip(batch, results, strict=True):
                 if isinstance(result, StoreUnavailableError):

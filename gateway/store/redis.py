@@ -116,6 +116,11 @@ def _put_outcome(done: asyncio.Future[None], replies: asyncio.Future[list[Any]])
         done.set_result(None)
 
 
+_PASSING_REPLIES = ("LOADING", "BUSY", "MASTERDOWN")
+"""Error replies of a server that will answer again soon, the command not run: a restarted server
+reading its AOF or RDB, a script running too long, a replica cut off from its primary."""
+
+
 def _unavailable(exc: OSError | ReplyError) -> StoreUnavailableError:
     """What a failed call means for the gateway: the store is unavailable, whatever Redis said.
 
@@ -125,8 +130,11 @@ def _unavailable(exc: OSError | ReplyError) -> StoreUnavailableError:
     OOM, or a script error. ``store_failure`` decides what the request gets; the text says why."""
     if isinstance(exc, OSError):
         return _down(exc)
-    if str(exc).startswith("READONLY"):
+    text = str(exc)
+    if text.startswith("READONLY"):
         return StoreUnavailableError(f"redis is read-only: {exc}")
+    if text.startswith(_PASSING_REPLIES):
+        return StoreUnavailableError(f"redis is not serving yet: {exc}")
     return StoreUnavailableError(f"redis refused: {exc}")
 
 

@@ -12,7 +12,8 @@ import pytest
 from redis_server import RedisServer
 
 from gateway.store.base import Ask, ScopeLimits, Settlement, StoreUnavailableError
-from gateway.store.redis import RedisStore
+from gateway.store.redis import RedisStore, _unavailable
+from gateway.store.resp import ReplyError
 
 pytestmark = pytest.mark.redis
 
@@ -85,8 +86,11 @@ async def test_a_frozen_server_times_out(redis_servers: Callable[[], RedisServer
             os.kill(server.proc.pid, signal.SIGCONT)
         assert (await store.admit(ask("thawed"))).admitted
         # The frozen call's script ran once the server woke, though its caller was told it failed:
-        # its reservation is held until its lease expires, which is what leases are for.
+        # released by its request id (the gateway's settler does this), it holds nothing at once;
+        # left alone, it would be held until its lease expires.
         assert (await store.spend("acme", SCOPE, now=T0)).reserved_nano == 300
+        assert await store.settle(Settlement.release(ask("frozen"), now=T0)) == {"t": 0}
+        assert (await store.spend("acme", SCOPE, now=T0)).reserved_nano == 200
         assert (await store.spend("acme", SCOPE, now=T0 + 61)).reserved_nano == 0
     finally:
         await store.close()
@@ -112,3 +116,18 @@ async def test_a_primary_turned_replica_is_unavailable_not_an_error(
     finally:
         await store.close()
         await admin.close()
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "LOADING Redis is loading the dataset in memory",
+        "BUSY Redis is busy running a script. You can only call SCRIPT KILL or SHUTDOWN NOSCRIPT.",
+        "MASTERDOWN Link with MASTER is down and replica-serve-stale-data is set to 'no'.",
+    ],
+)
+def test_a_server_that_will_serve_again_soon_is_unavailable_not_an_error(reply: str) -> None:
+    """A restarted Redis answers LOADING while it reads its AOF (seen in the kill-and-restart chaos
+    test): money calls must be retried (settlements) or refused with 503, never a 500."""
+    assert isinstance(_unavailable(ReplyError(reply)), StoreUnavailableError)
+    assert _unavailable(ReplyError("ERR unknown command")) is None
