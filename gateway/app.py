@@ -32,7 +32,7 @@ from gateway.responses import json_response
 from gateway.runtime import Shared, build_runtime
 from gateway.settings import Settings
 from gateway.state import GatewayState
-from gateway.store import build_store
+from gateway.store import build_store, warn_if_evicting
 from gateway.store.durable import StateFile
 from gateway.store.memory import MemoryStore
 from gateway.tokens import prepare_encodings
@@ -54,6 +54,9 @@ def create_app(
         # A lean HTTP/1.1 keep-alive transport (gateway/transport.py) behind httpx's request/response types.
         upstream = transport or FastTransport(max_connections=2000, max_idle=256, keepalive_expiry=30)
         store = build_store(settings.redis_url, timeout_s=0.9)
+        # The response cache may live on a Redis of its own, where eviction is allowed.
+        cache_url = settings.cache_redis_url
+        cache_store = build_store(cache_url, timeout_s=0.9) if cache_url else None
         runtime_keys = RuntimeKeys(store)
         metrics = Metrics()
         breakers = BreakerRegistry(metrics.circuit_state, settings.redis_url)
@@ -67,6 +70,7 @@ def create_app(
             runtime_keys.lookup,
             breakers,
             gate,
+            cache_store=cache_store,
             releases=settler,  # admissions that failed are released through the settler's queue
             known=settler.known,
         )
@@ -87,6 +91,7 @@ def create_app(
         app.state.gateway = state
         app.state.watcher = watcher
         await breakers.sync()  # the shared circuit states, before the first request is served
+        await warn_if_evicting(store)
         # Without Redis, spend and run-time keys live on in a local file (gateway/store/durable.py).
         state_file = (
             StateFile.open(settings.state_file, store)
@@ -120,6 +125,8 @@ def create_app(
                 await state_file.close()  # after the last settlement reached the store
             await upstream.aclose()
             await store.close()
+            if cache_store is not None:
+                await cache_store.close()
             if metrics.spans is not None:
                 metrics.spans.shutdown()  # exports the spans still batched
             await breakers.close()

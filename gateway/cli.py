@@ -154,6 +154,18 @@ def _serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    from gateway.store.topology import parse_url
+
+    for name, url in (
+        ("GATEWAY_REDIS_URL", settings.redis_url),
+        ("GATEWAY_CACHE_REDIS_URL", settings.cache_redis_url),
+    ):
+        try:
+            if url:
+                parse_url(url)
+        except ValueError as exc:
+            print(f"error: {name}: {exc}", file=sys.stderr)
+            return 2
     errors, _ = check(settings.routes_path, settings.budgets_path)
     if errors:
         print("\n".join(errors), file=sys.stderr)

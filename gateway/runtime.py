@@ -51,6 +51,8 @@ class Shared:
     """The settler: releases the admissions that failed (``gateway/pipeline/admit.py``)."""
     known: LastKnown = field(default_factory=LastKnown)
     """Spent totals as the store last reported them, for ``store_failure: open``'s bound."""
+    cache_store: GatewayStore | None = None
+    """The response cache's own store (``GATEWAY_CACHE_REDIS_URL``); None: ``store`` holds it."""
 
 
 def build_runtime(routes: RoutesConfig, budgets: BudgetsConfig, shared: Shared) -> Runtime:

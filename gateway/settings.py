@@ -18,6 +18,8 @@ class Settings:
     routes_path: str = "routes.yaml"
     budgets_path: str = "budgets.yaml"
     redis_url: str | None = None
+    cache_redis_url: str | None = None
+    """The response cache on its own Redis (eviction allowed there); None: on ``redis_url``'s."""
     admin_key: str | None = None
     reload_interval_s: float = 0.5
     state_file: str | None = None
@@ -38,6 +40,7 @@ class Settings:
             routes_path=env.get("GATEWAY_ROUTES", base.routes_path),
             budgets_path=budgets_path,
             redis_url=env.get("GATEWAY_REDIS_URL") or None,
+            cache_redis_url=env.get("GATEWAY_CACHE_REDIS_URL") or None,
             admin_key=env.get("GATEWAY_ADMIN_KEY") or None,
             reload_interval_s=float(env.get("GATEWAY_RELOAD_INTERVAL_S", base.reload_interval_s)),
             # unset: the default beside budgets.yaml; set but empty: memory only
@@ -57,6 +60,8 @@ class Settings:
         }
         if self.redis_url:
             env["GATEWAY_REDIS_URL"] = self.redis_url
+        if self.cache_redis_url:
+            env["GATEWAY_CACHE_REDIS_URL"] = self.cache_redis_url
         if self.admin_key:
             env["GATEWAY_ADMIN_KEY"] = self.admin_key
         return env

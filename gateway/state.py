@@ -26,7 +26,7 @@ class GatewayState:
     pipeline: Pipeline = field(init=False)
 
     def __post_init__(self) -> None:
-        cache = ResponseCache(self.shared.store, self.metrics)
+        cache = ResponseCache(self.shared.cache_store or self.shared.store, self.metrics)
         self.pipeline = Pipeline(self, self.metrics, self.settler, self.shared.gate, cache)
 
     @property

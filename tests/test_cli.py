@@ -90,3 +90,23 @@ def test_serve_refuses_several_workers_without_redis() -> None:
     )
     assert result.returncode == 2
     assert "GATEWAY_REDIS_URL" in result.stderr
+
+
+def test_serve_refuses_a_redis_url_it_cannot_use() -> None:
+    """Told at start-up, naming the variable, without the password: not a traceback from a worker."""
+    for name, url, says in [
+        ("GATEWAY_REDIS_URL", "redis+sentinel://:hunter2@s1:26379", "name the primary"),
+        ("GATEWAY_CACHE_REDIS_URL", "memcached://cache:11211", "unsupported redis URL"),
+    ]:
+        env = {**os.environ, "GATEWAY_REDIS_URL": "redis://127.0.0.1:1/0", name: url}
+        result = subprocess.run(
+            [sys.executable, "-m", "gateway", "serve", "--port", "1"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 2, result.stderr
+        assert f"error: {name}: " in result.stderr and says in result.stderr
+        assert "hunter2" not in result.stderr

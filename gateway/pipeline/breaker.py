@@ -43,7 +43,8 @@ import pybreaker
 from prometheus_client import Gauge
 
 from gateway.config.model import BreakerPolicy
-from gateway.store.resp import Command, ReplyError, RespClient, Script
+from gateway.store.resp import Command, ReplyError, Script
+from gateway.store.topology import Client, connect
 
 log = logging.getLogger("gateway.breaker")
 
@@ -265,7 +266,7 @@ class BreakerRegistry:
         self._wake = asyncio.Event()
         self._interval_s = interval_s
         self._prefix = f"{prefix}:{{breaker}}:"
-        self._redis = RespClient(redis_url, timeout_s=timeout_s) if redis_url else None
+        self._redis = connect(redis_url, timeout_s=timeout_s) if redis_url else None
         self._script = Script(_RECORD_LUA)
         self._warned = False
 
@@ -311,7 +312,7 @@ class BreakerRegistry:
         for breaker in list(self._breakers.values()):
             breaker.refresh()
 
-    async def _exchange(self, redis: RespClient) -> None:
+    async def _exchange(self, redis: Client) -> None:
         pending, self._pending = self._pending, {}
         names = list(self._breakers)
         now = time.time()

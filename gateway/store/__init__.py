@@ -9,10 +9,13 @@ contract tests run against both.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Mapping
 from typing import Any, Protocol
 
 from gateway.store.base import CacheLookup, ScopeLimits, Spend, Store
+
+log = logging.getLogger("gateway.store")
 
 
 class KeyStore(Protocol):
@@ -72,3 +75,19 @@ def build_store(redis_url: str | None, *, timeout_s: float = 0.25) -> GatewaySto
     from gateway.store.redis import RedisStore  # redis is only imported when it is used
 
     return RedisStore(redis_url, timeout_s=timeout_s)
+
+
+async def warn_if_evicting(store: GatewayStore) -> None:
+    """Log a warning when the store that holds money may evict keys (checked once, at start-up)."""
+    from gateway.store.redis import RedisStore
+
+    if not isinstance(store, RedisStore):
+        return
+    policy = await store.eviction_policy()
+    if policy is not None and policy != "noeviction":
+        log.warning(
+            "GATEWAY_REDIS_URL: maxmemory-policy is %r, not 'noeviction': an evicted budget, spend or "
+            "reservation key silently resets a limit. Use noeviction there, and put the response cache "
+            "on its own Redis (GATEWAY_CACHE_REDIS_URL) if it should be evicted.",
+            policy,
+        )

@@ -36,10 +36,13 @@ stalled server wakes and reads it). Both money operations are idempotent by requ
 ``base``), so the caller recovers: the settler (``gateway/pipeline/spend.py``) re-sends a settlement
 until one copy is acknowledged, and releases an admission whose reply was lost; the ``done`` marker
 makes every later copy a no-op, and makes a late admission of a released id record nothing.
-Connection errors, timeouts, OSErrors, READONLY replies (a failed-over primary) and LOADING, BUSY
-and MASTERDOWN replies (a server that will serve again soon) become
-``StoreUnavailableError`` here and nowhere else. After a Redis restart the scripts reload by
-themselves (EVALSHA, then SCRIPT LOAD on NOSCRIPT: NOSCRIPT means the script did not run).
+Connection errors, timeouts, OSErrors and every error reply (READONLY from a failed-over primary,
+MOVED from a cluster node named by a plain URL, LOADING, BUSY, CLUSTERDOWN, TRYAGAIN, MASTERDOWN,
+...) become ``StoreUnavailableError`` here and nowhere else, so ``store_failure`` decides, never a
+500. The URL picks the client (``topology.py``): one server, the Sentinels' primary, or a cluster;
+under Sentinel a settlement is acknowledged only once a replica has it (``replicated.py``).
+After a Redis restart the scripts reload by themselves (EVALSHA, then SCRIPT LOAD on NOSCRIPT:
+NOSCRIPT means the script did not run).
 """
 
 from __future__ import annotations
@@ -67,7 +70,9 @@ from gateway.store.base import (
     StoreUnreachableError,
 )
 from gateway.store.memory import SPENT_RETENTION_S, key_id_of
-from gateway.store.resp import NotSentError, ReplyError, RespClient, Script, is_noscript
+from gateway.store.replicated import Replicated
+from gateway.store.resp import NotSentError, ReplyError, Script, is_noscript
+from gateway.store.topology import Client, connect, parse_url
 
 T = TypeVar("T")
 
@@ -116,10 +121,13 @@ _PASSING_REPLIES = ("LOADING", "BUSY", "MASTERDOWN")
 reading its AOF or RDB, a script running too long, a replica cut off from its primary."""
 
 
-def _unavailable(exc: OSError | ReplyError) -> StoreUnavailableError | None:
-    """What a failed call means for the gateway: the store is unavailable, or (None) a plain error.
+def _unavailable(exc: OSError | ReplyError) -> StoreUnavailableError:
+    """What a failed call means for the gateway: the store is unavailable, whatever Redis said.
 
-    READONLY: a failed-over primary that became a replica refuses writes until clients move on."""
+    An error reply is never the request's fault: READONLY (a failed-over primary that became a
+    replica), MOVED/ASK (a cluster node named by a plain URL, or a redirect not followed), LOADING,
+    BUSY (a script or DEBUG SLEEP holds the server), CLUSTERDOWN, TRYAGAIN, MASTERDOWN, NOREPLICAS,
+    OOM, or a script error. ``store_failure`` decides what the request gets; the text says why."""
     if isinstance(exc, OSError):
         return _down(exc)
     text = str(exc)
@@ -127,7 +135,7 @@ def _unavailable(exc: OSError | ReplyError) -> StoreUnavailableError | None:
         return StoreUnavailableError(f"redis is read-only: {exc}")
     if text.startswith(_PASSING_REPLIES):
         return StoreUnavailableError(f"redis is not serving yet: {exc}")
-    return None
+    return StoreUnavailableError(f"redis refused: {exc}")
 
 
 async def _raising(exc: Exception) -> Any:
@@ -148,7 +156,13 @@ class RedisStore:
     def __init__(
         self, url: str, *, timeout_s: float = 0.25, prefix: str = "gw", linger_s: float = 0.002
     ) -> None:
-        self._redis = RespClient(url, timeout_s=timeout_s)
+        self._redis = connect(url, timeout_s=timeout_s)
+        # Sentinel: a settlement is acknowledged only once a replica has it (``replicated.py``).
+        self._replicated = (
+            Replicated(connect(url, timeout_s=timeout_s), wait_ms=max(int(timeout_s * 1000 / 3), 1))
+            if parse_url(url).kind == "sentinel"
+            else None
+        )
         # Settlements and cache puts run after the response and nobody waits on them: they may wait
         # this long to share the next admission's write (one syscall less per request under load).
         self._linger_s = linger_s
@@ -167,10 +181,31 @@ class RedisStore:
         try:
             return await make()
         except (OSError, ReplyError) as exc:
-            unavailable = _unavailable(exc)
-            if unavailable is None:
-                raise
-            raise unavailable from exc
+            raise self._refused(exc) from exc
+
+    def _refused(self, exc: OSError | ReplyError, client: Client | None = None) -> StoreUnavailableError:
+        """``_unavailable``, and a server that said READONLY is left: it is no primary any more, so
+        the next call dials again (with Sentinel, the new primary)."""
+        if isinstance(exc, ReplyError) and str(exc).startswith("READONLY"):
+            (client or self._redis).drop()
+        return _unavailable(exc)
+
+    async def _confirmed(self, script: Script, keys: list[str], args: list[str | int]) -> Any:
+        """Run a settlement through ``replicated.py``: acknowledged once a replica has it; until
+        then unavailable, so the settler re-sends it (idempotent: it counts once)."""
+        assert self._replicated is not None
+        command = script.command(keys, args)
+        client = self._replicated.client
+        try:
+            reply = await self._replicated.run(command)
+            if is_noscript(reply):  # it did not run: load the script, and run it again
+                await client.execute("SCRIPT", "LOAD", script.source)
+                reply = await self._replicated.run(command)
+        except (OSError, ReplyError) as exc:
+            raise self._refused(exc, client) from exc
+        if isinstance(reply, ReplyError):
+            raise self._refused(reply, client) from reply
+        return reply
 
     def _script(
         self,
@@ -201,10 +236,7 @@ class RedisStore:
         if isinstance(reply, ReplyError):
             if is_noscript(reply):
                 return await self._call(lambda: script.call(self._redis, keys, args))
-            unavailable = _unavailable(reply)
-            if unavailable is not None:
-                raise unavailable from reply
-            raise reply
+            raise self._refused(reply) from reply
         return reply
 
     def _tenant_keys(self, tenant: str) -> tuple[str, list[str]]:
@@ -288,7 +320,11 @@ class RedisStore:
             # relative to the caller's clock, like everything else here (see the module docstring)
             ttl = max(s.period_start + SPENT_RETENTION_S - int(st.now), 60) if s.period_start else 0
             args += [s.scope, 0 if s.tpm is None else 1, ttl]
-        raw: list[int] = await self._script(self._settle, keys, args, linger_s=self._linger_s)
+        raw: list[int]
+        if self._replicated is None:
+            raw = await self._script(self._settle, keys, args, linger_s=self._linger_s)
+        else:
+            raw = await self._confirmed(self._settle, keys, args)
         return {s.scope: spent for s, spent in zip(st.scopes, raw, strict=True)}
 
     async def spend(self, tenant: str, scope: ScopeLimits, now: float | None = None) -> Spend:
@@ -312,6 +348,19 @@ class RedisStore:
 
     async def close(self) -> None:
         await self._redis.close()
+        if self._replicated is not None:
+            await self._replicated.close()
+
+    async def eviction_policy(self) -> str | None:
+        """The server's ``maxmemory-policy``, or None when it will not say (managed Redis often
+        disables CONFIG) or cannot be reached. Asked once, at start-up: the money store must be
+        ``noeviction``, since an evicted budget or reservation silently resets a limit."""
+        try:
+            reply = await self._call(lambda: self._redis.execute("CONFIG", "GET", "maxmemory-policy"))
+        except StoreUnavailableError:
+            return None
+        values = [_text(v) for v in reply]
+        return values[values.index("maxmemory-policy") + 1] if "maxmemory-policy" in values else None
 
     # -- response cache ------------------------------------------------------------------------------------
 
@@ -381,7 +430,7 @@ class _Lookup:
         except OSError as exc:
             raise _down(exc) from exc
         if isinstance(reply, ReplyError):
-            raise reply
+            raise _unavailable(reply) from reply
         value: bytes | None = reply
         return value
 

@@ -28,7 +28,9 @@ a handful of commands (EVALSHA, GET, SET, HVALS, HGETALL, HMGET, PING), so this 
   EVALSHA and, on ``NOSCRIPT`` (Redis restarted or flushed), loads the script and runs it once
   more: NOSCRIPT means it did not run, so the retry is safe.
 * **URLs**: ``redis://[user:password@]host[:port][/db]``, ``rediss://`` (TLS), ``unix:///path?db=N``.
-  AUTH and SELECT go ahead of the first command on every (re)connect.
+  AUTH and SELECT go ahead of the first command on every (re)connect. A ``locate`` callable, when
+  given, says where to dial at each (re)connect instead (``topology.py``: the primary the Sentinels
+  name); it costs nothing once connected.
 """
 
 from __future__ import annotations
@@ -41,10 +43,13 @@ import ssl
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import hiredis
+
+if TYPE_CHECKING:
+    from gateway.store.topology import Client
 
 Arg = str | int | float | bytes
 Command = Sequence[Arg]
@@ -86,6 +91,14 @@ class Endpoint:
             password=unquote(parts.password) if parts.password else None,
             tls=parts.scheme == "rediss",
         )
+
+
+class Locator(Protocol):
+    """Where to dial, asked once per (re)connect; ``ConnectionError`` when nobody knows."""
+
+    async def __call__(self) -> Endpoint: ...
+
+    async def close(self) -> None: ...
 
 
 class _Pending:
@@ -273,9 +286,10 @@ class _Connection(asyncio.Protocol):
 class RespClient:
     """See the module docstring. Safe for any number of concurrent callers on one event loop."""
 
-    def __init__(self, url: str, *, timeout_s: float = 0.5) -> None:
-        self.endpoint = Endpoint.from_url(url)
+    def __init__(self, url: str | Endpoint, *, timeout_s: float = 0.5, locate: Locator | None = None) -> None:
+        self.endpoint = url if isinstance(url, Endpoint) else Endpoint.from_url(url)
         self.timeout_s = timeout_s
+        self._locate = locate
         self._conn: _Connection | None = None
         self._connecting: asyncio.Future[_Connection] | None = None
 
@@ -355,7 +369,7 @@ class RespClient:
 
     async def _open(self) -> _Connection:
         loop = asyncio.get_running_loop()
-        ep = self.endpoint
+        ep = self.endpoint if self._locate is None else await self._locate()
         conn: _Connection
         if ep.path is not None:
             _, conn = await loop.create_unix_connection(
@@ -384,12 +398,20 @@ class RespClient:
         if self._conn is conn:
             self._conn = None
 
+    def drop(self) -> None:
+        """Close the connection now (its callers get ``ConnectionError``); the next call dials again,
+        asking ``locate`` where to. For a server that answered READONLY: it is no primary any more."""
+        if self._conn is not None:
+            self._conn.close()
+
     async def close(self) -> None:
         if self._connecting is not None and not self._connecting.done():
             self._connecting.cancel()
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+        if self._locate is not None:
+            await self._locate.close()
 
 
 def _consume(future: asyncio.Future[_Connection]) -> None:
@@ -409,7 +431,7 @@ class Script:
 
     async def call(
         self,
-        client: RespClient,
+        client: Client,
         keys: Sequence[str],
         args: Sequence[Arg],
         *,
@@ -422,7 +444,7 @@ class Script:
         return reply
 
     async def run(
-        self, client: RespClient, commands: Sequence[Command], *, linger_s: float = 0.0, eager: bool = False
+        self, client: Client, commands: Sequence[Command], *, linger_s: float = 0.0, eager: bool = False
     ) -> list[Any]:
         """Run a pipeline that contains this script's EVALSHAs; re-run the NOSCRIPT ones after loading."""
         replies = await client.submit(commands, linger_s=linger_s, eager=eager)
