@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,11 +18,23 @@ class Settings:
     redis_url: str | None = None
     admin_key: str | None = None
     reload_interval_s: float = 0.5
+    # Connection limits (gateway/limits.py, README "Limits"): what one client connection may hold.
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    body_min_rate: int = 500  # bytes/s: each 500 bytes received extend the body timeout by 1 s
+    keepalive_timeout_s: float = 5.0
+    max_header_bytes: int = 65536
+    max_headers: int = 100
+    max_url_bytes: int = 16384
+    max_connections: int = 10000  # per worker process
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if environ is None else environ
         base = cls()
+        limits: dict[str, Any] = {
+            name: kind(env[var]) for name, (var, kind) in LIMIT_ENV.items() if env.get(var)
+        }
         return replace(
             base,
             host=env.get("GATEWAY_HOST", base.host),
@@ -32,6 +45,7 @@ class Settings:
             redis_url=env.get("GATEWAY_REDIS_URL") or None,
             admin_key=env.get("GATEWAY_ADMIN_KEY") or None,
             reload_interval_s=float(env.get("GATEWAY_RELOAD_INTERVAL_S", base.reload_interval_s)),
+            **limits,
         )
 
     def to_env(self) -> dict[str, str]:
@@ -44,8 +58,22 @@ class Settings:
             "GATEWAY_BUDGETS": self.budgets_path,
             "GATEWAY_RELOAD_INTERVAL_S": str(self.reload_interval_s),
         }
+        env.update({var: str(getattr(self, name)) for name, (var, _) in LIMIT_ENV.items()})
         if self.redis_url:
             env["GATEWAY_REDIS_URL"] = self.redis_url
         if self.admin_key:
             env["GATEWAY_ADMIN_KEY"] = self.admin_key
         return env
+
+
+# Settings field -> (environment variable, type); each also has a ``serve`` flag (gateway/cli.py).
+LIMIT_ENV: dict[str, tuple[str, type[int] | type[float]]] = {
+    "header_timeout_s": ("GATEWAY_HEADER_TIMEOUT_S", float),
+    "body_timeout_s": ("GATEWAY_BODY_TIMEOUT_S", float),
+    "body_min_rate": ("GATEWAY_BODY_MIN_RATE", int),
+    "keepalive_timeout_s": ("GATEWAY_KEEPALIVE_TIMEOUT_S", float),
+    "max_header_bytes": ("GATEWAY_MAX_HEADER_BYTES", int),
+    "max_headers": ("GATEWAY_MAX_HEADERS", int),
+    "max_url_bytes": ("GATEWAY_MAX_URL_BYTES", int),
+    "max_connections": ("GATEWAY_MAX_CONNECTIONS", int),
+}
