@@ -172,7 +172,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
-    log.exception("unhandled error on %s", request.url.path, exc_info=exc)
+    log.exception("unhandled error on %s", logs.clip(request.url.path), exc_info=exc)
     err = ServerError("The gateway hit an internal error.")
     return json_response(render_openai(err), err.status, {})
 

@@ -24,6 +24,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, RequestResponseCy
 from gateway.errors import ClientClosed, RequestTimeout, ServerError, render_openai
 from gateway.handlers.endpoint import ProxyEndpoint
 from gateway.limits import LimitedProtocol
+from gateway.logs import clip
 from gateway.pipeline.parse import check_declared_size, check_size
 from gateway.responses import JSON, SSE_HEADERS, Reply, stream_to_client
 
@@ -134,7 +135,7 @@ class GatewayHttpProtocol(LimitedProtocol):
                 NativeIncoming(cycle, self), endpoint.operation, endpoint.ingress()
             )
         except Exception:  # the pipeline answers its own errors; this is a bug's last stop
-            log.exception("unhandled error on %s", cycle.scope["path"])
+            log.exception("unhandled error on %s", clip(cycle.scope["path"]))
             reply = Reply(500, {}, render_openai(ServerError("The gateway hit an internal error.")))
         try:
             if reply.frames is not None:
@@ -148,7 +149,7 @@ class GatewayHttpProtocol(LimitedProtocol):
                 if reply.after is not None:  # the settlement, even when the answer could not go out
                     await reply.after()
         except Exception:
-            log.exception("answering %s failed", cycle.scope["path"])
+            log.exception("answering %s failed", clip(cycle.scope["path"]))
             if not cycle.response_complete:
                 self._wire.close()
         finally:
