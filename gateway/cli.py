@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import glob
 import hashlib
+import logging
 import os
 import secrets
 import shutil
@@ -16,7 +17,7 @@ from types import FrameType
 
 from gateway import logs
 from gateway.config.parse import ConfigError, check
-from gateway.settings import Settings
+from gateway.settings import LIMIT_ENV, Settings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,6 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--workers", type=int)
     _config_args(serve)
     serve.add_argument("--log-level", default=os.environ.get("GATEWAY_LOG_LEVEL", "info"))
+    for name, (var, kind) in LIMIT_ENV.items():  # the connection limits (gateway/limits.py)
+        flag = "--" + name.replace("_", "-")
+        serve.add_argument(flag, type=kind, help=f"env {var}; default {getattr(Settings(), name)}")
 
     chk = sub.add_parser("check", help="validate routes.yaml and budgets.yaml")
     _config_args(chk)
@@ -69,7 +73,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         s = replace(s, routes_path=args.routes)
     if args.budgets:
         s = replace(s, budgets_path=args.budgets)
-    for name in ("host", "port", "workers"):
+    for name in ("host", "port", "workers", *LIMIT_ENV):
         value = getattr(args, name, None)
         if value is not None:
             s = replace(s, **{name: value})
@@ -134,6 +138,7 @@ def _exit_after_graceful_shutdown(signum: int, frame: FrameType | None) -> None:
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from gateway.limits import raise_open_files_limit
     from gateway.server import GatewayHttpProtocol
 
     settings = _settings(args)
@@ -149,9 +154,14 @@ def _serve(args: argparse.Namespace) -> int:
         print("\n".join(errors), file=sys.stderr)
         return 1
     os.environ.update(settings.to_env())
+    # Every connection is a file descriptor; a soft limit of 1024 would cap the gateway far below
+    # max_connections. The workers inherit the raised limit.
+    before, after = raise_open_files_limit()
     created_dir = _prepare_multiprocess_metrics(settings.workers)
     os.environ[logs.LEVEL_ENV] = args.log_level  # for the worker processes, which configure their own
     logs.configure(args.log_level)
+    if after != before:
+        logging.getLogger("gateway").info("open files limit raised from %d to %d", before, after)
     signal.signal(signal.SIGTERM, _exit_after_graceful_shutdown)
     try:
         uvicorn.run(
