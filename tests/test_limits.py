@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import resource
 import select
 import socket
 import threading
@@ -21,7 +22,9 @@ import openai
 import pytest
 from conftest import KEY_ACME, Gateway, GatewayFactory
 
+from gateway.limits import ConnectionGuard, connection_cap
 from gateway.logs import MAX_LOGGED_CHARS
+from gateway.settings import Settings
 
 FAST = {"header_timeout_s": 0.5, "body_timeout_s": 0.5}
 CHAT = {"model": "mock-chat", "messages": [{"role": "user", "content": "hello"}]}
@@ -308,3 +311,48 @@ def test_client_strings_in_the_access_log_are_clipped(
     fields = json.loads(line)
     assert fields["model_requested"] == "m" * MAX_LOGGED_CHARS + "…[+8999744 chars]"
     assert fields["trace"].endswith("…[+59744 chars]")
+
+
+def test_a_malformed_request_gets_400_in_the_openai_envelope(gateway_factory: GatewayFactory) -> None:
+    gw = gateway_factory()
+    with _connect(gw) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nbad header line\r\n\r\n")
+        status, headers, body = _response(_read_until_closed(sock))
+    assert (status, headers["connection"]) == (400, "close")
+    assert _envelope(body)["type"] == "invalid_request_error"
+
+
+def test_an_idle_kept_alive_connection_is_closed_after_the_keepalive_timeout(
+    gateway_factory: GatewayFactory,
+) -> None:
+    gw = gateway_factory(keepalive_timeout_s=0.2, header_timeout_s=30)
+    with _connect(gw, timeout=3) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nhost: gw\r\n\r\n")
+        answer = _read_until_closed(sock)  # the answer, then the close well before the header timeout
+    assert _response(answer)[0] == 200
+
+
+def test_the_limits_are_settings_from_the_environment() -> None:
+    env = {
+        "GATEWAY_HEADER_TIMEOUT_S": "2.5",
+        "GATEWAY_BODY_TIMEOUT_S": "7",
+        "GATEWAY_BODY_MIN_RATE": "100",
+        "GATEWAY_KEEPALIVE_TIMEOUT_S": "1",
+        "GATEWAY_MAX_HEADER_BYTES": "1000",
+        "GATEWAY_MAX_HEADERS": "10",
+        "GATEWAY_MAX_URL_BYTES": "500",
+        "GATEWAY_MAX_CONNECTIONS": "42",
+    }
+    settings = Settings.from_env(env)
+    assert (settings.header_timeout_s, settings.body_timeout_s, settings.body_min_rate) == (2.5, 7.0, 100)
+    assert (settings.keepalive_timeout_s, settings.max_header_bytes, settings.max_headers) == (1.0, 1000, 10)
+    assert (settings.max_url_bytes, settings.max_connections) == (500, 42)
+    assert Settings.from_env(settings.to_env()) == settings  # as the workers get them
+    assert Settings.from_env({}) == Settings()
+
+
+def test_the_connection_cap_keeps_half_the_open_files_for_the_rest(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(resource, "getrlimit", lambda _: (1024, 4096))
+    assert connection_cap(10_000) == 512
+    assert connection_cap(100) == 100
+    assert ConnectionGuard(Settings(max_connections=10_000)).max_connections == 512
