@@ -15,7 +15,7 @@ pool does) and with a new connection per request (so accepting is measured too),
 ``--requests`` alternating between the two, for ``--hold-s``. PASS when each attacked p50 (over all
 its rounds) is within 2x its unloaded p50 and no keyed request failed.
 
-    python -m bench.slowloris [--connections 20000] [--workers 3] [--requests 400] [--hold-s 30]
+    python -m bench.slowloris [--connections 20000] [--workers 3] [--requests 200] [--hold-s 45]
                               [--gateway-arg=--header-timeout-s=10 ...]
 
 Each side raises its open-files limit (``RLIMIT_NOFILE``) as far as it may (the hard limit; root
@@ -215,8 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.slowloris", description=__doc__.split("\n")[0])
     parser.add_argument("--connections", type=int, default=20_000)
     parser.add_argument("--workers", type=int, default=3)
-    parser.add_argument("--requests", type=int, default=400, help="keyed requests per measurement")
-    parser.add_argument("--hold-s", type=float, default=30.0, help="hold the attack this long at least")
+    parser.add_argument("--requests", type=int, default=200, help="keyed requests per measurement")
+    parser.add_argument("--hold-s", type=float, default=45.0, help="hold the attack this long at least")
     parser.add_argument("--drip-s", type=float, default=4.0, help="mean pause between dripped bytes")
     parser.add_argument("--gateway-arg", action="append", default=[], help="more `gateway serve` flags")
     parser.add_argument("--attacker", action="store_true", help=argparse.SUPPRESS)

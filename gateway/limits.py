@@ -21,7 +21,12 @@ closes a connection idle between requests. The body clock starts at the end of t
 must arrive within ``body_timeout_s`` plus one second per ``body_min_rate`` bytes received (Apache
 mod_reqtimeout's ``body=30,MinRate=500``), so a slow but steady upload is never cut while a drip is.
 One periodic sweep per worker (``ConnectionGuard``) compares each connection's deadline with the
-clock, rather than a timer armed and cancelled on every request.
+clock, rather than a timer armed and cancelled on every request: ~1.8 ms for 20,000 connections,
+once a second with the default timeouts (a quarter of the shorter timeout, within 50 ms..1 s).
+
+**Connections.** Past ``max_connections`` a worker answers 503 as soon as it accepts and closes:
+cheap, and clear to an SDK (it retries after ``retry-after``). The cap is at most half the open files
+limit; ``gateway serve`` raises the soft limit to the hard one at start (``raise_open_files_limit``).
 
 **Cost per request.** One add per chunk read; in ``on_message_begin``, ``on_headers_complete`` and
 ``on_response_complete`` a few assignments, comparisons and a clock read. Header bytes are counted
