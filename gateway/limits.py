@@ -12,7 +12,8 @@ is the OpenAI error envelope with ``connection: close`` wherever HTTP lets the g
     body timeout / min. rate    408, or a close once the answer has started
     header bytes, header count  431
     request line (URL)          414
-    connections per worker      503 with retry-after, at accept, then close
+    connections per worker      the oldest idle or slow connection is closed for a newcomer; when
+                                none is, 503 with retry-after at accept, then close
     malformed request           400 (uvicorn's plain-text 400, in the envelope)
 
 **Time limits.** The header clock starts when the connection opens or its previous response ends
@@ -24,9 +25,12 @@ One periodic sweep per worker (``ConnectionGuard``) compares each connection's d
 clock, rather than a timer armed and cancelled on every request: ~1.8 ms for 20,000 connections,
 once a second with the default timeouts (a quarter of the shorter timeout, within 50 ms..1 s).
 
-**Connections.** Past ``max_connections`` a worker answers 503 as soon as it accepts and closes:
-cheap, and clear to an SDK (it retries after ``retry-after``). The cap is at most half the open files
-limit; ``gateway serve`` raises the soft limit to the hard one at start (``raise_open_files_limit``).
+**Connections.** At ``max_connections`` a new connection takes the slot of the connection that has
+waited longest for a request's headers (idle, or dripping them: it is closed, with a 503 if part of
+a request came); when every connection has a request past its headers, the newcomer gets a 503 with
+``retry-after`` as soon as it is accepted, and is closed: cheap, and clear to an SDK. The cap is at
+most half the open files limit; ``gateway serve`` raises the soft limit to the hard one at start
+(``raise_open_files_limit``).
 
 **Cost per request.** One add per chunk read; in ``on_message_begin``, ``on_headers_complete`` and
 ``on_response_complete`` a few assignments, comparisons and a clock read. Header bytes are counted
@@ -102,6 +106,8 @@ class ConnectionGuard:
         self.tick_s = min(max(min(s.header_timeout_s, s.body_timeout_s) / 4, 0.05), 1.0)
         self._connections: set[Any] = set()
         self._scheduled = False
+        self._victims: list[LimitedProtocol] = []  # oldest last: see make_room
+        self._may_scan = True
 
     def watch(self, protocol: LimitedProtocol) -> None:
         """Make sure the sweep runs while ``protocol``'s server has connections."""
@@ -110,7 +116,36 @@ class ConnectionGuard:
             self._connections = protocol.connections  # uvicorn's set of this server's open connections
             protocol.loop.call_later(self.tick_s, self._sweep, protocol.loop)
 
+    def make_room(self, newcomer: LimitedProtocol) -> bool:
+        """At the cap: close the connection that has waited longest for a request's headers (idle
+        or dripping), so that ``newcomer`` keeps its slot; False when there is none.
+
+        Without this, keyless clients that reconnect as fast as they are closed or refused hold
+        every slot, and a keyed client's new connection is refused each time. A request whose
+        headers are in is never closed for a newcomer; a newcomer's own headers normally follow
+        its connect within a millisecond, and it is the youngest, so the last to go. The candidates
+        are listed by one scan, at most once per sweep tick (a flood of refusals must not turn
+        into a scan of every connection per accept).
+        """
+        victims = self._victims
+        if not victims and self._may_scan:
+            self._may_scan = False
+            heads = [c for c in newcomer.connections if isinstance(c, LimitedProtocol) and c._phase == _HEAD]
+            heads.sort(key=lambda c: c._since, reverse=True)
+            victims = self._victims = heads
+        while victims:
+            conn = victims.pop()
+            if (
+                conn is not newcomer
+                and conn._phase == _HEAD
+                and not (conn._refused or conn.transport.is_closing())
+            ):
+                conn.evict()
+                return True
+        return False
+
     def _sweep(self, loop: Any) -> None:
+        self._may_scan = True
         now = loop.time()
         for conn in list(self._connections):
             if getattr(conn, "deadline", _INF) <= now:  # a websocket protocol has none
@@ -160,7 +195,7 @@ class LimitedProtocol(HttpToolsProtocol):
         self._bytes_in = self._feeding = self._head_bytes = self._head_first = self._body_base = 0
         self._phase = _HEAD
         self.deadline = self._since + guard.header_timeout_s
-        if len(self.connections) > guard.max_connections:
+        if len(self.connections) > guard.max_connections and not guard.make_room(self):
             message = (
                 f"This gateway worker is at its connection limit ({guard.max_connections}); retry shortly."
             )
@@ -271,6 +306,16 @@ class LimitedProtocol(HttpToolsProtocol):
                         self._refuse(408, "request_timeout", message)
         else:
             self.deadline = _INF
+
+    def evict(self) -> None:
+        """Closed to make room for a new connection (``ConnectionGuard.make_room``)."""
+        if self._in_head:  # a request is on its way: say why it will not be served
+            message = f"This gateway worker is at its connection limit ({self._guard.max_connections})."
+            self._refuse(503, "too_many_connections", message, b"retry-after: 1\r\n")
+        else:
+            self._refused = True
+            self.deadline = _INF
+            self.transport.close()
 
     def _head_size(self) -> int:
         """The head's size as parsed: request line and header lines, each with its CRLF (close enough

@@ -196,10 +196,14 @@ def test_a_long_url_gets_414_in_the_openai_envelope(gateway_factory: GatewayFact
     assert "16384" in error["message"]
 
 
-def test_connections_past_the_cap_get_503_and_are_closed(gateway_factory: GatewayFactory) -> None:
+def test_connections_past_the_cap_get_503_when_every_slot_has_a_request(
+    gateway_factory: GatewayFactory,
+) -> None:
     gw = gateway_factory(max_connections=5)
     held = [_connect(gw) for _ in range(5)]
     try:
+        for sock in held:  # each a request past its headers, its body on the way: not to be closed
+            sock.sendall(_chat_head(1000, KEY_ACME))
         with _connect(gw) as sock:
             status, headers, body = _response(_read_until_closed(sock))
         assert (status, headers["connection"], headers["retry-after"]) == (503, "close", "1")
@@ -209,13 +213,39 @@ def test_connections_past_the_cap_get_503_and_are_closed(gateway_factory: Gatewa
             sock.close()
     deadline = time.monotonic() + 5  # the server notices the held ones closing: room again
     while True:
-        try:
+        with contextlib.suppress(httpx.HTTPError):
             if httpx.get(gw.url + "/healthz").status_code == 200:
                 break
-        except httpx.HTTPError:
-            pass
         assert time.monotonic() < deadline, "no room after the held connections closed"
         time.sleep(0.05)
+
+
+def test_at_the_cap_the_oldest_idle_connection_makes_room_for_a_new_one(
+    gateway_factory: GatewayFactory,
+) -> None:
+    """Keyless clients that hold every slot without a request do not lock a keyed client out."""
+    gw = gateway_factory(max_connections=5)
+    idle = [_connect(gw) for _ in range(4)]
+    dripping = _connect(gw)
+    dripping.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\n")  # part of a head
+    newcomers: list[httpx.Client] = []
+    try:
+        for _ in range(5):  # each on a new connection, kept open: each takes the oldest idle one's slot
+            newcomers.append(httpx.Client(base_url=gw.base_url, timeout=5))
+            client = openai.OpenAI(api_key=KEY_ACME, base_url=gw.base_url, http_client=newcomers[-1])
+            reply = client.chat.completions.create(
+                model="mock-chat", messages=[{"role": "user", "content": "hi"}]
+            )
+            assert reply.choices[0].message.content
+        assert [_read_until_closed(sock) for sock in idle] == [b""] * 4  # closed without a word
+        status, headers, body = _response(_read_until_closed(dripping))  # it had begun a request
+        assert (status, headers["connection"]) == (503, "close")
+        assert _envelope(body)["code"] == "too_many_connections"
+    finally:
+        for sock in [*idle, dripping]:
+            sock.close()
+        for http in newcomers:
+            http.close()
 
 
 class Slowloris:
