@@ -152,11 +152,12 @@ def _read_response(sock: socket.socket) -> int:
     return int(head[9:12])
 
 
-def keyed_latencies(port: int, requests: int, reuse: bool) -> tuple[list[float], int]:
-    """Seconds per request over ``requests`` sequential requests, and how many were not 200."""
+def keyed_latencies(port: int, requests: int, reuse: bool) -> tuple[list[float], dict[int, int]]:
+    """Seconds per request over ``requests`` sequential requests, and the count of each status
+    that was not 200 (0: the connection failed)."""
     request = _request(f"127.0.0.1:{port}")
     times: list[float] = []
-    failed = 0
+    failed: dict[int, int] = {}
     sock: socket.socket | None = None
     for _ in range(requests):
         started = time.perf_counter()
@@ -170,7 +171,8 @@ def keyed_latencies(port: int, requests: int, reuse: bool) -> tuple[list[float],
             status = 0
             sock = None
         times.append(time.perf_counter() - started)
-        failed += status != 200
+        if status != 200:
+            failed[status] = failed.get(status, 0) + 1
         if not reuse and sock is not None:
             sock.close()
             sock = None
@@ -185,12 +187,13 @@ class Latency:
 
     times: list[float] = field(default_factory=list)
     worst_round_p50: float = 0.0
-    failed: int = 0
+    failed: dict[int, int] = field(default_factory=dict)
 
-    def add(self, times: list[float], failed: int) -> None:
+    def add(self, times: list[float], failed: dict[int, int]) -> None:
         self.times += times
         self.worst_round_p50 = max(self.worst_round_p50, statistics.median(times))
-        self.failed += failed
+        for status, n in failed.items():
+            self.failed[status] = self.failed.get(status, 0) + n
 
     def p(self, q: float) -> float:
         ordered = sorted(self.times)
@@ -344,7 +347,7 @@ def _report(args: argparse.Namespace, f: Figures) -> str:
         rows.append(
             f"| {name} | {u.p(0.5):.2f} / {u.p(0.99):.2f} | {a.p(0.5):.2f} / {a.p(0.99):.2f} "
             f"| {a.p(0.5) / u.p(0.5):.2f}x | {u.worst_round_p50 * 1000:.2f} / {a.worst_round_p50 * 1000:.2f} "
-            f"| {len(a.times)} | {a.failed} |"
+            f"| {len(a.times)} | {sum(a.failed.values())} {a.failed or ''} |"
         )
     return "\n".join(
         [

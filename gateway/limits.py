@@ -26,8 +26,9 @@ clock, rather than a timer armed and cancelled on every request: ~1.8 ms for 20,
 once a second with the default timeouts (a quarter of the shorter timeout, within 50 ms..1 s).
 
 **Connections.** At ``max_connections`` a new connection takes the slot of the connection that has
-waited longest for a request's headers (idle, or dripping them: it is closed, with a 503 if part of
-a request came); when every connection has a request past its headers, the newcomer gets a 503 with
+waited longest for a request's headers without ever sending one whole (idle, or dripping them: it is
+closed, with a 503 if part of a request came), else of the oldest kept-alive one between requests;
+when every connection has a request past its headers, the newcomer gets a 503 with
 ``retry-after`` as soon as it is accepted, and is closed: cheap, and clear to an SDK. The cap is at
 most half the open files limit; ``gateway serve`` raises the soft limit to the hard one at start
 (``raise_open_files_limit``).
@@ -118,7 +119,8 @@ class ConnectionGuard:
 
     def make_room(self, newcomer: LimitedProtocol) -> bool:
         """At the cap: close the connection that has waited longest for a request's headers (idle
-        or dripping), so that ``newcomer`` keeps its slot; False when there is none.
+        or dripping) and never sent one whole, else the oldest kept-alive one between requests, so
+        that ``newcomer`` keeps its slot; False when there is none.
 
         Without this, keyless clients that reconnect as fast as they are closed or refused hold
         every slot, and a keyed client's new connection is refused each time. A request whose
@@ -131,7 +133,9 @@ class ConnectionGuard:
         if not victims and self._may_scan:
             self._may_scan = False
             heads = [c for c in newcomer.connections if isinstance(c, LimitedProtocol) and c._phase == _HEAD]
-            heads.sort(key=lambda c: c._since, reverse=True)
+            # the last to go first: never sent a whole head (slow or idle since connecting), oldest
+            # first; then kept-alive connections between requests, oldest first
+            heads.sort(key=lambda c: (not c._served, -c._since))
             victims = self._victims = heads
         while victims:
             conn = victims.pop()
@@ -191,6 +195,7 @@ class LimitedProtocol(HttpToolsProtocol):
         self.body_timed_out = False
         self._since = self.loop.time()
         self._refused = False
+        self._served = False  # a request's headers came in whole on this connection
         self._in_head = False  # between a request's first byte and the end of its headers
         self._bytes_in = self._feeding = self._head_bytes = self._head_first = self._body_base = 0
         self._phase = _HEAD
@@ -253,6 +258,7 @@ class LimitedProtocol(HttpToolsProtocol):
             self._refuse_head()
             raise _Refused
         self._phase = _BODY
+        self._served = True
         self._since = self.loop.time()
         self._body_base = self._bytes_in
         self.deadline = self._since + guard.body_timeout_s
