@@ -23,6 +23,7 @@ from gateway.handlers import admin, health, openai
 from gateway.handlers.anthropic import messages
 from gateway.handlers.endpoint import ProxyEndpoint
 from gateway.keys import RuntimeKeys
+from gateway.limits import ConnectionGuard
 from gateway.metrics import Metrics, mark_dead
 from gateway.pipeline.breaker import BreakerRegistry
 from gateway.pipeline.overload import Gate
@@ -152,6 +153,7 @@ def create_app(
     ]
     return GatewayApp(
         proxied,
+        guard=ConnectionGuard(settings),
         routes=routes,
         lifespan=lifespan,
         exception_handlers={HTTPException: _http_error, Exception: _unexpected},
@@ -167,9 +169,12 @@ class GatewayApp(Starlette):
     ``gateway/server.py`` serves ``proxied`` without ASGI at all.
     """
 
-    def __init__(self, proxied: Iterable[ProxyEndpoint], **kwargs: Any) -> None:
+    def __init__(
+        self, proxied: Iterable[ProxyEndpoint], guard: ConnectionGuard | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.proxied = {endpoint.path: endpoint for endpoint in proxied}
+        self.guard = guard or ConnectionGuard()  # the connection limits (gateway/limits.py)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         endpoint = self.proxied.get(scope["path"]) if scope["type"] == "http" else None
@@ -195,7 +200,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
-    log.exception("unhandled error on %s", request.url.path, exc_info=exc)
+    log.exception("unhandled error on %s", logs.clip(request.url.path), exc_info=exc)
     err = ServerError("The gateway hit an internal error.")
     return json_response(render_openai(err), err.status, {})
 

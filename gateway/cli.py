@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import glob
 import hashlib
+import logging
 import os
 import secrets
 import shutil
@@ -16,7 +17,7 @@ from types import FrameType
 
 from gateway import logs
 from gateway.config.parse import ConfigError, check
-from gateway.settings import STATE_FILE_ENV, Settings, default_state_file
+from gateway.settings import LIMIT_ENV, STATE_FILE_ENV, Settings, default_state_file
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,6 +37,9 @@ def main(argv: list[str] | None = None) -> int:
         "only (env GATEWAY_STATE_FILE; default .gateway/state.sqlite3 beside budgets.yaml)",
     )
     serve.add_argument("--log-level", default=os.environ.get("GATEWAY_LOG_LEVEL", "info"))
+    for name, (var, kind) in LIMIT_ENV.items():  # the connection limits (gateway/limits.py)
+        flag = "--" + name.replace("_", "-")
+        serve.add_argument(flag, type=kind, help=f"env {var}; default {getattr(Settings(), name)}")
 
     chk = sub.add_parser("check", help="validate routes.yaml and budgets.yaml")
     _config_args(chk)
@@ -79,7 +83,7 @@ def _settings(args: argparse.Namespace) -> Settings:
     state_file = getattr(args, "state_file", None)
     if state_file is not None:
         s = replace(s, state_file=state_file or None)
-    for name in ("host", "port", "workers"):
+    for name in ("host", "port", "workers", *LIMIT_ENV):
         value = getattr(args, name, None)
         if value is not None:
             s = replace(s, **{name: value})
@@ -144,6 +148,7 @@ def _exit_after_graceful_shutdown(signum: int, frame: FrameType | None) -> None:
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from gateway.limits import raise_open_files_limit
     from gateway.server import GatewayHttpProtocol
 
     settings = _settings(args)
@@ -175,9 +180,14 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"error: {problem}", file=sys.stderr)
         return 1
     os.environ.update(settings.to_env())
+    # Every connection is a file descriptor; a soft limit of 1024 would cap the gateway far below
+    # max_connections. The workers inherit the raised limit.
+    before, after = raise_open_files_limit()
     created_dir = _prepare_multiprocess_metrics(settings.workers)
     os.environ[logs.LEVEL_ENV] = args.log_level  # for the worker processes, which configure their own
     logs.configure(args.log_level)
+    if after != before:
+        logging.getLogger("gateway").info("open files limit raised from %d to %d", before, after)
     signal.signal(signal.SIGTERM, _exit_after_graceful_shutdown)
     try:
         uvicorn.run(

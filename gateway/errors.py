@@ -8,6 +8,7 @@ Exception tree::
     │   ├── AuthenticationFailed      401 invalid_api_key
     │   ├── PermissionDenied          403 model or route not allowed
     │   ├── NotFound                  404 model_not_found / not_found
+    │   ├── RequestTimeout            408 the request did not arrive in time (gateway/limits.py)
     │   ├── PayloadTooLarge           413
     │   ├── RateLimited               429 rate_limit_exceeded (retry-after)
     │   └── BudgetExceeded            429 insufficient_quota (x-should-retry: false)
@@ -96,6 +97,13 @@ class ClientClosed(ClientError):
 
     status = 499
     code = "client_closed"
+
+
+class RequestTimeout(ClientError):
+    """The request's headers or body did not arrive within the connection limits (gateway/limits.py)."""
+
+    status = 408
+    code = "request_timeout"
 
 
 class PayloadTooLarge(ClientError):

@@ -20,6 +20,17 @@ from typing import TextIO
 
 LEVEL_ENV = "GATEWAY_LOG_LEVEL"
 _PLAIN = "%(message)s"
+# Strings a client chose (a model name, a trace id, a path) are cut to this many characters in log
+# lines: without a cap a keyless 9 MB ``model`` made a 9 MB line on its 401.
+MAX_LOGGED_CHARS = 256
+
+
+def clip(text: str | None, limit: int = MAX_LOGGED_CHARS) -> str | None:
+    """``text`` as a log line may carry it: at most ``limit`` characters, then a marker that says
+    how many were cut (``…[+9437184 chars]``)."""
+    if text is None or len(text) <= limit:
+        return text
+    return f"{text[:limit]}…[+{len(text) - limit} chars]"
 
 
 class BatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]

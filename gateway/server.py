@@ -20,10 +20,12 @@ import logging
 import time
 from typing import Any
 
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, RequestResponseCycle
 
-from gateway.errors import ClientClosed, ServerError, render_openai
+from gateway.errors import ClientClosed, RequestTimeout, ServerError, render_openai
 from gateway.handlers.endpoint import ProxyEndpoint
+from gateway.limits import LimitedProtocol
+from gateway.logs import clip
 from gateway.pipeline.parse import check_declared_size, check_size
 from gateway.responses import JSON, SSE_HEADERS, ClientStalled, Reply, stream_to_client
 
@@ -100,15 +102,16 @@ class CoalescingTransport:
         return getattr(self._inner, name)
 
 
-class GatewayHttpProtocol(HttpToolsProtocol):
-    """``uvicorn.run(..., http=GatewayHttpProtocol)``: httptools, coalesced writes, native proxy endpoints."""
+class GatewayHttpProtocol(LimitedProtocol):
+    """``uvicorn.run(..., http=GatewayHttpProtocol)``: httptools with the connection limits of
+    gateway/limits.py, coalesced writes, native proxy endpoints."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self._wire = CoalescingTransport(transport)
         self._gateway = _gateway_app(self.app)
         self._proxied: dict[str, ProxyEndpoint] = getattr(self._gateway, "proxied", {})
         self._streaming: asyncio.Task[None] | None = None
-        super().connection_made(self._wire)  # type: ignore[arg-type]
+        super().connection_made(self._wire)
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)  # marks the request in flight disconnected
@@ -130,10 +133,10 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         try:
             pipeline = self._gateway.state.gateway.pipeline
             reply: Reply = await pipeline.handle(
-                NativeIncoming(cycle), endpoint.operation, endpoint.ingress()
+                NativeIncoming(cycle, self), endpoint.operation, endpoint.ingress()
             )
         except Exception:  # the pipeline answers its own errors; this is a bug's last stop
-            log.exception("unhandled error on %s", cycle.scope["path"])
+            log.exception("unhandled error on %s", clip(cycle.scope["path"]))
             reply = Reply(500, {}, render_openai(ServerError("The gateway hit an internal error.")))
         try:
             if reply.frames is not None:
@@ -147,7 +150,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
                 if reply.after is not None:  # the settlement, even when the answer could not go out
                     await reply.after()
         except Exception:
-            log.exception("answering %s failed", cycle.scope["path"])
+            log.exception("answering %s failed", clip(cycle.scope["path"]))
             if not cycle.response_complete:
                 self._wire.close()
         finally:
@@ -198,10 +201,11 @@ class GatewayHttpProtocol(HttpToolsProtocol):
 class NativeIncoming:
     """The request of a uvicorn cycle as the pipeline's ``Incoming``, read without ASGI messages."""
 
-    __slots__ = ("_cycle", "headers", "path")
+    __slots__ = ("_conn", "_cycle", "headers", "path")
 
-    def __init__(self, cycle: RequestResponseCycle) -> None:
+    def __init__(self, cycle: RequestResponseCycle, conn: LimitedProtocol) -> None:
         self._cycle = cycle
+        self._conn = conn
         self.path: str = cycle.scope["path"]
         # names arrive lower-cased; reversed, so that the first of repeated headers wins (as Starlette's)
         raw: list[tuple[bytes, bytes]] = cycle.scope["headers"]  # type: ignore[assignment]
@@ -219,6 +223,8 @@ class NativeIncoming:
             await cycle.message_event.wait()
             cycle.message_event.clear()
         if cycle.disconnected:
+            if self._conn.body_timed_out:  # the protocol answered 408 and closed (gateway/limits.py)
+                raise RequestTimeout("The request body did not arrive in time.")
             raise ClientClosed("The client closed the connection before its request body was complete.")
         body = bytes(cycle.body)
         cycle.body = bytearray()

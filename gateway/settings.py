@@ -6,6 +6,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 STATE_FILE_ENV = "GATEWAY_STATE_FILE"
 
@@ -25,6 +26,15 @@ class Settings:
     state_file: str | None = None
     """The in-process store's state file (no Redis): spend and run-time keys survive a restart. None
     keeps them in memory only. ``from_env`` defaults it to ``.gateway/state.sqlite3`` beside budgets.yaml."""
+    # Connection limits (gateway/limits.py, README "Limits"): what one client connection may hold.
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    body_min_rate: int = 500  # bytes/s: each 500 bytes received extend the body timeout by 1 s
+    keepalive_timeout_s: float = 5.0
+    max_header_bytes: int = 65536
+    max_headers: int = 100
+    max_url_bytes: int = 16384
+    max_connections: int = 10000  # per worker process
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -32,6 +42,9 @@ class Settings:
         base = cls()
         budgets_path = env.get("GATEWAY_BUDGETS", base.budgets_path)
         state_file = env.get(STATE_FILE_ENV)
+        limits: dict[str, Any] = {
+            name: kind(env[var]) for name, (var, kind) in LIMIT_ENV.items() if env.get(var)
+        }
         return replace(
             base,
             host=env.get("GATEWAY_HOST", base.host),
@@ -45,6 +58,7 @@ class Settings:
             reload_interval_s=float(env.get("GATEWAY_RELOAD_INTERVAL_S", base.reload_interval_s)),
             # unset: the default beside budgets.yaml; set but empty: memory only
             state_file=default_state_file(budgets_path) if state_file is None else state_file or None,
+            **limits,
         )
 
     def to_env(self) -> dict[str, str]:
@@ -58,6 +72,7 @@ class Settings:
             "GATEWAY_RELOAD_INTERVAL_S": str(self.reload_interval_s),
             STATE_FILE_ENV: self.state_file or "",
         }
+        env.update({var: str(getattr(self, name)) for name, (var, _) in LIMIT_ENV.items()})
         if self.redis_url:
             env["GATEWAY_REDIS_URL"] = self.redis_url
         if self.cache_redis_url:
@@ -70,3 +85,16 @@ class Settings:
 def default_state_file(budgets_path: str) -> str:
     """``.gateway/state.sqlite3`` in the directory of budgets.yaml: the state of the tenants it lists."""
     return str(Path(budgets_path).resolve().parent / ".gateway" / "state.sqlite3")
+
+
+# Settings field -> (environment variable, type); each also has a ``serve`` flag (gateway/cli.py).
+LIMIT_ENV: dict[str, tuple[str, type[int] | type[float]]] = {
+    "header_timeout_s": ("GATEWAY_HEADER_TIMEOUT_S", float),
+    "body_timeout_s": ("GATEWAY_BODY_TIMEOUT_S", float),
+    "body_min_rate": ("GATEWAY_BODY_MIN_RATE", int),
+    "keepalive_timeout_s": ("GATEWAY_KEEPALIVE_TIMEOUT_S", float),
+    "max_header_bytes": ("GATEWAY_MAX_HEADER_BYTES", int),
+    "max_headers": ("GATEWAY_MAX_HEADERS", int),
+    "max_url_bytes": ("GATEWAY_MAX_URL_BYTES", int),
+    "max_connections": ("GATEWAY_MAX_CONNECTIONS", int),
+}

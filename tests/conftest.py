@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -127,13 +128,17 @@ def gateway_factory(tmp_path: Path) -> Iterator[GatewayFactory]:
         transport: httpx.AsyncBaseTransport | None = None,
         reload_interval_s: float = 0.2,
         http: type[asyncio.Protocol] | str = GatewayHttpProtocol,
+        **settings: Any,  # more Settings fields, e.g. the connection limits
     ) -> Gateway:
         routes_path = tmp_path / "routes.yaml"
         budgets_path = tmp_path / "budgets.yaml"
         routes_path.write_text(routes)
         budgets_path.write_text(budgets)
         settings = Settings(
-            routes_path=str(routes_path), budgets_path=str(budgets_path), reload_interval_s=reload_interval_s
+            routes_path=str(routes_path),
+            budgets_path=str(budgets_path),
+            reload_interval_s=reload_interval_s,
+            **settings,
         )
         server = LiveServer(create_app(settings, transport=transport), http).start()
         started.append(server)

@@ -15,7 +15,7 @@ import orjson
 
 from gateway.config.model import Price
 from gateway.context import Exchange
-from gateway.logs import info_line
+from gateway.logs import clip, info_line
 from gateway.metrics import Metrics
 from gateway.providers.base import Usage
 
@@ -87,17 +87,18 @@ def settle(ex: Exchange, metrics: Metrics) -> None:
 
 
 def _log_record(ex: Exchange, elapsed: float) -> dict[str, object]:
-    """The access log line. No secrets and no prompt or answer text, unless the route opted in."""
+    """The access log line. No secrets and no prompt or answer text, unless the route opted in.
+    Strings the client chose are clipped (``logs.clip``); the others come from the config."""
     usage = ex.usage
     record: dict[str, object] = {
         "request_id": ex.request_id,
-        "trace": ex.trace,
-        "client_retry": ex.client_retry,
+        "trace": clip(ex.trace),
+        "client_retry": clip(ex.client_retry),
         "endpoint": ex.endpoint,
         "tenant": ex.tenant,
         "key_id": ex.principal.key_id if ex.principal else None,
         "route": ex.route,
-        "model_requested": ex.model_requested,
+        "model_requested": clip(ex.model_requested),
         "model": ex.model,
         "provider": ex.attempts.deployment.provider if ex.attempts.deployment else None,
         "stream": ex.stream,
