@@ -6,13 +6,14 @@ import dataclasses
 import datetime
 from typing import Literal
 
-from gateway.config._validate import Checker, key_path
+from gateway.config._validate import Checker, index_path, key_path
 from gateway.config.model import (
     DEFAULT_LOG_CHARS,
     BreakerPolicy,
     CachePolicy,
     ContentLogPolicy,
     Defaults,
+    HookName,
     Match,
     ModelConfig,
     PluginConfig,
@@ -39,6 +40,7 @@ _MOCK_ONLY = ("latency_ms", "fault", "fault_rate")
 _NEEDS_BASE_URL = ("openai", "azure")
 _STORE_FAILURE: tuple[Literal["closed", "open"], ...] = ("closed", "open")
 _ON_ERROR: tuple[Literal["open", "closed"], ...] = ("open", "closed")
+_HOOKS: tuple[HookName, ...] = ("pre", "post", "tool")
 _CACHE_MODES: tuple[Literal["deterministic", "always"], ...] = ("deterministic", "always")
 
 
@@ -280,23 +282,47 @@ def _breaker(value: object, path: str, c: Checker) -> BreakerPolicy:
 # -- plugins --------------------------------------------------------------------------------------------
 
 
+_PLUGIN_FIELDS = ("url", "hooks", "timeout_s", "on_error", "api", "token")
+
+
 def _plugins(value: object, c: Checker) -> dict[str, PluginConfig]:
     out: dict[str, PluginConfig] = {}
     for name, entry in c.named(value, "plugins").items():
         path = key_path("plugins", name)
         # Plugin names become URL segments (/v1/plugins/{name}/...).
         c.name(name, "plugins", "plugin name")
-        d = c.record(entry, path, ("url", "timeout_s", "on_error"), required=("url",))
+        d = c.record(entry, path, _PLUGIN_FIELDS, required=("url",))
         if d is None:
             out[name] = PluginConfig(name=name, url="")
             continue
         out[name] = PluginConfig(
             name=name,
             url=c.url(d, path, "url"),
+            hooks=_hooks(d.get("hooks"), key_path(path, "hooks"), c),
             timeout_s=c.number(d, path, "timeout_s", 1.0, gt=0),
             on_error=c.choice(d, path, "on_error", _ON_ERROR, "open"),
+            api=_flag(d, path, "api", c),
+            token=c.text(d, path, "token", nonempty=True) if "token" in d else None,
         )
     return out
+
+
+def _hooks(value: object, path: str, c: Checker) -> tuple[HookName, ...]:
+    names = c.names(value, path)
+    for i, hook in enumerate(names):
+        if hook not in _HOOKS:
+            c.error(index_path(path, i), "must be one of " + ", ".join(_HOOKS))
+        elif hook in names[:i]:
+            c.error(index_path(path, i), f"duplicate hook {hook!r}")
+    return tuple(h for h in _HOOKS if h in names)
+
+
+def _flag(d: dict[str, object], path: str, key: str, c: Checker) -> bool:
+    value = d.get(key, False)
+    if isinstance(value, bool):
+        return value
+    c.error(key_path(path, key), "must be true or false")
+    return False
 
 
 # -- routes ---------------------------------------------------------------------------------------------

@@ -128,12 +128,23 @@ class Route:
     """None (the default): no prompt or answer text is ever logged for this route."""
 
 
+HookName = Literal["pre", "post", "tool"]
+
+
 @dataclass(frozen=True, slots=True)
 class PluginConfig:
+    """A sidecar plugin (DESIGN.md "Sidecar plugin protocol (v1)")."""
+
     name: str
     url: str
+    hooks: tuple[HookName, ...] = ()
+    """The hook points the sidecar serves (``POST {url}/hooks/{hook}``)."""
     timeout_s: float = 1.0
     on_error: Literal["open", "closed"] = "open"
+    api: bool = False
+    """``/v1/plugins/{name}/{path}`` is forwarded to ``{url}/api/{path}``."""
+    token: str | None = None
+    """Sent as ``Authorization: Bearer`` on every gateway→sidecar call."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -451,3 +451,33 @@ class TestUpstreamLimits:
             "routes.yaml: providers.p.limits: unknown field 'max_lines'",
             "routes.yaml: providers.p.limits.max_body_bytes: must be >= 1024",
         ]
+
+
+class TestPluginFields:
+    BASE = "providers: {p: {type: mock}}\nmodels: {m: {provider: p}}\nplugins:\n  guard: "
+
+    def test_hooks_api_and_token_are_read(self) -> None:
+        cfg, _ = routes_ok(
+            self.BASE + "{url: 'http://127.0.0.1:8101/', hooks: [post, pre], api: true, token: t}\n"
+        )
+        guard = cfg.plugins["guard"]
+        assert (guard.url, guard.hooks, guard.api, guard.token) == (
+            "http://127.0.0.1:8101",
+            ("pre", "post"),
+            True,
+            "t",
+        )
+
+    def test_defaults(self) -> None:
+        cfg, _ = routes_ok(self.BASE + "{url: 'http://127.0.0.1:8101'}\n")
+        guard = cfg.plugins["guard"]
+        assert (guard.hooks, guard.api, guard.token, guard.on_error) == ((), False, None, "open")
+
+    def test_bad_hooks_and_api_are_named(self) -> None:
+        assert routes_errors(
+            self.BASE + "{url: 'http://h', hooks: [pre, pre, during], api: yes-please}\n"
+        ) == [
+            "routes.yaml: plugins.guard.hooks[1]: duplicate hook 'pre'",
+            "routes.yaml: plugins.guard.hooks[2]: must be one of pre, post, tool",
+            "routes.yaml: plugins.guard.api: must be true or false",
+        ]
