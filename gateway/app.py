@@ -130,6 +130,7 @@ def create_app(
             if state_file is not None:
                 await state_file.close()  # after the last settlement reached the store
             await upstream.aclose()
+            await state.plugin_transport.aclose()
             await store.close()
             if cache_store is not None:
                 await cache_store.close()
