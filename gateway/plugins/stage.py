@@ -191,3 +191,20 @@ class HookStage:
             if answer is not None and answer.value is not None:
                 tool_call = {**answer.value, "id": tool_call.get("id")}  # the call's id is the gateway's
         return tool_call
+
+
+async def run_tool_hooks(
+    stage: HookStage,
+    caller: Caller,
+    targets: tuple[Target, ...],
+    request: dict[str, Any],
+    tool_call: dict[str, Any],
+) -> dict[str, Any] | PluginRejected:
+    """The ``tool`` hook point, for the work that runs tools: the call ``{id, name, arguments}`` as the
+    route's tool hooks leave it, or their rejection (returned, not raised: a refused tool call usually
+    becomes a tool result the model sees, not an error for the client). A closed plugin that fails
+    still raises ``PluginUnavailable``."""
+    try:
+        return await stage.tool(caller, targets, request, tool_call)
+    except PluginRejected as rejected:
+        return rejected
