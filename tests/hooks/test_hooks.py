@@ -67,6 +67,10 @@ def chat(h: Hooked, task: str, **kw: Any) -> Any:
 def test_pre_continue_sends_the_protocol_payload_with_a_delegation_token(hooked: Hooked) -> None:
     raw = chat(hooked, "one", temperature=0)
     assert raw.parse().choices[0].message.content == "Hello there!"
+    text = hooked.metrics()
+    for hook in ("pre", "post"):
+        assert f'gateway_plugin_actions_total{{action="continue",hook="{hook}",plugin="a"}} 1.0' in text
+        assert f'gateway_plugin_duration_seconds_count{{hook="{hook}",plugin="a"}} 1.0' in text
     calls = hooked.side.calls()
     assert [(c["plugin"], c["hook"]) for c in calls] == [("a", "pre"), ("a", "post")]
     pre = calls[0]["body"]
@@ -213,12 +217,10 @@ def test_on_error_closed_is_503_and_open_skips_the_plugin(hooked: Hooked, reason
         shut, ajar = "shut", "ajar"
         hooked.side.set("shut", "pre", **FAILURES[reason])
         hooked.side.set("ajar", "pre", **FAILURES[reason])
-    started = time.monotonic()
     with pytest.raises(openai.InternalServerError) as caught:
         chat(hooked, shut)
     assert caught.value.status_code == 503 and caught.value.code == "plugin_unavailable"
     assert caught.value.body["param"] == shut  # type: ignore[index]
-    assert time.monotonic() - started < 1.9  # the plugin's timeout_s (0.5), not the sidecar's delay
     assert hooked.upstream.requests == []
     raw = chat(hooked, ajar)
     assert raw.parse().choices[0].message.content == "Hello there!"
