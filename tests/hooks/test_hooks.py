@@ -315,3 +315,15 @@ def test_a_route_without_plugins_compiles_to_no_hook_stage(hooked: Hooked) -> No
     runtime = hooked.gateway.app.state.gateway.runtime  # type: ignore[attr-defined]
     assert runtime.router.plan("gpt-4o-mini", "plain", None).hooks is None
     assert runtime.router.plan("gpt-4o-mini", "one", None).hooks is not None
+
+
+def test_a_modified_request_the_endpoint_refuses_is_the_plugins_fault_not_the_clients(hooked: Hooked) -> None:
+    bad = {"action": "modify", "request": {"messages": MESSAGES, "temperature": "hot"}}
+    hooked.side.set("shut", "pre", answer=bad)
+    hooked.side.set("ajar", "pre", answer=bad)
+    with pytest.raises(openai.InternalServerError) as caught:
+        chat(hooked, "shut")
+    assert caught.value.code == "plugin_unavailable" and caught.value.body["param"] == "shut"  # type: ignore[index]
+    chat(hooked, "ajar")  # open: the request goes on as the client sent it
+    assert "temperature" not in hooked.upstream.json() and hooked.upstream.json()["messages"] == MESSAGES
+    assert 'gateway_plugin_errors_total{hook="pre",plugin="ajar",reason="invalid"} 1.0' in hooked.metrics()
