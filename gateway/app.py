@@ -17,7 +17,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from gateway import logs, otel
+from gateway import delegation, logs, otel
 from gateway.errors import GatewayError, NotFound, ServerError, render_openai
 from gateway.handlers import admin, health, openai
 from gateway.handlers.anthropic import messages
@@ -74,6 +74,10 @@ def create_app(
             cache_store=cache_store,
             releases=settler,  # admissions that failed are released through the settler's queue
             known=settler.known,
+            runtime_keys_by_id=runtime_keys.lookup_id,
+            # Every replica must share the secret; one process on its own may make its own.
+            delegation_secrets=delegation.parse_secrets(settings.delegation_secret)
+            or (delegation.new_secret(),),
         )
         state = GatewayState(
             settings, build_runtime(routes, budgets, shared), shared, metrics, runtime_keys, settler

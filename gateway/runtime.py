@@ -13,7 +13,7 @@ import httpx
 
 from gateway.config.model import BudgetsConfig, RoutesConfig
 from gateway.pipeline.admit import Admitter, Releases
-from gateway.pipeline.auth import KeyIndex, RuntimeLookup
+from gateway.pipeline.auth import KeyIndex, RuntimeById, RuntimeLookup
 from gateway.pipeline.breaker import BreakerRegistry
 from gateway.pipeline.dispatch import Resilience
 from gateway.pipeline.open_mode import LastKnown
@@ -53,6 +53,14 @@ class Shared:
     """Spent totals as the store last reported them, for ``store_failure: open``'s bound."""
     cache_store: GatewayStore | None = None
     """The response cache's own store (``GATEWAY_CACHE_REDIS_URL``); None: ``store`` holds it."""
+    runtime_keys_by_id: RuntimeById | None = None
+    delegation_secrets: tuple[bytes, ...] = ()
+    """The first signs delegation tokens, every one verifies them (gateway/delegation.py)."""
+
+    @property
+    def delegation_secret(self) -> bytes:
+        """The signing secret."""
+        return self.delegation_secrets[0]
 
 
 def build_runtime(routes: RoutesConfig, budgets: BudgetsConfig, shared: Shared) -> Runtime:
@@ -65,7 +73,12 @@ def build_runtime(routes: RoutesConfig, budgets: BudgetsConfig, shared: Shared) 
         routes=routes,
         budgets=budgets,
         router=Router(routes),
-        keys=KeyIndex(budgets, shared.runtime_keys),
+        keys=KeyIndex(
+            budgets,
+            shared.runtime_keys,
+            runtime_by_id=shared.runtime_keys_by_id,
+            delegation_secrets=shared.delegation_secrets,
+        ),
         providers={name: build_provider(cfg, shared.transport) for name, cfg in routes.providers.items()},
         admitter=Admitter(
             shared.store, shared.fallback, routes.defaults, releases=shared.releases, known=shared.known
