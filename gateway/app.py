@@ -19,7 +19,7 @@ from starlette.types import Receive, Scope, Send
 
 from gateway import delegation, logs, otel
 from gateway.errors import GatewayError, NotFound, ServerError, render_openai
-from gateway.handlers import admin, health, openai
+from gateway.handlers import admin, health, openai, plugin_api
 from gateway.handlers.anthropic import messages
 from gateway.handlers.endpoint import ProxyEndpoint
 from gateway.keys import RuntimeKeys
@@ -43,9 +43,13 @@ log = logging.getLogger("gateway")
 
 
 def create_app(
-    settings: Settings | None = None, *, transport: httpx.AsyncBaseTransport | None = None
+    settings: Settings | None = None,
+    *,
+    transport: httpx.AsyncBaseTransport | None = None,
+    plugin_transport: httpx.AsyncBaseTransport | None = None,
 ) -> GatewayApp:
-    """Build the gateway app. ``transport`` replaces the network for upstream calls (the test seam)."""
+    """Build the gateway app. ``transport`` replaces the network for upstream calls, ``plugin_transport``
+    for plugin API calls (the test seams)."""
     settings = settings or Settings.from_env()
 
     @contextlib.asynccontextmanager
@@ -95,6 +99,7 @@ def create_app(
         metrics.spans = otel.from_env(lambda: state.runtime.routes.providers)
         app.state.gateway = state
         app.state.watcher = watcher
+        app.state.plugin_api = plugins = plugin_api.PluginApi(plugin_transport)
         await breakers.sync()  # the shared circuit states, before the first request is served
         await warn_if_evicting(store)
         # Without Redis, spend and run-time keys live on in a local file (gateway/store/durable.py).
@@ -129,6 +134,7 @@ def create_app(
             if state_file is not None:
                 await state_file.close()  # after the last settlement reached the store
             await upstream.aclose()
+            await plugins.aclose()
             await store.close()
             if cache_store is not None:
                 await cache_store.close()
@@ -151,6 +157,7 @@ def create_app(
         Route("/admin/spend", admin.spend, methods=["GET"]),
         Route("/admin/reload", admin.reload, methods=["POST"]),
         Route("/admin/explain", admin.explain_request, methods=["POST"]),
+        Route("/v1/plugins/{name}/{path:path}", plugin_api.forward, methods=plugin_api.METHODS),
         Route("/healthz", health.healthz, methods=["GET"]),
         Route("/readyz", health.readyz, methods=["GET"]),
         Route("/metrics", health.metrics, methods=["GET"]),

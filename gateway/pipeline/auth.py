@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 
 from gateway import delegation
 from gateway.config.model import Budget, BudgetsConfig, KeyConfig, Limits, Role, TenantConfig
-from gateway.errors import AuthenticationFailed
+from gateway.errors import AuthenticationFailed, PermissionDenied
 
 log = logging.getLogger("gateway.auth")
 
@@ -152,6 +152,17 @@ def presented_key(headers: Mapping[str, str]) -> str | None:
             return token.strip()
     key = headers.get("x-api-key")
     return key.strip() if key and key.strip() else None
+
+
+def for_proxy(principal: Principal) -> Principal:
+    """A principal the proxy endpoints (``/v1/*`` model calls and ``/v1/models``) serve: every role
+    but ``reviewer``, whose keys reach the review surfaces only."""
+    if principal.role == "reviewer":
+        raise PermissionDenied(
+            "A reviewer key works only on the review surfaces (/v1/plugins/review/...).",
+            code="permission_denied",
+        )
+    return principal
 
 
 def authenticate(headers: Mapping[str, str], keys: KeyIndex) -> Principal:
