@@ -28,6 +28,7 @@ from gateway.metrics import Metrics, mark_dead
 from gateway.pipeline.breaker import BreakerRegistry
 from gateway.pipeline.overload import Gate
 from gateway.pipeline.spend import Settler
+from gateway.plugins.secret import from_env as secret_from_env
 from gateway.reload import ConfigWatcher, load
 from gateway.responses import json_response
 from gateway.runtime import Shared, build_runtime
@@ -79,9 +80,13 @@ def create_app(
             releases=settler,  # admissions that failed are released through the settler's queue
             known=settler.known,
             runtime_keys_by_id=runtime_keys.lookup_id,
-            # Every replica must share the secret; one process on its own may make its own.
-            delegation_secrets=delegation.parse_secrets(settings.delegation_secret)
-            or (delegation.new_secret(),),
+            # One worker and no Redis: this process is alone and may make its own secret; the first of
+            # a comma-separated GATEWAY_DELEGATION_SECRET signs, every one verifies (rotation).
+            delegation_secret=secret_from_env(
+                {delegation.SECRET_ENV: settings.delegation_secret or ""},
+                alone=settings.workers == 1 and settings.redis_url is None,
+            ),
+            delegation_verifying=delegation.parse_secrets(settings.delegation_secret),
         )
         state = GatewayState(
             settings, build_runtime(routes, budgets, shared), shared, metrics, runtime_keys, settler

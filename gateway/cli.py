@@ -182,10 +182,6 @@ def _serve(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if settings.workers > 1 and not settings.delegation_secret:
-        # The workers of this one process share a secret made here; replicas on other hosts need the
-        # environment variable, the same on each.
-        settings = replace(settings, delegation_secret=secrets.token_hex(delegation.MIN_SECRET_BYTES))
     problem = _state_file_problem(settings)
     if problem:
         print(f"error: {problem}", file=sys.stderr)

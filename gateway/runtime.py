@@ -19,6 +19,7 @@ from gateway.pipeline.dispatch import Resilience
 from gateway.pipeline.open_mode import LastKnown
 from gateway.pipeline.overload import Gate
 from gateway.pipeline.route import Router
+from gateway.plugins import secret
 from gateway.providers import build_provider
 from gateway.providers.base import Provider
 from gateway.store import GatewayStore
@@ -53,17 +54,24 @@ class Shared:
     """Spent totals as the store last reported them, for ``store_failure: open``'s bound."""
     cache_store: GatewayStore | None = None
     """The response cache's own store (``GATEWAY_CACHE_REDIS_URL``); None: ``store`` holds it."""
+    delegation_secret: bytes | None = None
+    """Signs the delegation tokens handed to sidecars (``gateway/plugins/secret.py``); None only when
+    the process does not run alone and ``GATEWAY_DELEGATION_SECRET`` is unset (then no plugin may run)."""
+    delegation_verifying: tuple[bytes, ...] = ()
+    """Every secret a token may be signed with (``GATEWAY_DELEGATION_SECRET``'s list, for rotation); the
+    signing secret always verifies too."""
     runtime_keys_by_id: RuntimeById | None = None
-    delegation_secrets: tuple[bytes, ...] = ()
-    """The first signs delegation tokens, every one verifies them (gateway/delegation.py)."""
 
     @property
-    def delegation_secret(self) -> bytes:
-        """The signing secret."""
-        return self.delegation_secrets[0]
+    def delegation_secrets(self) -> tuple[bytes, ...]:
+        """The secrets tokens are verified with: the signing one first."""
+        own = (self.delegation_secret,) if self.delegation_secret is not None else ()
+        return own + tuple(s for s in self.delegation_verifying if s != self.delegation_secret)
 
 
 def build_runtime(routes: RoutesConfig, budgets: BudgetsConfig, shared: Shared) -> Runtime:
+    """The runtime of one config version; ``ConfigError`` when plugins are configured without a secret."""
+    secret.require(routes, shared.delegation_secret)
     if shared.breakers is not None:
         # Follow every deployment's shared circuit from the start, not from its first call: a replica
         # that starts (or scales up) during an outage must not send the open deployment a request.

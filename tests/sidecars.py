@@ -5,11 +5,9 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import pytest
 from conftest import ROUTES, free_port, sha
 
 SIDECAR_TOKEN = "tok-sidecar-secret"
@@ -96,17 +94,3 @@ class Sidecar:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(timeout=10)
-
-
-@pytest.fixture
-def sidecar_factory() -> Iterator[type[Sidecar]]:
-    started: list[Sidecar] = []
-
-    class Tracked(Sidecar):
-        def __init__(self, gateway_url: str = "", port: int | None = None) -> None:
-            super().__init__(gateway_url, port)
-            started.append(self)
-
-    yield Tracked
-    for sidecar in started:
-        sidecar.stop()

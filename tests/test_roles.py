@@ -24,7 +24,6 @@ from sidecars import (
     Sidecar,
     bearer,
     routes_with_plugins,
-    sidecar_factory,  # noqa: F401  (a fixture)
 )
 
 from gateway import delegation
@@ -44,7 +43,7 @@ class Env:
 
 
 @pytest.fixture
-def env(gateway_factory: GatewayFactory, sidecar_factory: type[Sidecar]) -> Iterator[Env]:
+def env(gateway_factory: GatewayFactory) -> Iterator[Env]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     gw = gateway_factory(
@@ -53,7 +52,9 @@ def env(gateway_factory: GatewayFactory, sidecar_factory: type[Sidecar]) -> Iter
         admin_key=ADMIN,
         delegation_secret=DELEGATION_SECRET,
     )
-    yield Env(gw, sidecar_factory(gw.url, port))
+    sidecar = Sidecar(gw.url, port)
+    yield Env(gw, sidecar)
+    sidecar.stop()
 
 
 # -- the role matrix ---------------------------------------------------------------------------------

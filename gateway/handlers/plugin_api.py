@@ -105,8 +105,10 @@ async def forward(request: Request) -> Response:
             raise NotFound(f"No plugin API named '{name}'.", param="name", code="plugin_not_found")
         _may_call(principal, name)
         expires = int(time.time() + runtime.routes.defaults.timeout_s)
+        secret = state.shared.delegation_secret
+        assert secret is not None  # a config with plugin APIs and no secret is refused (plugins/secret.py)
         token = delegation.mint(
-            state.shared.delegation_secret,
+            secret,
             delegation.Delegation(principal.tenant, principal.key_id, request_id, expires),
         )
         headers = [
