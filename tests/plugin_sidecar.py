@@ -47,7 +47,7 @@ async def echo(request: Request) -> Response:
     return JSONResponse(
         {
             "method": request.method,
-            "path": request.url.path,
+            "path": request.scope["raw_path"].decode(),
             "query": request.url.query,
             "headers": [[k, v] for k, v in request.headers.items()],
             "body_bytes": size,

@@ -125,7 +125,7 @@ async def forward(request: Request) -> Response:
         ]
         if plugin.token:
             headers.append(("authorization", f"Bearer {plugin.token}"))
-        url = f"{plugin.url.rstrip('/')}/api/{request.path_params['path']}"
+        url = f"{plugin.url.rstrip('/')}/api/{_raw_path(request)}"
         query = request.scope.get("query_string", b"")
         if query:
             url += "?" + query.decode("latin-1")
@@ -156,6 +156,14 @@ async def forward(request: Request) -> Response:
     response.raw_headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in out]
     response.raw_headers.append((b"x-request-id", request_id.encode()))
     return response
+
+
+def _raw_path(request: Request) -> str:
+    """``{path}`` as the client encoded it (``%2F`` inside a segment stays one segment), not decoded."""
+    raw = request.scope.get("raw_path")
+    if not raw:
+        return str(request.path_params["path"])
+    return raw.decode("latin-1").split("?", 1)[0].split("/", 4)[4]
 
 
 def _has_body(request: Request) -> bool:
