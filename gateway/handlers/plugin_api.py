@@ -160,7 +160,7 @@ async def forward(request: Request) -> Response:
 
 def _raw_path(request: Request) -> str:
     """``{path}`` as the client encoded it (``%2F`` inside a segment stays one segment), not decoded."""
-    raw = request.scope.get("raw_path")
+    raw: bytes | None = request.scope.get("raw_path")
     if not raw:
         return str(request.path_params["path"])
     return raw.decode("latin-1").split("?", 1)[0].split("/", 4)[4]
