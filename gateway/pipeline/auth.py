@@ -44,6 +44,8 @@ class Principal:
     """Unix seconds from which the key is refused (401)."""
     parent_request_id: str | None = None
     """Set when the call was made with a delegation token: the request that handed it out."""
+    delegation_token: str | None = None
+    """That token itself: a delegated request hands its hooks the same token, never a new one."""
 
     def may_use(self, deployment: str) -> bool:
         return (self.models is None or any(fnmatch.fnmatchcase(deployment, g) for g in self.models)) and (
@@ -120,7 +122,9 @@ class KeyIndex:
             if key.expires_at is not None and now >= key.expires_at:
                 reason = f"key {d.key_id!r} expired"
                 break
-            return dataclasses.replace(key, role="user", parent_request_id=d.parent_request_id)
+            return dataclasses.replace(
+                key, role="user", parent_request_id=d.parent_request_id, delegation_token=token
+            )
         log.warning("delegation token refused: %s", reason)
         return None
 
