@@ -44,13 +44,9 @@ log = logging.getLogger("gateway")
 
 
 def create_app(
-    settings: Settings | None = None,
-    *,
-    transport: httpx.AsyncBaseTransport | None = None,
-    plugin_transport: httpx.AsyncBaseTransport | None = None,
+    settings: Settings | None = None, *, transport: httpx.AsyncBaseTransport | None = None
 ) -> GatewayApp:
-    """Build the gateway app. ``transport`` replaces the network for upstream calls, ``plugin_transport``
-    for plugin API calls (the test seams)."""
+    """Build the gateway app. ``transport`` replaces the network for upstream calls (the test seam)."""
     settings = settings or Settings.from_env()
 
     @contextlib.asynccontextmanager
@@ -64,6 +60,8 @@ def create_app(
         cache_url = settings.cache_redis_url
         cache_store = build_store(cache_url, timeout_s=0.9) if cache_url else None
         runtime_keys = RuntimeKeys(store)
+        # Settings built in code (tests, embedders) still see the environment's secret.
+        secrets_value = settings.delegation_secret or os.environ.get(delegation.SECRET_ENV)
         metrics = Metrics()
         breakers = BreakerRegistry(metrics.circuit_state, settings.redis_url)
         gate = Gate(routes.defaults.max_concurrent_upstream)
@@ -83,10 +81,10 @@ def create_app(
             # One worker and no Redis: this process is alone and may make its own secret; the first of
             # a comma-separated GATEWAY_DELEGATION_SECRET signs, every one verifies (rotation).
             delegation_secret=secret_from_env(
-                {delegation.SECRET_ENV: settings.delegation_secret or ""},
+                {delegation.SECRET_ENV: secrets_value or ""},
                 alone=settings.workers == 1 and settings.redis_url is None,
             ),
-            delegation_verifying=delegation.parse_secrets(settings.delegation_secret),
+            delegation_verifying=delegation.parse_secrets(secrets_value),
         )
         state = GatewayState(
             settings, build_runtime(routes, budgets, shared), shared, metrics, runtime_keys, settler
@@ -104,7 +102,7 @@ def create_app(
         metrics.spans = otel.from_env(lambda: state.runtime.routes.providers)
         app.state.gateway = state
         app.state.watcher = watcher
-        app.state.plugin_api = plugins = plugin_api.PluginApi(plugin_transport)
+        app.state.plugin_api = plugins = plugin_api.PluginApi()
         await breakers.sync()  # the shared circuit states, before the first request is served
         await warn_if_evicting(store)
         # Without Redis, spend and run-time keys live on in a local file (gateway/store/durable.py).
@@ -140,6 +138,7 @@ def create_app(
                 await state_file.close()  # after the last settlement reached the store
             await upstream.aclose()
             await plugins.aclose()
+            await state.plugin_transport.aclose()
             await store.close()
             if cache_store is not None:
                 await cache_store.close()

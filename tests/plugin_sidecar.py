@@ -1,147 +1,122 @@
-"""A tiny sidecar with a plugin API, run as its own process on loopback by the plugin API tests.
+"""A configurable plugin sidecar for tests, run as a real process on loopback.
 
-``python tests/plugin_sidecar.py PORT TOKEN [GATEWAY_URL]``. Every ``/api/*`` call needs
-``Authorization: Bearer TOKEN``, as DESIGN.md's protocol asks of a sidecar.
+One process serves any number of plugins: plugin ``name`` lives under ``/p/{name}`` (so its routes.yaml
+``url`` is ``http://127.0.0.1:{port}/p/{name}`` and its hooks are ``POST /p/{name}/hooks/{hook}``).
+A test sets each (plugin, hook)'s behaviour with ``POST /_control/{name}/{hook}``:
+``{answer: {...}, delay_s: 0.5, status: 500, raw: "not json"}`` (default: ``{action: continue}``), and
+reads every call received, in order, from ``GET /_calls`` (``POST /_reset`` forgets both).
 
-- ``ANY /api/echo/{path}``: what arrived (method, path, query, headers, body length)
-- ``POST /api/upload``: counts the bytes received as they stream in, never holding them
-- ``GET /api/sse``: three SSE events, 50 ms apart
-- ``GET /api/gated``: one SSE event, then waits (at most 5 s) for ``POST /api/release``, then says
-  whether it was released: a client can only release it if the first event reached it unbuffered
-- ``GET /api/status/{code}``: that status, a header of its own and a plain-text body
-- ``POST /api/delegate``: calls the gateway's ``/v1/chat/completions`` with the delegation token it
-  was handed (body: the chat request); answers the gateway's status and body
+    python tests/plugin_sidecar.py --port N
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
-import resource
+import subprocess
 import sys
-from collections.abc import AsyncIterator
+import time
+from pathlib import Path
+from typing import Any
 
 import httpx
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-PORT = int(sys.argv[1]) if len(sys.argv) > 1 else 0
-TOKEN = sys.argv[2] if len(sys.argv) > 2 else ""
-GATEWAY = sys.argv[3] if len(sys.argv) > 3 else ""
+BEHAVIOUR: dict[tuple[str, str], dict[str, Any]] = {}
+CALLS: list[dict[str, Any]] = []
 
 
-def _refused(request: Request) -> Response | None:
-    if TOKEN and request.headers.get("authorization") != f"Bearer {TOKEN}":
-        return JSONResponse({"error": "plugin token required"}, status_code=401)
-    return None
-
-
-async def echo(request: Request) -> Response:
-    if (refused := _refused(request)) is not None:
-        return refused
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-    return JSONResponse(
-        {
-            "method": request.method,
-            "path": request.scope["raw_path"].decode(),
-            "query": request.url.query,
-            "headers": [[k, v] for k, v in request.headers.items()],
-            "body_bytes": size,
-        }
+async def hook(request: Request) -> Response:
+    name, point = request.path_params["name"], request.path_params["hook"]
+    body = await request.json()
+    CALLS.append(
+        {"plugin": name, "hook": point, "body": body, "authorization": request.headers.get("authorization")}
     )
+    behaviour = BEHAVIOUR.get((name, point), {})
+    if behaviour.get("delay_s"):
+        await asyncio.sleep(float(behaviour["delay_s"]))
+    if "raw" in behaviour:
+        return Response(str(behaviour["raw"]), status_code=int(behaviour.get("status", 200)))
+    answer = behaviour.get("answer", {"action": "continue"})
+    return JSONResponse(answer, status_code=int(behaviour.get("status", 200)))
 
 
-async def upload(request: Request) -> Response:
-    if (refused := _refused(request)) is not None:
-        return refused
-    size = chunks = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        chunks += 1
-    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return JSONResponse({"bytes": size, "chunks": chunks, "sidecar_peak_rss_kb": peak_kb})
+async def control(request: Request) -> Response:
+    BEHAVIOUR[(request.path_params["name"], request.path_params["hook"])] = await request.json()
+    return JSONResponse({"ok": True})
 
 
-async def sse(request: Request) -> Response:
-    if (refused := _refused(request)) is not None:
-        return refused
-
-    async def events() -> AsyncIterator[bytes]:
-        for i in range(3):
-            yield f"data: event {i}\n\n".encode()
-            await asyncio.sleep(0.05)
-
-    return StreamingResponse(events(), media_type="text/event-stream", headers={"x-sidecar": "sse"})
+async def calls(request: Request) -> Response:
+    return JSONResponse(CALLS)
 
 
-RELEASED = asyncio.Event()
-
-
-async def gated(request: Request) -> Response:
-    if (refused := _refused(request)) is not None:
-        return refused
-    RELEASED.clear()
-
-    async def events() -> AsyncIterator[bytes]:
-        yield b"data: first\n\n"
-        try:
-            await asyncio.wait_for(RELEASED.wait(), 5)
-            yield b"data: released\n\n"
-        except TimeoutError:
-            yield b"data: not released\n\n"
-
-    return StreamingResponse(events(), media_type="text/event-stream")
-
-
-async def release(request: Request) -> Response:
-    if (refused := _refused(request)) is not None:
-        return refused
-    RELEASED.set()
-    return PlainTextResponse("released")
-
-
-async def status(request: Request) -> Response:
-    if (refused := _refused(request)) is not None:
-        return refused
-    code = int(request.path_params["code"])
-    return PlainTextResponse(
-        f"status {code} from the sidecar", status_code=code, headers={"x-sidecar": "yes"}
-    )
-
-
-async def delegate(request: Request) -> Response:
-    if (refused := _refused(request)) is not None:
-        return refused
-    token = request.headers.get("x-gateway-delegation", "")
-    async with httpx.AsyncClient(timeout=10) as client:
-        answer = await client.post(
-            GATEWAY + "/v1/chat/completions",
-            content=await request.body(),
-            headers={"authorization": f"Bearer {token}", "content-type": "application/json"},
-        )
-    return Response(answer.content, status_code=answer.status_code, media_type="application/json")
+async def reset(request: Request) -> Response:
+    BEHAVIOUR.clear()
+    CALLS.clear()
+    return JSONResponse({"ok": True})
 
 
 async def healthz(request: Request) -> Response:
-    return PlainTextResponse("ok")
+    return JSONResponse({"ok": True})
 
 
 app = Starlette(
     routes=[
-        Route("/api/echo/{path:path}", echo, methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),
-        Route("/api/upload", upload, methods=["POST", "PUT"]),
-        Route("/api/sse", sse, methods=["GET"]),
-        Route("/api/gated", gated, methods=["GET"]),
-        Route("/api/release", release, methods=["POST"]),
-        Route("/api/status/{code:int}", status, methods=["GET"]),
-        Route("/api/delegate", delegate, methods=["POST"]),
+        Route("/p/{name}/hooks/{hook}", hook, methods=["POST"]),
+        Route("/_control/{name}/{hook}", control, methods=["POST"]),
+        Route("/_calls", calls, methods=["GET"]),
+        Route("/_reset", reset, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
     ]
 )
 
+
+class Sidecar:
+    """The sidecar as a subprocess, driven over HTTP from the test."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Sidecar:
+        self.proc = subprocess.Popen([sys.executable, str(Path(__file__)), "--port", str(self.port)])
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise RuntimeError("sidecar did not start")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+
+    def plugin_url(self, name: str) -> str:
+        return f"{self.url}/p/{name}"
+
+    def set(self, plugin: str, hook: str, **behaviour: Any) -> None:
+        httpx.post(f"{self.url}/_control/{plugin}/{hook}", json=behaviour).raise_for_status()
+
+    def calls(self) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = httpx.get(self.url + "/_calls").json()
+        return found
+
+    def reset(self) -> None:
+        httpx.post(self.url + "/_reset").raise_for_status()
+
+
 if __name__ == "__main__":
-    uvicorn.run(app, host="127.0.0.1", port=PORT, log_level="warning")
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args()
+    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning")

@@ -1,4 +1,4 @@
-"""The test sidecar (tests/plugin_sidecar.py) as a process on loopback, and a gateway config that uses it."""
+"""The plugin API test sidecar (tests/plugin_api_sidecar.py) on loopback, and a config that uses it."""
 
 from __future__ import annotations
 
@@ -62,7 +62,7 @@ def bearer(secret: str) -> dict[str, str]:
 class Sidecar:
     def __init__(self, gateway_url: str = "", port: int | None = None) -> None:
         self.port = port or free_port()
-        script = str(Path(__file__).with_name("plugin_sidecar.py"))
+        script = str(Path(__file__).with_name("plugin_api_sidecar.py"))
         self.proc = subprocess.Popen(
             [sys.executable, script, str(self.port), SIDECAR_TOKEN, gateway_url],
             stdout=subprocess.DEVNULL,

@@ -60,11 +60,9 @@ METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 class PluginApi:
     """The client the gateway calls plugin APIs with; one per app, closed at shutdown."""
 
-    def __init__(self, transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(self) -> None:
         # No pool limit: each call is a caller's own request; the sidecar sets its own limits.
-        self.client = httpx.AsyncClient(
-            transport=transport, limits=httpx.Limits(max_connections=None), follow_redirects=False
-        )
+        self.client = httpx.AsyncClient(limits=httpx.Limits(max_connections=None), follow_redirects=False)
 
     async def aclose(self) -> None:
         await self.client.aclose()

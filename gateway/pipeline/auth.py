@@ -47,6 +47,8 @@ class Principal:
     """Set when the call was made with a delegation token: the request that handed it out."""
     delegation_token: str | None = None
     """That token itself: a delegated request hands its hooks the same token, never a new one."""
+    delegation_expires_at: int | None = None
+    """And its expiry (unix seconds)."""
 
     def may_use(self, deployment: str) -> bool:
         return (self.models is None or any(fnmatch.fnmatchcase(deployment, g) for g in self.models)) and (
@@ -124,7 +126,11 @@ class KeyIndex:
                 reason = f"key {d.key_id!r} expired"
                 break
             return dataclasses.replace(
-                key, role="user", parent_request_id=d.parent_request_id, delegation_token=token
+                key,
+                role="user",
+                parent_request_id=d.parent_request_id,
+                delegation_token=token,
+                delegation_expires_at=d.expires_at,
             )
         log.warning("delegation token refused: %s", reason)
         return None

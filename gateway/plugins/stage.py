@@ -13,12 +13,16 @@ import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.config.model import HookName, PluginConfig, Route
 from gateway.delegation import Delegation, InvalidToken, is_token, mint, verify
 from gateway.errors import AuthenticationFailed, PluginRejected, PluginUnavailable
+from gateway.pipeline.auth import presented_key
 from gateway.plugins.hooks import Answer, HookClient, HookFailed, Target
+
+if TYPE_CHECKING:  # the context module imports the router, which compiles routes with this module
+    from gateway.context import Exchange
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,8 +115,38 @@ class PreOutcome:
 
 
 class HookStage:
-    def __init__(self, client: HookClient) -> None:
+    def __init__(self, client: HookClient, secret: bytes | None) -> None:
         self._client = client
+        self._secret = secret
+
+    def caller(self, ex: Exchange, headers: Mapping[str, str], deadline: float) -> Caller:
+        """The request's identity for its hook calls; its annotations become ``ex.plugins`` (the log)."""
+        principal = ex.principal
+        assert principal is not None and ex.plan is not None
+        if principal.delegation_token is not None:
+            # verified by authentication, with every secret of a rotation; a token never mints another
+            delegation = {"token": principal.delegation_token, "expires_at": principal.delegation_expires_at}
+        else:
+            delegation = delegation_for(
+                self._secret,
+                presented_key(headers),
+                principal.tenant,
+                principal.key_id,
+                ex.request_id,
+                deadline,
+            )
+        caller = Caller(
+            ex.request_id,
+            ex.endpoint,
+            principal.tenant,
+            principal.key_id,
+            principal.role,
+            ex.plan.route,
+            deadline,
+            delegation,
+        )
+        ex.plugins = caller.annotations
+        return caller
 
     async def _ask(self, caller: Caller, target: Target, hook: HookName, **parts: Any) -> Answer | None:
         """One call; None when it failed and the plugin is ``on_error: open`` (skipped)."""
@@ -166,3 +200,20 @@ class HookStage:
             if answer is not None and answer.value is not None:
                 tool_call = {**answer.value, "id": tool_call.get("id")}  # the call's id is the gateway's
         return tool_call
+
+
+async def run_tool_hooks(
+    stage: HookStage,
+    caller: Caller,
+    targets: tuple[Target, ...],
+    request: dict[str, Any],
+    tool_call: dict[str, Any],
+) -> dict[str, Any] | PluginRejected:
+    """The ``tool`` hook point, for the work that runs tools: the call ``{id, name, arguments}`` as the
+    route's tool hooks leave it, or their rejection (returned, not raised: a refused tool call usually
+    becomes a tool result the model sees, not an error for the client). A closed plugin that fails
+    still raises ``PluginUnavailable``."""
+    try:
+        return await stage.tool(caller, targets, request, tool_call)
+    except PluginRejected as rejected:
+        return rejected
