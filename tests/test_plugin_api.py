@@ -48,6 +48,8 @@ def test_the_call_carries_who_is_calling_and_never_the_callers_key(gw: Gateway) 
         "x-gateway-role": "admin",
         "x-request-id": "chosen-by-client",
         "x-custom": "kept",
+        "x-hop": "dropped",
+        "connection": "keep-alive, x-hop",
     }
     r = httpx.put(gw.url + "/v1/plugins/rag/echo/a/b%20c%2Fd?x=1&y=two", content=b"12345", headers=spoofed)
     assert r.status_code == 200, r.text
@@ -66,7 +68,7 @@ def test_the_call_carries_who_is_calling_and_never_the_callers_key(gw: Gateway) 
     assert headers["x-gateway-role"] == ["user"]
     assert headers["authorization"] == [f"Bearer {SIDECAR_TOKEN}"]
     assert headers["x-custom"] == ["kept"]
-    assert "x-api-key" not in headers
+    assert "x-api-key" not in headers and "x-hop" not in headers
     request_id = headers["x-request-id"][0]
     assert request_id != "chosen-by-client" and r.headers["x-request-id"] == request_id
     everything = repr(seen)

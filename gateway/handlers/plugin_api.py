@@ -109,10 +109,15 @@ async def forward(request: Request) -> Response:
             secret,
             delegation.Delegation(principal.tenant, principal.key_id, request_id, expires),
         )
+        # RFC 9110 7.6.1: headers the Connection header names are hop-by-hop too
+        listed = {t.strip().lower() for t in request.headers.get("connection", "").split(",")}
         headers = [
             (k, v)
             for k, v in request.headers.items()
-            if k not in _NOT_FORWARDED and not k.startswith("x-gateway-") and k != "x-request-id"
+            if k not in _NOT_FORWARDED
+            and k not in listed
+            and not k.startswith("x-gateway-")
+            and k != "x-request-id"
         ]
         headers += [
             ("x-gateway-tenant", principal.tenant),
