@@ -17,9 +17,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from gateway import logs, otel
+from gateway import delegation, logs, otel
 from gateway.errors import GatewayError, NotFound, ServerError, render_openai
-from gateway.handlers import admin, health, openai
+from gateway.handlers import admin, health, openai, plugin_api
 from gateway.handlers.anthropic import messages
 from gateway.handlers.endpoint import ProxyEndpoint
 from gateway.keys import RuntimeKeys
@@ -60,6 +60,8 @@ def create_app(
         cache_url = settings.cache_redis_url
         cache_store = build_store(cache_url, timeout_s=0.9) if cache_url else None
         runtime_keys = RuntimeKeys(store)
+        # Settings built in code (tests, embedders) still see the environment's secret.
+        secrets_value = settings.delegation_secret or os.environ.get(delegation.SECRET_ENV)
         metrics = Metrics()
         breakers = BreakerRegistry(metrics.circuit_state, settings.redis_url)
         gate = Gate(routes.defaults.max_concurrent_upstream)
@@ -75,10 +77,14 @@ def create_app(
             cache_store=cache_store,
             releases=settler,  # admissions that failed are released through the settler's queue
             known=settler.known,
-            # One worker and no Redis: this process is alone and may make its own secret.
+            runtime_keys_by_id=runtime_keys.lookup_id,
+            # One worker and no Redis: this process is alone and may make its own secret; the first of
+            # a comma-separated GATEWAY_DELEGATION_SECRET signs, every one verifies (rotation).
             delegation_secret=secret_from_env(
-                os.environ, alone=settings.workers == 1 and settings.redis_url is None
+                {delegation.SECRET_ENV: secrets_value or ""},
+                alone=settings.workers == 1 and settings.redis_url is None,
             ),
+            delegation_verifying=delegation.parse_secrets(secrets_value),
         )
         state = GatewayState(
             settings, build_runtime(routes, budgets, shared), shared, metrics, runtime_keys, settler
@@ -96,6 +102,7 @@ def create_app(
         metrics.spans = otel.from_env(lambda: state.runtime.routes.providers)
         app.state.gateway = state
         app.state.watcher = watcher
+        app.state.plugin_api = plugins = plugin_api.PluginApi()
         await breakers.sync()  # the shared circuit states, before the first request is served
         await warn_if_evicting(store)
         # Without Redis, spend and run-time keys live on in a local file (gateway/store/durable.py).
@@ -130,6 +137,7 @@ def create_app(
             if state_file is not None:
                 await state_file.close()  # after the last settlement reached the store
             await upstream.aclose()
+            await plugins.aclose()
             await state.plugin_transport.aclose()
             await store.close()
             if cache_store is not None:
@@ -153,6 +161,7 @@ def create_app(
         Route("/admin/spend", admin.spend, methods=["GET"]),
         Route("/admin/reload", admin.reload, methods=["POST"]),
         Route("/admin/explain", admin.explain_request, methods=["POST"]),
+        Route("/v1/plugins/{name}/{path:path}", plugin_api.forward, methods=plugin_api.METHODS),
         Route("/healthz", health.healthz, methods=["GET"]),
         Route("/readyz", health.readyz, methods=["GET"]),
         Route("/metrics", health.metrics, methods=["GET"]),

@@ -175,6 +175,13 @@ def _serve(args: argparse.Namespace) -> int:
     if errors:
         print("\n".join(errors), file=sys.stderr)
         return 1
+    from gateway import delegation
+
+    try:
+        delegation.parse_secrets(settings.delegation_secret)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     problem = _state_file_problem(settings)
     if problem:
         print(f"error: {problem}", file=sys.stderr)

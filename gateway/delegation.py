@@ -45,6 +45,19 @@ def new_secret() -> bytes:
     return secrets.token_bytes(MIN_SECRET_BYTES)
 
 
+def parse_secrets(value: str | None) -> tuple[bytes, ...]:
+    """``GATEWAY_DELEGATION_SECRET`` as secrets: a comma-separated list where the first signs and every
+    one verifies, so a rotation adds the new secret first on every replica, then drops the old one once
+    the longest token's lifetime has passed. Each must be at least ``MIN_SECRET_BYTES`` long."""
+    out = tuple(part.strip().encode() for part in (value or "").split(",") if part.strip())
+    short = [i for i, secret in enumerate(out) if len(secret) < MIN_SECRET_BYTES]
+    if short:
+        raise ValueError(
+            f"{SECRET_ENV}: secret #{short[0] + 1} is shorter than {MIN_SECRET_BYTES} characters"
+        )
+    return out
+
+
 def is_token(presented: str) -> bool:
     return presented.startswith(PREFIX)
 

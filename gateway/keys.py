@@ -28,6 +28,8 @@ def principal_from_record(record: Mapping[str, Any], budgets: BudgetsConfig) -> 
         return None
     budget = record.get("budget")
     limits = record.get("limits") or {}
+    models = record.get("models")
+    expires = record.get("expires_at")
     role: Role = next((r for r in ROLES if r == record.get("role")), "user")
     return Principal(
         tenant=tenant.name,
@@ -38,6 +40,8 @@ def principal_from_record(record: Mapping[str, Any], budgets: BudgetsConfig) -> 
         tenant_limits=tenant.limits,
         key_budget=Budget(_usd(budget["usd"]), budget["period"]) if isinstance(budget, dict) else None,
         key_limits=Limits(rpm=limits.get("rpm"), tpm=limits.get("tpm")),
+        key_models=tuple(str(m) for m in models) if isinstance(models, list) else None,
+        expires_at=float(expires) if isinstance(expires, int | float) else None,
     )
 
 
@@ -58,12 +62,14 @@ class RuntimeKeys:
         self._interval_s = interval_s
         self._version: int | None = None
         self.records: dict[str, dict[str, Any]] = {}
+        self._by_id: dict[str, dict[str, Any]] = {}
 
     async def refresh(self) -> bool:
         version = await self._store.keys_version()
         if version == self._version:
             return False
         self.records = await self._store.all_keys()
+        self._by_id = {str(r.get("id")): r for r in self.records.values()}
         self._version = version
         return True
 
@@ -77,4 +83,9 @@ class RuntimeKeys:
 
     def lookup(self, digest: str, budgets: BudgetsConfig) -> Principal | None:
         record = self.records.get(digest)
+        return principal_from_record(record, budgets) if record is not None else None
+
+    def lookup_id(self, key_id: str, budgets: BudgetsConfig) -> Principal | None:
+        """The key a delegation token names (ids are unique across file and run-time keys)."""
+        record = self._by_id.get(key_id)
         return principal_from_record(record, budgets) if record is not None else None

@@ -23,7 +23,7 @@ from gateway.context import Exchange
 from gateway.errors import BadRequest, GatewayError, Overloaded, ServerError
 from gateway.metrics import Metrics
 from gateway.pipeline.admit import ratelimit_headers
-from gateway.pipeline.auth import authenticate
+from gateway.pipeline.auth import authenticate, for_proxy
 from gateway.pipeline.cache import (
     CachedAnswer,
     CachedStream,
@@ -111,7 +111,7 @@ class Pipeline:
             parsed = parse(operation, body, headers)
             ex.model_requested, ex.stream = parsed.model, parsed.stream
             # 2 authenticate
-            ex.principal = authenticate(headers, runtime.keys)
+            ex.principal = for_proxy(authenticate(headers, runtime.keys))
             # 3 route
             ex.plan = runtime.router.plan(parsed.model, parsed.task, ex.principal)
             # None unless the route has plugins: then stages 5 and 8 cost this request nothing.

@@ -13,7 +13,7 @@ import httpx
 
 from gateway.config.model import BudgetsConfig, RoutesConfig
 from gateway.pipeline.admit import Admitter, Releases
-from gateway.pipeline.auth import KeyIndex, RuntimeLookup
+from gateway.pipeline.auth import KeyIndex, RuntimeById, RuntimeLookup
 from gateway.pipeline.breaker import BreakerRegistry
 from gateway.pipeline.dispatch import Resilience
 from gateway.pipeline.open_mode import LastKnown
@@ -57,6 +57,16 @@ class Shared:
     delegation_secret: bytes | None = None
     """Signs the delegation tokens handed to sidecars (``gateway/plugins/secret.py``); None only when
     the process does not run alone and ``GATEWAY_DELEGATION_SECRET`` is unset (then no plugin may run)."""
+    delegation_verifying: tuple[bytes, ...] = ()
+    """Every secret a token may be signed with (``GATEWAY_DELEGATION_SECRET``'s list, for rotation); the
+    signing secret always verifies too."""
+    runtime_keys_by_id: RuntimeById | None = None
+
+    @property
+    def delegation_secrets(self) -> tuple[bytes, ...]:
+        """The secrets tokens are verified with: the signing one first."""
+        own = (self.delegation_secret,) if self.delegation_secret is not None else ()
+        return own + tuple(s for s in self.delegation_verifying if s != self.delegation_secret)
 
 
 def build_runtime(routes: RoutesConfig, budgets: BudgetsConfig, shared: Shared) -> Runtime:
@@ -71,7 +81,12 @@ def build_runtime(routes: RoutesConfig, budgets: BudgetsConfig, shared: Shared) 
         routes=routes,
         budgets=budgets,
         router=Router(routes),
-        keys=KeyIndex(budgets, shared.runtime_keys),
+        keys=KeyIndex(
+            budgets,
+            shared.runtime_keys,
+            runtime_by_id=shared.runtime_keys_by_id,
+            delegation_secrets=shared.delegation_secrets,
+        ),
         providers={name: build_provider(cfg, shared.transport) for name, cfg in routes.providers.items()},
         admitter=Admitter(
             shared.store, shared.fallback, routes.defaults, releases=shared.releases, known=shared.known

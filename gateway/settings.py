@@ -22,6 +22,9 @@ class Settings:
     cache_redis_url: str | None = None
     """The response cache on its own Redis (eviction allowed there); None: on ``redis_url``'s."""
     admin_key: str | None = None
+    delegation_secret: str | None = None
+    """``GATEWAY_DELEGATION_SECRET``: comma-separated, the first signs, all verify (gateway/delegation.py).
+    None: a process that runs alone makes its own at start."""
     reload_interval_s: float = 0.5
     state_file: str | None = None
     """The in-process store's state file (no Redis): spend and run-time keys survive a restart. None
@@ -55,6 +58,7 @@ class Settings:
             redis_url=env.get("GATEWAY_REDIS_URL") or None,
             cache_redis_url=env.get("GATEWAY_CACHE_REDIS_URL") or None,
             admin_key=env.get("GATEWAY_ADMIN_KEY") or None,
+            delegation_secret=env.get("GATEWAY_DELEGATION_SECRET") or None,
             reload_interval_s=float(env.get("GATEWAY_RELOAD_INTERVAL_S", base.reload_interval_s)),
             # unset: the default beside budgets.yaml; set but empty: memory only
             state_file=default_state_file(budgets_path) if state_file is None else state_file or None,
@@ -79,6 +83,8 @@ class Settings:
             env["GATEWAY_CACHE_REDIS_URL"] = self.cache_redis_url
         if self.admin_key:
             env["GATEWAY_ADMIN_KEY"] = self.admin_key
+        if self.delegation_secret:
+            env["GATEWAY_DELEGATION_SECRET"] = self.delegation_secret
         return env
 
 

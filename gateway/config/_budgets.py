@@ -5,6 +5,7 @@ from __future__ import annotations
 import fnmatch
 import re
 from collections.abc import Iterable
+from datetime import UTC, date, datetime
 
 from gateway.config._validate import Checker, key_path
 from gateway.config.model import (
@@ -21,7 +22,7 @@ from gateway.config.model import (
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _TENANT_FIELDS = ("budget", "limits", "models", "keys")
-_KEY_FIELDS = ("id", "sha256", "role", "budget", "limits")
+_KEY_FIELDS = ("id", "sha256", "role", "budget", "limits", "models", "expires_at")
 
 
 class _Seen:
@@ -63,7 +64,7 @@ def _tenant(
                 if isinstance(glob, str) and glob and not _matches_any(glob, routes.models):
                     c.warn(glob_path, f"{glob!r} matches no model defined in the routes file")
     keys = [
-        _key(name, entry, key_path_, seen, c)
+        _key(name, entry, key_path_, seen, c, models, routes)
         for key_path_, entry in c.items(d.get("keys"), key_path(path, "keys"))
     ]
     return TenantConfig(
@@ -79,7 +80,15 @@ def _matches_any(glob: str, names: Iterable[str]) -> bool:
     return any(fnmatch.fnmatchcase(name, glob) for name in names)
 
 
-def _key(tenant: str, value: object, path: str, seen: _Seen, c: Checker) -> KeyConfig | None:
+def _key(
+    tenant: str,
+    value: object,
+    path: str,
+    seen: _Seen,
+    c: Checker,
+    tenant_models: tuple[str, ...] | None,
+    routes: RoutesConfig | None,
+) -> KeyConfig | None:
     d = c.record(value, path, _KEY_FIELDS, required=("id", "sha256"))
     if d is None:
         return None
@@ -103,7 +112,59 @@ def _key(tenant: str, value: object, path: str, seen: _Seen, c: Checker) -> KeyC
         role=c.choice(d, path, "role", ROLES, "user"),
         budget=_budget(d.get("budget"), key_path(path, "budget"), c),
         limits=_limits(d.get("limits"), key_path(path, "limits"), c),
+        models=_key_models(d, key_path(path, "models"), tenant_models, routes, c),
+        expires_at=_expires_at(d.get("expires_at"), key_path(path, "expires_at"), c),
     )
+
+
+def _key_models(
+    d: dict[str, object],
+    path: str,
+    tenant_models: tuple[str, ...] | None,
+    routes: RoutesConfig | None,
+    c: Checker,
+) -> tuple[str, ...] | None:
+    """A key's allow-list narrows its tenant's: a glob that reaches no deployment the tenant allows is an
+    error (it would silently allow nothing), checked when the routes file is readable."""
+    if "models" not in d:
+        return None
+    models = c.names(d["models"], path)
+    if routes is not None:
+        allowed = [m for m in routes.models if tenant_models is None or _matches_one(m, tenant_models)]
+        for glob_path, glob in c.items(d["models"], path):
+            if isinstance(glob, str) and glob and not _matches_any(glob, allowed):
+                c.error(glob_path, f"{glob!r} matches no model the tenant's allow-list permits")
+    return models
+
+
+def _matches_one(name: str, globs: Iterable[str]) -> bool:
+    return any(fnmatch.fnmatchcase(name, g) for g in globs)
+
+
+def parse_expiry(value: object) -> float:
+    """``expires_at`` as unix seconds: an ISO 8601 time (``2027-06-30T00:00:00Z``; a time without an
+    offset is UTC), a YAML date or timestamp, or a number of unix seconds. ``ValueError`` otherwise."""
+    if isinstance(value, bool):
+        raise ValueError(value)
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value.strip())
+    if isinstance(value, datetime):
+        return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
+    if isinstance(value, date):
+        return datetime(value.year, value.month, value.day, tzinfo=UTC).timestamp()
+    raise ValueError(value)
+
+
+def _expires_at(value: object, path: str, c: Checker) -> float | None:
+    if value is None:
+        return None
+    try:
+        return parse_expiry(value)
+    except ValueError:
+        c.error(path, "must be an ISO 8601 time such as '2027-06-30T00:00:00Z'")
+        return None
 
 
 def _sha256(value: object, path: str, c: Checker) -> str:

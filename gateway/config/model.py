@@ -210,6 +210,10 @@ class KeyConfig:
     role: Role = "user"
     budget: Budget | None = None
     limits: Limits = field(default_factory=Limits)
+    models: tuple[str, ...] | None = None
+    """Globs over deployment names narrowing the tenant's allow-list (both must allow); None: the tenant's."""
+    expires_at: float | None = None
+    """Unix seconds from which the key is refused; None = never."""
 
 
 @dataclass(frozen=True, slots=True)

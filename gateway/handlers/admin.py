@@ -1,12 +1,14 @@
-"""``/admin/*``: run-time keys, spend, reload and explain, behind ``GATEWAY_ADMIN_KEY``.
+"""``/admin/*``: run-time keys, spend, reload and explain.
 
-With no admin key configured the whole API answers 404, as if it did not exist.
+Who may call what is in gateway/handlers/admin_access.py: the operator (``GATEWAY_ADMIN_KEY``) everything,
+an ``admin`` key the keys and spend of its own tenant. Every call writes an audit line. With no operator
+key configured, a call without a key answers 404, as if the API did not exist.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
-import hmac
 import math
 import secrets
 import time
@@ -18,9 +20,11 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from gateway.config._budgets import parse_expiry
 from gateway.config.model import MAX_BUDGET_USD, MAX_NAME_LENGTH, PERIODS, ROLES, Budget
-from gateway.errors import AuthenticationFailed, BadRequest, GatewayError, NotFound, render_openai
+from gateway.errors import BadRequest, GatewayError, NotFound, render_openai
 from gateway.explain import explain, route_plugins
+from gateway.handlers.admin_access import Caller, audited, caller, denied, target
 from gateway.handlers.endpoint import RequestIncoming
 from gateway.keys import principal_from_record
 from gateway.pipeline.admit import period_start
@@ -32,17 +36,6 @@ from gateway.store.base import NANO, ScopeLimits
 
 ADMIN_BODY_LIMIT = 1 << 20
 _NAME_OK = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
-
-
-def _state(request: Request) -> GatewayState:
-    state: GatewayState = request.app.state.gateway
-    admin_key = state.settings.admin_key
-    if not admin_key:
-        raise NotFound(f"Unknown path: {request.method} {request.url.path}")
-    given = presented_key(request.headers) or ""
-    if not hmac.compare_digest(given.encode(), admin_key.encode()):
-        raise AuthenticationFailed("The admin API needs 'Authorization: Bearer <GATEWAY_ADMIN_KEY>'.")
-    return state
 
 
 def _ok(body: Any, status: int = 200) -> Response:
@@ -76,19 +69,29 @@ def _error(err: GatewayError) -> Response:
     return json_response(render_openai(err), err.status, err.headers)
 
 
+@audited("key.create")
 async def create_key(request: Request) -> Response:
     try:
-        state = _state(request)
+        state, who = caller(request)
         body = await read_json(RequestIncoming(request), ADMIN_BODY_LIMIT)
-        tenant = _name(body.get("tenant"), "tenant")
+        target(request, tenant=body.get("tenant"), key=body.get("id"))
+        asked = body.get("tenant")
+        tenant = _name(who.tenant(asked if asked is not None or who.operator else None), "tenant")
         key_id = _name(body.get("id"), "id")
+        target(request, tenant=tenant, key=key_id)
         runtime = state.runtime
         if tenant not in runtime.budgets.tenants:
             raise BadRequest(f"Unknown tenant '{tenant}': add it to budgets.yaml first.", param="tenant")
         role = body.get("role", "user")
         if role not in ROLES:
             raise BadRequest(f"'role' must be one of {', '.join(ROLES)}.", param="role")
+        if role == "admin" and not who.operator:
+            raise denied("Only the operator key may create admin keys.")
         record: dict[str, Any] = {"id": key_id, "tenant": tenant, "role": role, "created": int(time.time())}
+        if "models" in body:
+            record["models"] = _models(body["models"], _allowed(state, who, tenant))
+        if body.get("expires_at") is not None:
+            record["expires_at"] = _expiry(body["expires_at"])
         budget = body.get("budget")
         if budget is not None:
             if not isinstance(budget, dict) or budget.get("period") not in PERIODS:
@@ -117,16 +120,65 @@ async def create_key(request: Request) -> Response:
         await state.runtime_keys.refresh()
     except GatewayError as err:
         return _error(err)
-    return _ok({"id": key_id, "tenant": tenant, "role": role, "secret": secret}, 201)
+    answer = {"id": key_id, "tenant": tenant, "role": role, "secret": secret}
+    for extra in ("models", "expires_at"):
+        if extra in record:
+            answer[extra] = record[extra]
+    return _ok(answer, 201)
 
 
+def _allowed(state: GatewayState, who: Caller, tenant: str) -> list[str]:
+    """The deployments a new key of ``tenant`` may be allowed: the tenant's, and an admin caller's own."""
+    runtime = state.runtime
+    globs = runtime.budgets.tenants[tenant].models
+    may = who.principal.may_use if who.principal is not None else None
+    return [
+        m
+        for m in runtime.routes.models
+        if (globs is None or any(fnmatch.fnmatchcase(m, g) for g in globs)) and (may is None or may(m))
+    ]
+
+
+def _models(value: Any, allowed: list[str]) -> list[str]:
+    """A key's allow-list: globs, each reaching at least one deployment its tenant (and the admin that
+    creates it) may use; a key's list only narrows."""
+    if not isinstance(value, list) or not value or not all(isinstance(g, str) and g for g in value):
+        raise BadRequest("'models' must be a non-empty list of model names or globs.", param="models")
+    for glob in value:
+        if not any(fnmatch.fnmatchcase(m, glob) for m in allowed):
+            raise BadRequest(f"'models' entry {glob!r} matches no model this tenant may use.", param="models")
+    return list(value)
+
+
+def _expiry(value: Any) -> float:
+    try:
+        at = parse_expiry(value)
+    except ValueError:
+        raise BadRequest(
+            "'expires_at' must be an ISO 8601 time such as '2027-06-30T00:00:00Z' or unix seconds.",
+            param="expires_at",
+        ) from None
+    if not math.isfinite(at) or at <= time.time():
+        raise BadRequest("'expires_at' must be in the future.", param="expires_at")
+    return at
+
+
+@audited("key.list")
 async def list_keys(request: Request) -> Response:
     try:
-        state = _state(request)
-        tenant = request.query_params.get("tenant")
+        state, who = caller(request)
+        tenant = who.tenant(request.query_params.get("tenant"))
+        target(request, tenant=tenant)
         runtime = state.runtime
         keys = [
-            {"id": k.id, "tenant": t.name, "role": k.role, "source": "budgets.yaml"}
+            {
+                "id": k.id,
+                "tenant": t.name,
+                "role": k.role,
+                "source": "budgets.yaml",
+                **({"models": list(k.models)} if k.models is not None else {}),
+                **({"expires_at": k.expires_at} if k.expires_at is not None else {}),
+            }
             for t in runtime.budgets.tenants.values()
             if tenant in (None, t.name)
             for k in t.keys
@@ -138,10 +190,23 @@ async def list_keys(request: Request) -> Response:
     return _ok({"object": "list", "data": keys})
 
 
+@audited("key.delete")
 async def delete_key(request: Request) -> Response:
     try:
-        state = _state(request)
+        state, who = caller(request)
         key_id = request.path_params["key_id"]
+        target(request, key=key_id)
+        owner = state.runtime.keys.by_id(key_id)
+        if owner is None:
+            owner_tenant = next(
+                (r.get("tenant") for r in await state.store.list_keys(None) if r["id"] == key_id), None
+            )
+        else:
+            owner_tenant = owner.tenant
+        if who.principal is not None and owner_tenant != who.principal.tenant:
+            # another tenant's key is answered like a missing one: its existence is not this caller's to know
+            raise NotFound(f"No run-time key with id '{key_id}'.", code="key_not_found")
+        target(request, tenant=owner_tenant, key=key_id)
         if key_id in state.runtime.keys.file_key_ids():
             raise GatewayError(
                 f"Key '{key_id}' is defined in budgets.yaml: remove it there.",
@@ -161,11 +226,13 @@ def _usd(nano: int) -> float:
     return float(Decimal(nano) / NANO)
 
 
+@audited("spend.read")
 async def spend(request: Request) -> Response:
     try:
-        state = _state(request)
-        tenant_name = _name(request.query_params.get("tenant"), "tenant")
+        state, who = caller(request)
+        tenant_name = _name(who.tenant(request.query_params.get("tenant")), "tenant")
         key_id = request.query_params.get("key")
+        target(request, tenant=tenant_name, key=key_id)
         if key_id is not None:
             key_id = _name(key_id, "key")
         runtime = state.runtime
@@ -209,18 +276,20 @@ async def spend(request: Request) -> Response:
     )
 
 
+@audited("config.reload")
 async def reload(request: Request) -> Response:
     try:
-        _state(request)
+        caller(request, operator_only=True)
     except GatewayError as err:
         return _error(err)
     errors = request.app.state.watcher.reload()
     return _ok({"reloaded": not errors, "errors": errors}, 200 if not errors else 422)
 
 
+@audited("explain")
 async def explain_request(request: Request) -> Response:
     try:
-        state = _state(request)
+        state, _ = caller(request, operator_only=True)
         payload = await read_json(RequestIncoming(request), ADMIN_BODY_LIMIT)
         body = payload.get("body", payload)
         given = payload.get("headers") or {}
@@ -231,6 +300,7 @@ async def explain_request(request: Request) -> Response:
             raise BadRequest("Send {body: {model, ...}, headers: {...}}.", param="body.model")
         runtime = state.runtime
         principal = authenticate(headers, runtime.keys) if presented_key(headers) else None
+        target(request, model=body["model"][:256], tenant=principal.tenant if principal else None)
         lines = explain(runtime.routes, body["model"], headers.get("x-gateway-task"), principal)
         route = runtime.router.match(
             body["model"], headers.get("x-gateway-task"), principal.tenant if principal else None

@@ -14,7 +14,7 @@ from starlette.responses import Response
 
 from gateway.errors import GatewayError, NotFound, UpstreamUnavailable, render_openai, stream_error_payload
 from gateway.handlers.endpoint import ProxyEndpoint
-from gateway.pipeline.auth import authenticate
+from gateway.pipeline.auth import authenticate, for_proxy
 from gateway.providers.base import Operation, UpstreamResponse, UpstreamStream
 from gateway.responses import json_response
 from gateway.sse import DONE_FRAME, data_frame
@@ -106,7 +106,7 @@ async def list_models(request: Request) -> Response:
     state: GatewayState = request.app.state.gateway
     runtime = state.runtime
     try:
-        principal = authenticate(request.headers, runtime.keys)
+        principal = for_proxy(authenticate(request.headers, runtime.keys))
     except GatewayError as err:
         return json_response(render_openai(err), err.status, err.headers)
     names = runtime.router.reachable(principal)
@@ -118,7 +118,7 @@ async def get_model(request: Request) -> Response:
     state: GatewayState = request.app.state.gateway
     runtime = state.runtime
     try:
-        principal = authenticate(request.headers, runtime.keys)
+        principal = for_proxy(authenticate(request.headers, runtime.keys))
         name = unquote(request.path_params["model"])
         if name not in runtime.router.reachable(principal):
             raise NotFound(f"The model '{name}' does not exist.", param="model", code="model_not_found")

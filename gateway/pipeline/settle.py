@@ -97,6 +97,7 @@ def _log_record(ex: Exchange, elapsed: float) -> dict[str, object]:
         "endpoint": ex.endpoint,
         "tenant": ex.tenant,
         "key_id": ex.principal.key_id if ex.principal else None,
+        "parent_request_id": ex.principal.parent_request_id if ex.principal else None,
         "route": ex.route,
         "model_requested": clip(ex.model_requested),
         "model": ex.model,

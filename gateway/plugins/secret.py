@@ -17,8 +17,9 @@ from gateway.delegation import MIN_SECRET_BYTES, SECRET_ENV, new_secret
 
 
 def from_env(env: Mapping[str, str], *, alone: bool) -> bytes | None:
-    """The secret from the environment, else one of our own when ``alone``, else None."""
-    value = env.get(SECRET_ENV, "")
+    """The secret from the environment, else one of our own when ``alone``, else None. A comma-separated
+    value is a rotation (gateway/delegation.py ``parse_secrets``): its first secret signs."""
+    value = env.get(SECRET_ENV, "").split(",")[0].strip()
     if value:
         secret = value.encode()
         if len(secret) < MIN_SECRET_BYTES:

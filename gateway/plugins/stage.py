@@ -124,9 +124,18 @@ class HookStage:
         """The request's identity for its hook calls; its annotations become ``ex.plugins`` (the log)."""
         principal = ex.principal
         assert principal is not None and ex.plan is not None
-        delegation = delegation_for(
-            self._secret, presented_key(headers), principal.tenant, principal.key_id, ex.request_id, deadline
-        )
+        if principal.delegation_token is not None:
+            # verified by authentication, with every secret of a rotation; a token never mints another
+            delegation = {"token": principal.delegation_token, "expires_at": principal.delegation_expires_at}
+        else:
+            delegation = delegation_for(
+                self._secret,
+                presented_key(headers),
+                principal.tenant,
+                principal.key_id,
+                ex.request_id,
+                deadline,
+            )
         caller = Caller(
             ex.request_id,
             ex.endpoint,

@@ -176,3 +176,40 @@ class TestBudgets:
         ]
         config, _ = parse_budgets(load(tenant("{models: []}")), routes=None, environ={})
         assert config.tenants["acme"].models == ()
+
+
+class TestKeyModelsAndExpiry:
+    """DESIGN.md: a key may carry its own ``models`` (inside the tenant's allow-list) and ``expires_at``."""
+
+    def test_parsed(self) -> None:
+        routes, _ = routes_ok(DESIGN_ROUTES, {})
+        text = (
+            "tenants:\n  acme:\n    models: ['gpt-4o-mini', 'claude-*']\n    keys:\n"
+            f"      - {{id: k, sha256: {SHA_A}, models: ['claude-*'], expires_at: '2027-06-30T00:00:00Z'}}\n"
+            f"      - {{id: j, sha256: {SHA_B}, expires_at: 2027-06-30}}\n"
+        )
+        config, warnings = parse_budgets(load(text), routes=routes, environ={})
+        assert warnings == []
+        k, j = config.tenants["acme"].keys
+        assert k.models == ("claude-*",)
+        assert k.expires_at == j.expires_at == 1_814_313_600.0  # 2027-06-30T00:00:00Z
+        assert config.tenants["acme"].keys[0].role == "user"
+
+    def test_a_keys_models_must_be_inside_its_tenants(self) -> None:
+        routes, _ = routes_ok(DESIGN_ROUTES, {})
+        text = (
+            "tenants:\n  acme:\n    models: ['claude-*']\n    keys:\n"
+            f"      - {{id: k, sha256: {SHA_A}, models: ['gpt-4o-mini', 'claude-*', 'nope-*']}}\n"
+        )
+        assert budgets_errors(text, routes) == [
+            "budgets.yaml: tenants.acme.keys[0].models[0]: 'gpt-4o-mini' matches no model the tenant's "
+            "allow-list permits",
+            "budgets.yaml: tenants.acme.keys[0].models[2]: 'nope-*' matches no model the tenant's "
+            "allow-list permits",
+        ]
+
+    def test_expires_at_must_be_a_time(self) -> None:
+        assert budgets_errors(key(f"{{id: k, sha256: {SHA_A}, expires_at: next tuesday}}")) == [
+            "budgets.yaml: tenants.acme.keys[0].expires_at: must be an ISO 8601 time such as "
+            "'2027-06-30T00:00:00Z'"
+        ]
