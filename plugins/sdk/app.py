@@ -95,6 +95,8 @@ def create_app(
             answer = await fn(call)
         except Rejected as rejected:
             answer = rejected.answer
+        except ProtocolError as exc:  # e.g. the route's options for this plugin are wrong
+            return error(400, str(exc), "invalid_request_error", "protocol_error")
         except Exception:
             # The gateway treats a 500 as a plugin failure (on_error); the traceback stays in our log.
             log.exception("%s hook failed (request %s)", name, call.request_id)

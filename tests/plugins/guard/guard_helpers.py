@@ -1,0 +1,128 @@
+"""Guard test helpers: hook call bodies, answers, a loopback fake gateway, the guard app over ASGI."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+from starlette.types import ASGIApp
+
+from plugins.guard.hooks import Guard
+
+TOKEN = "plugin-token-guard"
+DELEGATION = "gwd1.payload.signature"
+
+
+def call_body(
+    hook: str,
+    messages: list[dict[str, Any]],
+    *,
+    config: dict[str, Any] | None = None,
+    response: dict[str, Any] | None = None,
+    request_id: str = "req-1",
+    **request: Any,
+) -> dict[str, Any]:
+    """A hook call as the gateway sends it (DESIGN.md "Sidecar plugin protocol (v1)")."""
+    body: dict[str, Any] = {
+        "protocol": 1,
+        "hook": hook,
+        "request_id": request_id,
+        "endpoint": "/v1/chat/completions",
+        "tenant": "acme",
+        "key_id": "acme-1",
+        "role": "user",
+        "route": "support",
+        "config": config or {},
+        "request": {"model": "gpt-4o-mini", "messages": messages, **request},
+        "delegation": {"token": DELEGATION, "expires_at": time.time() + 30},
+        "deadline": time.time() + 30,
+    }
+    if response is not None:
+        body["response"] = response
+    return body
+
+
+def completion(content: str | None, **message: Any) -> dict[str, Any]:
+    return {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "created": 1700000000,
+        "model": "gpt-4o-mini",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": content, **message},
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
+    }
+
+
+@dataclass
+class FakeGateway:
+    """The gateway's /v1/chat/completions on loopback: answers from a queue, records every call."""
+
+    answers: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
+    calls: list[tuple[str | None, dict[str, Any]]] = field(default_factory=list)
+
+    def app(self) -> Starlette:
+        async def chat(request: Request) -> JSONResponse:
+            self.calls.append((request.headers.get("authorization"), await request.json()))
+            status, body = self.answers.pop(0)
+            return JSONResponse(body, status_code=status)
+
+        return Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])])
+
+
+@dataclass
+class GuardApp:
+    client: httpx.AsyncClient
+    guard: Guard
+
+    async def hook(self, body: dict[str, Any]) -> httpx.Response:
+        return await self.client.post(
+            f"/hooks/{body['hook']}", json=body, headers={"authorization": f"Bearer {TOKEN}"}
+        )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class LoopbackServer:
+    """An ASGI app served by uvicorn on 127.0.0.1 in a background thread."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.port = free_port()
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> LoopbackServer:
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("server did not start")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
