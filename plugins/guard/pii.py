@@ -95,6 +95,7 @@ _ASSIGNED = re.compile(
     r"(?i)\b(?:api[_-]?key|secret(?:[_-]?key)?|token|access[_-]?key|auth|password|passwd|pwd|client[_-]?secret)"
     r"\b[\"']?\s*[:=]\s*[\"']?([^\s\"',;]{12,})"
 )
+_TOKEN_CHARS = re.compile(r"[A-Za-z0-9_\-+/=.~]+")
 
 
 def luhn_ok(digits: str) -> bool:
@@ -128,8 +129,13 @@ def entropy_bits(text: str) -> float:
 
 
 def _looks_random(value: str) -> bool:
-    classes = sum(bool(re.search(p, value)) for p in (r"[a-z]", r"[A-Z]", r"\d", r"[^A-Za-z0-9]"))
-    return classes >= 2 and entropy_bits(value) >= 3.0 and not value.startswith(("$", "{", "<", "["))
+    """Letters and digits in a token alphabet, with high entropy: not a word, a call or a template."""
+    return (
+        _TOKEN_CHARS.fullmatch(value) is not None
+        and re.search(r"\d", value) is not None
+        and re.search(r"[A-Za-z]", value) is not None
+        and entropy_bits(value) >= 3.0
+    )
 
 
 def _emails(text: str) -> Iterator[Finding]:
@@ -226,7 +232,7 @@ def find(text: str, types: Iterable[str] = TYPES) -> list[Finding]:
     for rank, (name, detect) in enumerate(_DETECTORS.items()):
         if name in wanted:
             found.extend((f.start, -(f.end - f.start), rank, f) for f in detect(text))
-    found.sort(key=lambda item: (-item[1], item[2], item[0]))
+    found.sort(key=lambda item: (item[1], item[2], item[0]))  # longest first, then by rank
     taken: list[Finding] = []
     for _, _, _, f in found:
         if all(f.end <= t.start or f.start >= t.end for t in taken):
