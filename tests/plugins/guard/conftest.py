@@ -27,5 +27,5 @@ async def guard_app(fake_gateway: tuple[FakeGateway, str]) -> AsyncIterator[Guar
     settings = PluginSettings(token=TOKEN, gateway_url=fake_gateway[1], data_dir=None, redis_url=None)
     app, guard = build(settings)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://guard") as client:
-        yield GuardApp(client, guard)
+        yield GuardApp(client, guard, app)
     await guard.aclose()

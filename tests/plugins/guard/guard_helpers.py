@@ -74,20 +74,39 @@ class FakeGateway:
 
     answers: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
     calls: list[tuple[str | None, dict[str, Any]]] = field(default_factory=list)
+    hook_app: ASGIApp | None = None
+    """When set, the guard app whose post hook runs on each answer, as the gateway's route would."""
+    nested: list[dict[str, Any]] = field(default_factory=list)
+    """What that post hook answered."""
 
     def app(self) -> Starlette:
         async def chat(request: Request) -> JSONResponse:
-            self.calls.append((request.headers.get("authorization"), await request.json()))
-            status, body = self.answers.pop(0)
-            return JSONResponse(body, status_code=status)
+            bearer = request.headers.get("authorization")
+            body = await request.json()
+            self.calls.append((bearer, body))
+            status, answer = self.answers.pop(0)
+            if self.hook_app is not None and status == 200:
+                await self._post_hook(str(bearer).removeprefix("Bearer "), body, answer)
+            return JSONResponse(answer, status_code=status)
 
         return Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])])
+
+    async def _post_hook(self, token: str, request: dict[str, Any], answer: dict[str, Any]) -> None:
+        assert self.hook_app is not None
+        call = call_body("post", request["messages"], response=answer, request_id="req-nested")
+        call["request"] = request
+        call["delegation"]["token"] = token
+        transport = httpx.ASGITransport(self.hook_app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://guard") as client:
+            r = await client.post("/hooks/post", json=call, headers={"authorization": f"Bearer {TOKEN}"})
+        self.nested.append(r.json())
 
 
 @dataclass
 class GuardApp:
     client: httpx.AsyncClient
     guard: Guard
+    app: ASGIApp
 
     async def hook(self, body: dict[str, Any]) -> httpx.Response:
         return await self.client.post(
