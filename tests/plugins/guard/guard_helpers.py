@@ -1,14 +1,22 @@
-"""Guard test helpers: hook call bodies, answers, a loopback fake gateway, the guard app over ASGI."""
+"""Guard test helpers: hook call bodies, answers, a loopback fake gateway, the guard app over ASGI, the
+guard as a process. The fixtures live here, not in a conftest.py: a second module named ``conftest`` would
+shadow tests/conftest.py for every ``from conftest import ...`` in the suite."""
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -16,8 +24,11 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
+from plugins.guard.app import build
 from plugins.guard.hooks import Guard
+from plugins.sdk import PluginSettings
 
+ROOT = Path(__file__).resolve().parents[3]
 TOKEN = "plugin-token-guard"
 DELEGATION = "gwd1.payload.signature"
 
@@ -145,3 +156,59 @@ class LoopbackServer:
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=10)
+
+
+class GuardProcess:
+    """`python -m plugins.guard serve` as a real process on a loopback port."""
+
+    def __init__(self, env: dict[str, str], *args: str, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "plugins.guard", "serve", "--port", str(self.port), *args],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT), **env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+
+    def wait_ready(self) -> GuardProcess:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"guard exited: {self.proc.stdout.read().decode() if self.proc.stdout else ''}"
+                )
+            try:
+                if httpx.get(self.url + "/healthz", timeout=0.5).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                time.sleep(0.05)
+        raise RuntimeError("guard did not start")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=5)
+
+
+@pytest.fixture(name="fake_gateway")
+def fake_gateway_fixture() -> Iterator[tuple[FakeGateway, str]]:
+    fake = FakeGateway()
+    server = LoopbackServer(fake.app()).start()
+    try:
+        yield fake, server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture(name="guard_app")
+async def guard_app_fixture(fake_gateway: tuple[FakeGateway, str]) -> AsyncIterator[GuardApp]:
+    settings = PluginSettings(token=TOKEN, gateway_url=fake_gateway[1], data_dir=None, redis_url=None)
+    app, guard = build(settings)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://guard") as client:
+        yield GuardApp(client, guard, app)
+    await guard.aclose()

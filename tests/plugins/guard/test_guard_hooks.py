@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from guard_helpers import GuardApp, call_body, completion
+from guard_helpers import GuardApp, call_body, completion, fake_gateway_fixture, guard_app_fixture  # noqa: F401  (fixtures they use)
 
 EMAIL = "jane.roe@example.com"
 CARD = "4111 1111 1111 1111"

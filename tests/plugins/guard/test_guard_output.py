@@ -5,7 +5,15 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from guard_helpers import DELEGATION, FakeGateway, GuardApp, call_body, completion
+from guard_helpers import (  # noqa: F401  (fixtures)
+    DELEGATION,
+    FakeGateway,
+    GuardApp,
+    call_body,
+    completion,
+    fake_gateway_fixture,
+    guard_app_fixture,
+)
 
 SCHEMA = {
     "type": "object",

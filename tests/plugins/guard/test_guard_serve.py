@@ -5,53 +5,24 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
-from guard_helpers import DELEGATION, TOKEN, FakeGateway, call_body, completion, free_port
+from guard_helpers import (
+    DELEGATION,
+    ROOT,
+    TOKEN,
+    FakeGateway,
+    GuardProcess,
+    call_body,
+    completion,
+    fake_gateway_fixture,  # noqa: F401  (fixtures)
+    free_port,
+)
 from redis_server import RedisServer
 
 pytestmark = pytest.mark.slow  # real sidecar processes (and a redis-server)
-
-ROOT = Path(__file__).resolve().parents[3]
-
-
-class GuardProcess:
-    def __init__(self, env: dict[str, str], *args: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "plugins.guard", "serve", "--port", str(self.port), *args],
-            cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT), **env},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )
-
-    def wait_ready(self) -> GuardProcess:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"guard exited: {self.proc.stdout.read().decode() if self.proc.stdout else ''}"
-                )
-            try:
-                if httpx.get(self.url + "/healthz", timeout=0.5).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                time.sleep(0.05)
-        raise RuntimeError("guard did not start")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=5)
 
 
 @pytest.fixture(scope="module")
