@@ -59,6 +59,10 @@ routes:
     match: {{task: redact}}
     targets: [{{model: gpt-4o-mini}}]
     plugins: [{{guard: {{pii: redact}}}}]
+  - name: schema
+    match: {{task: schema}}
+    targets: [{{model: gpt-4o-mini}}]
+    plugins: [{{guard: {{pii: "off"}}}}]
   - name: strict
     match: {{task: strict}}
     targets: [{{model: gpt-4o-mini}}]
@@ -151,3 +155,30 @@ def test_block_and_injection_block_refuse_before_the_upstream(live: tuple[Gatewa
         )
     assert refused.value.code == "prompt_injection"
     assert upstream.requests == []
+
+
+def test_an_answer_that_stays_off_schema_is_a_502_invalid_output(
+    gateway_factory: GatewayFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The model never answers JSON: the guard's one repair call goes back through the gateway with the
+    request's delegation token, and the client gets the guard's 502 ``invalid_output`` (not a 503: a post
+    hook may stand for a bad answer with a 5xx)."""
+    monkeypatch.setenv(SECRET_ENV, "s" * 40)
+    upstream = EchoUpstream()
+    port = free_port()
+    gateway = gateway_factory(routes(port), BUDGETS, transport=upstream.transport)
+    guard = GuardProcess({"PLUGIN_TOKEN": TOKEN, "GATEWAY_URL": gateway.url}, port=port).wait_ready()
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+    try:
+        with pytest.raises(openai.InternalServerError) as failed:
+            client(gateway, "schema").chat.completions.create(
+                model="gpt-4o-mini",
+                messages=[{"role": "user", "content": "Count to one."}],
+                response_format={"type": "json_schema", "json_schema": {"name": "n", "schema": schema}},
+            )
+    finally:
+        guard.stop()
+    assert failed.value.status_code == 502
+    assert failed.value.code == "invalid_output"
+    assert "response schema" in failed.value.message
+    assert len(upstream.requests) >= 1
