@@ -191,7 +191,7 @@ async def test_injection_flag_screens_tool_results_and_continues(guard_app: Guar
     answer = r.json()
     assert answer["action"] == "continue"
     assert answer["annotations"]["injection"] == "flagged"
-    assert answer["annotations"]["injection_score"] >= 1.0
+    assert answer["annotations"]["injection_score"] > 0 and answer["annotations"]["injection_rules"]
 
 
 async def test_injection_is_not_screened_in_system_text_nor_when_off(guard_app: GuardApp) -> None:
