@@ -146,8 +146,8 @@ def modify(
 def reject(status: int, code: str, message: str, annotations: Annotations | None = None) -> Answer:
     """Refuse: the client gets ``status`` with ``code`` and ``message`` in the endpoint's error envelope.
 
-    Usually a 4xx; a 5xx is for a plugin that stands for a failed upstream answer (guard's 502
-    ``invalid_output``).
+    A 4xx from any hook; a 5xx only from a post hook that stands for a bad upstream answer (guard's 502
+    ``invalid_output``): the gateway takes a 5xx from a pre or tool hook for a broken plugin.
     """
     if not 400 <= status <= 599:
         raise ValueError(f"reject needs an error status, not {status}")
