@@ -28,6 +28,7 @@ from gateway.metrics import Metrics, mark_dead
 from gateway.pipeline.breaker import BreakerRegistry
 from gateway.pipeline.overload import Gate
 from gateway.pipeline.spend import Settler
+from gateway.plugins.secret import from_env as secret_from_env
 from gateway.reload import ConfigWatcher, load
 from gateway.responses import json_response
 from gateway.runtime import Shared, build_runtime
@@ -74,6 +75,10 @@ def create_app(
             cache_store=cache_store,
             releases=settler,  # admissions that failed are released through the settler's queue
             known=settler.known,
+            # One worker and no Redis: this process is alone and may make its own secret.
+            delegation_secret=secret_from_env(
+                os.environ, alone=settings.workers == 1 and settings.redis_url is None
+            ),
         )
         state = GatewayState(
             settings, build_runtime(routes, budgets, shared), shared, metrics, runtime_keys, settler
@@ -125,6 +130,7 @@ def create_app(
             if state_file is not None:
                 await state_file.close()  # after the last settlement reached the store
             await upstream.aclose()
+            await state.plugin_transport.aclose()
             await store.close()
             if cache_store is not None:
                 await cache_store.close()

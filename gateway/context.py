@@ -63,6 +63,8 @@ class Exchange:
     stream_ended: bool = False
     content: dict[str, str] | None = None
     """Redacted prompt/answer text for the log line; set only on routes with ``log_content``."""
+    plugins: dict[str, dict[str, object]] | None = None
+    """Plugin annotations by plugin name, for the log line; set only on routes with plugins."""
 
     @property
     def tenant(self) -> str:

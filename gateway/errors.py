@@ -292,3 +292,18 @@ def stream_error_payload(err: GatewayError) -> bytes:
     return orjson.dumps(
         {"error": {"message": err.message, "type": err.type, "param": err.param, "code": err.code}}
     )
+
+
+class PluginUnavailable(ServerError):
+    """A plugin with ``on_error: closed`` timed out, refused, failed or broke the protocol."""
+
+    status = 503
+    code = "plugin_unavailable"
+
+
+class PluginRejected(ClientError):
+    """A hook answered ``reject``: its status (4xx; or 5xx from a post hook), code and message go to the
+    client as they are."""
+
+    def __init__(self, message: str, *, status: int, code: str | None) -> None:
+        super().__init__(message, status=status, code=code, type=_default_type(status))

@@ -37,8 +37,43 @@ def explain(routes: RoutesConfig, model: str, task: str | None, principal: Princ
     retry = route.retry if route and route.retry else defaults.retry
     lines.append(
         f"policy: timeout_s={timeout:g} retry.attempts={retry.attempts} "
-        f"cache={_cache_text(route)} plugins={list(route.plugins) if route else []}"
+        f"cache={_cache_text(route)} plugins={[p.name for p in route.plugins] if route else []}"
     )
+    if route is not None:
+        lines.extend(plugin_lines(route, routes))
+    return lines
+
+
+def route_plugins(route: Route, routes: RoutesConfig) -> list[dict[str, object]]:
+    """The route's plugins for ``POST /admin/explain``, in route order (the token is never shown)."""
+    out: list[dict[str, object]] = []
+    for entry in route.plugins:
+        plugin = routes.plugins[entry.name]
+        out.append(
+            {
+                "name": entry.name,
+                "hooks": list(plugin.hooks),
+                "on_error": plugin.on_error,
+                "timeout_s": plugin.timeout_s,
+                "post_stream": entry.post_stream if "post" in plugin.hooks else None,
+                "options": dict(entry.options),
+            }
+        )
+    return out
+
+
+def plugin_lines(route: Route, routes: RoutesConfig) -> list[str]:
+    """The route's plugins as they run: pre hooks in route order, post hooks in reverse."""
+    if not route.plugins:
+        return []
+    lines = ["plugins (pre hooks in this order, post hooks in reverse):"]
+    for n, entry in enumerate(route.plugins, 1):
+        plugin = routes.plugins[entry.name]
+        post = f" post_stream={entry.post_stream}" if "post" in plugin.hooks else ""
+        lines.append(
+            f"  {n}. {entry.name} hooks={list(plugin.hooks)} on_error={plugin.on_error} "
+            f"timeout_s={plugin.timeout_s:g}{post} options={dict(entry.options)}"
+        )
     return lines
 
 

@@ -161,6 +161,22 @@ class Metrics:
         self.config_reload = Counter(
             "gateway_config_reload", "Config reloads.", ["file", "result"], registry=r
         )
+        self.plugin_duration = Histogram(
+            "gateway_plugin_duration_seconds",
+            "One hook call to a sidecar plugin.",
+            ["plugin", "hook"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.plugin_actions = Counter(
+            "gateway_plugin_actions", "Hook answers by action.", ["plugin", "hook", "action"], registry=r
+        )
+        self.plugin_errors = Counter(
+            "gateway_plugin_errors",
+            "Hook calls that failed (timeout, connect, status, invalid), whatever on_error did with them.",
+            ["plugin", "hook", "reason"],
+            registry=r,
+        )
         self.spans: Spans | None = None
         """OpenTelemetry traces, set in lifespan when configured (gateway/otel.py); None costs nothing."""
 

@@ -12,9 +12,11 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Coroutine, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from decimal import Decimal
 from typing import Any, Protocol
+
+import orjson
 
 from gateway.context import Exchange
 from gateway.errors import GatewayError, Overloaded, ServerError
@@ -37,6 +39,9 @@ from gateway.pipeline.parse import Incoming, ParsedRequest, parse, read_json
 from gateway.pipeline.settle import format_usd, price_usage, settle
 from gateway.pipeline.spend import Settler
 from gateway.pipeline.usage import MeteredStream, UsageCounter, response_usage, with_cost
+from gateway.plugins import flow
+from gateway.plugins.answers import annotate, keep_transport
+from gateway.plugins.stage import Caller, HookStage
 from gateway.providers.base import Operation, UpstreamResponse, UpstreamStream
 from gateway.responses import Reply
 from gateway.runtime import Runtime
@@ -55,6 +60,10 @@ class Ingress(Protocol):
 
     def request(self, body: dict[str, Any]) -> dict[str, Any]: ...
 
+    def modified(self, request: dict[str, Any]) -> dict[str, Any]:
+        """The body to go on with after a pre hook replaced ``request`` (OpenAI form)."""
+        ...
+
     def forward_headers(self, headers: Mapping[str, str]) -> dict[str, str]: ...
 
     def response(self, upstream: UpstreamResponse) -> bytes: ...
@@ -68,9 +77,16 @@ class Ingress(Protocol):
 
 class Pipeline:
     def __init__(
-        self, source: RuntimeSource, metrics: Metrics, settler: Settler, gate: Gate, cache: ResponseCache
+        self,
+        source: RuntimeSource,
+        metrics: Metrics,
+        settler: Settler,
+        gate: Gate,
+        cache: ResponseCache,
+        hooks: HookStage | None = None,
     ) -> None:
         self._source = source
+        self._hooks = hooks
         self._metrics = metrics
         self._settler = settler
         self._gate = gate
@@ -96,11 +112,19 @@ class Pipeline:
             ex.principal = authenticate(headers, runtime.keys)
             # 3 route
             ex.plan = runtime.router.plan(parsed.model, parsed.task, ex.principal)
+            # None unless the route has plugins: then stages 5 and 8 cost this request nothing.
+            hooks = ex.plan.hooks
             # The cache lookup (stage 6) is sent now, so that it shares admission's store round-trip
             # (the store writes commands of one event-loop turn together); its answer is used only
             # once the request is admitted. ``max_tokens`` that admission may add is not part of the key.
+            # On a route with plugins it waits for the pre hooks, which may change the request.
             forwarded = ingress.forward_headers(headers)
-            cache_key, lookup = self._start_lookup(ex, headers, operation, parsed, forwarded)
+            if hooks is None:
+                cache_key, lookup = self._start_lookup(ex, headers, operation, parsed, forwarded)
+            else:
+                cache_key, lookup = None, None
+                if operation is Operation.EMBEDDINGS:  # hooks speak chat and completions only
+                    hooks = None
             # 4 admit: rate limits and the budget reservation, one store round-trip; reserve() sends
             # it, and the upstream call (7) is prepared while it is on its way.
             try:
@@ -126,7 +150,30 @@ class Pipeline:
                 raise
             if (reservation := ex.reservation) is not None:
                 ex.limit_headers = ratelimit_headers(reservation.admission.states, reservation.ask.scopes)
-            # 5 plugins (pre): pass-through until that stage lands
+            # 5 plugins (pre)
+            caller = None
+            if hooks is not None:
+                stage = self._stage()
+                caller = stage.caller(ex, headers, dispatcher.deadline)
+                if hooks.pre:
+                    outcome = await stage.pre(caller, hooks.pre, parsed.body)
+                    if outcome.response is not None:
+                        return self._respond(ex, ingress, outcome.response, parsed.include_usage, caller)
+                    if outcome.modified:
+                        body = ingress.modified(keep_transport(parsed.body, outcome.request))
+                        parsed = parse(operation, body, headers)
+                        dispatcher = Dispatcher(
+                            providers=runtime.providers,
+                            operation=operation,
+                            body=parsed.body,
+                            headers=forwarded,
+                            plan=ex.plan,
+                            deadline=dispatcher.deadline,  # the hooks' time counts against the request's
+                            attempts=ex.attempts,
+                            resilience=runtime.resilience,
+                            prompt_tokens=parsed.prompt_tokens,
+                        )
+                cache_key, lookup = self._start_lookup(ex, headers, operation, parsed, forwarded)
             # 6 cache: exact-match lookup, tenant-scoped
             if lookup is None:
                 self._cache.count(ex.cache)  # skip or refresh, counted once admitted like a lookup
@@ -148,6 +195,23 @@ class Pipeline:
                 except BaseException:
                     self._gate.release()
                     raise
+                after = None
+                if hooks is not None and hooks.post:
+                    assert caller is not None
+                    if hooks.post_buffered:  # read to the end, post hooks, then sent as usual
+                        upstream_stream = await flow.hold(
+                            self._stage(),
+                            ex,
+                            caller,
+                            hooks.post_buffered,
+                            parsed,
+                            upstream_stream,
+                            self._gate,
+                        )
+                    if hooks.post_audited:  # sent as it comes, shown to the audit hooks afterwards
+                        upstream_stream, after = flow.audited(
+                            self._stage(), caller, hooks.post_audited, parsed.body, upstream_stream
+                        )
                 # Outermost, so the ingress reads the priced (or synthesized) usage chunk at the end;
                 # it keeps the frames for the cache, and ``_end_stream`` stores them if it ran to its end.
                 store_as = None
@@ -160,16 +224,22 @@ class Pipeline:
                     ex.content = content_for_log(ex.plan.log_content, parsed.body, None)
                 # From here the slot is the stream's: ``_stream`` gives it back when the upstream closes.
                 deadline = dispatcher.deadline
-                frames = self._stream(ex, ingress, metered, parsed.include_usage, store_as, deadline)
+                frames = self._stream(ex, ingress, metered, parsed.include_usage, store_as, deadline, after)
                 # A client gone before the first frame never starts ``frames``; on_close still cleans up.
-                on_close = functools.partial(self._end_stream, ex, metered, store_as)
+                on_close = functools.partial(self._end_stream, ex, metered, store_as, after)
                 return Reply(200, ex.response_headers(), frames=frames, after=on_close, deadline=deadline)
             try:
                 upstream = await dispatcher.send()
             finally:
                 self._gate.release()
-            # 8 plugins (post): pass-through until that stage lands
+            billed = upstream  # what the upstream answered is what is billed and counted
+            # 8 plugins (post)
+            if hooks is not None and hooks.post and upstream.status == 200:
+                assert caller is not None
+                upstream = await flow.post(self._stage(), ex, caller, hooks.post, parsed, upstream)
             body_out = ingress.response(upstream)
+            if caller is not None and caller.annotations:
+                body_out = annotate(body_out, caller.annotations)
             if ex.plan.log_content is not None:  # opt-in content logging (gateway/pipeline/content_log.py)
                 ex.content = content_for_log(ex.plan.log_content, parsed.body, upstream.body)
         except GatewayError as err:
@@ -179,7 +249,7 @@ class Pipeline:
             failure = ServerError("The gateway hit an internal error.", code="internal_error")
             return self._error(ex, ingress, failure)
         # 9 settle: the cost header is known now; metrics and the log line go after the response.
-        response_usage(ex, upstream, UsageCounter(operation, parsed.body))
+        response_usage(ex, billed, UsageCounter(operation, parsed.body))
         price_usage(ex)
         out = ex.response_headers()
         out["x-gateway-cost-usd"] = format_usd(ex.cost)
@@ -190,9 +260,30 @@ class Pipeline:
             and ex.plan.cache is not None
             and upstream.status == 200
         ):
-            answer = CachedAnswer(ex.model, upstream.usage, body=upstream.body)
+            # the answer as the post hooks left it: a hit skips them, so it must be what they passed
+            answer = CachedAnswer(ex.model, billed.usage, body=upstream.body)
             entry = (cache_key, answer, ex.plan.cache.ttl_s)
         return Reply(200, out, body_out, after=functools.partial(self._settle, ex, entry))
+
+    def _stage(self) -> HookStage:
+        assert self._hooks is not None, "a route with plugins needs the pipeline's hook stage"
+        return self._hooks
+
+    def _respond(
+        self, ex: Exchange, ingress: Ingress, answer: dict[str, Any], include_usage: bool, caller: Caller
+    ) -> Reply:
+        """A pre hook answered: rendered like a fresh answer (a stream if asked). Like a cache hit it
+        costs 0 and records no tokens: the plugin's own model calls were billed as delegated requests."""
+        headers = ex.response_headers()
+        if ex.stream:
+            replay = CachedStream(flow.respond_answer(answer))
+            frames = self._stream(ex, ingress, replay, include_usage)
+            return Reply(200, headers, frames=frames, after=functools.partial(self._end_stream, ex, replay))
+        headers["x-gateway-cost-usd"] = "0"
+        body = ingress.response(UpstreamResponse(orjson.dumps(answer), None))
+        if caller.annotations:
+            body = annotate(body, caller.annotations)
+        return Reply(200, headers, body, after=functools.partial(self._settle, ex))
 
     def _start_lookup(
         self,
@@ -248,10 +339,18 @@ class Pipeline:
         body = ingress.response(UpstreamResponse(answer.body, answer.usage))
         return Reply(200, headers, body, after=functools.partial(self._settle, ex))
 
-    async def _settle(self, ex: Exchange, entry: tuple[str, CachedAnswer, int] | None = None) -> None:
+    async def _settle(
+        self,
+        ex: Exchange,
+        entry: tuple[str, CachedAnswer, int] | None = None,
+        audit: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         """After the answer: the cache put at once (the client's next request may ask the same), then,
-        at the next quiet moment (``Later``), the metrics, the log line and the settlement."""
+        at the next quiet moment (``Later``), the metrics, the log line and the settlement. ``audit``
+        (the audit hooks of a finished stream) runs first, so their annotations are in the log line."""
         self._put(entry)
+        if audit is not None:
+            await audit()
         await self._later.turn()
         settle(ex, self._metrics)
         if ex.attempts.retries:
@@ -271,6 +370,7 @@ class Pipeline:
         include_usage: bool,
         store_as: tuple[str, int] | None = None,
         deadline: float | None = None,
+        after: Callable[[], Awaitable[None]] | None = None,
     ) -> AsyncGenerator[bytes, None]:
         try:
             first = True
@@ -294,10 +394,14 @@ class Pipeline:
             ex.status, ex.error_code = failure.status, failure.code
             yield ingress.stream_error(failure)
         finally:
-            await self._end_stream(ex, upstream, store_as)
+            await self._end_stream(ex, upstream, store_as, after)
 
     async def _end_stream(
-        self, ex: Exchange, upstream: UpstreamStream, store_as: tuple[str, int] | None = None
+        self,
+        ex: Exchange,
+        upstream: UpstreamStream,
+        store_as: tuple[str, int] | None = None,
+        after: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         """Close the upstream, free the slot, cache a complete answer (``store_as``: key and TTL),
         settle: once, whether or not the stream ever started."""
@@ -323,7 +427,7 @@ class Pipeline:
                 self._put((store_as[0], answer, store_as[1]))
         ex.usage = upstream.usage
         # Not awaited here: the client's stream closes without waiting for the store.
-        self._background(self._settle(ex))
+        self._background(self._settle(ex, None, after if ex.status == 200 else None))
 
     def _put(self, entry: tuple[str, CachedAnswer, int] | None) -> None:
         if entry is not None and (written := self._cache.put(*entry)) is not None and not written.done():

@@ -93,13 +93,14 @@ class ConfigWatcher:
         files = files or list(self._paths)
         try:
             routes, budgets = load(self._paths["routes"], self._paths["budgets"])
+            current = build_runtime(routes, budgets, self._shared)
         except ConfigError as exc:
             for name in files:
                 self._metrics.config_reload.labels(name, "error").inc()
             for line in exc.errors:
                 log.error("config reload refused, keeping the previous config: %s", line)
             return exc.errors
-        self._current = build_runtime(routes, budgets, self._shared)
+        self._current = current
         self._publish(self._current)
         for name in files:
             self._metrics.config_reload.labels(name, "success").inc()

@@ -19,6 +19,7 @@ from gateway.pipeline.dispatch import Resilience
 from gateway.pipeline.open_mode import LastKnown
 from gateway.pipeline.overload import Gate
 from gateway.pipeline.route import Router
+from gateway.plugins import secret
 from gateway.providers import build_provider
 from gateway.providers.base import Provider
 from gateway.store import GatewayStore
@@ -53,9 +54,14 @@ class Shared:
     """Spent totals as the store last reported them, for ``store_failure: open``'s bound."""
     cache_store: GatewayStore | None = None
     """The response cache's own store (``GATEWAY_CACHE_REDIS_URL``); None: ``store`` holds it."""
+    delegation_secret: bytes | None = None
+    """Signs the delegation tokens handed to sidecars (``gateway/plugins/secret.py``); None only when
+    the process does not run alone and ``GATEWAY_DELEGATION_SECRET`` is unset (then no plugin may run)."""
 
 
 def build_runtime(routes: RoutesConfig, budgets: BudgetsConfig, shared: Shared) -> Runtime:
+    """The runtime of one config version; ``ConfigError`` when plugins are configured without a secret."""
+    secret.require(routes, shared.delegation_secret)
     if shared.breakers is not None:
         # Follow every deployment's shared circuit from the start, not from its first call: a replica
         # that starts (or scales up) during an outage must not send the open deployment a request.

@@ -8,10 +8,13 @@ from gateway.keys import RuntimeKeys
 from gateway.metrics import Metrics
 from gateway.pipeline.cache import ResponseCache
 from gateway.pipeline.spend import Settler
+from gateway.plugins.hooks import HookClient
+from gateway.plugins.stage import HookStage
 from gateway.proxy import Pipeline
 from gateway.runtime import Runtime, Shared
 from gateway.settings import Settings
 from gateway.store import GatewayStore
+from gateway.transport import FastTransport
 
 
 @dataclass(eq=False)
@@ -24,10 +27,14 @@ class GatewayState:
     runtime_keys: RuntimeKeys
     settler: Settler
     pipeline: Pipeline = field(init=False)
+    plugin_transport: FastTransport = field(init=False)
+    """Hook calls to sidecars: a keep-alive pool of its own (not the upstreams')."""
 
     def __post_init__(self) -> None:
         cache = ResponseCache(self.shared.cache_store or self.shared.store, self.metrics)
-        self.pipeline = Pipeline(self, self.metrics, self.settler, self.shared.gate, cache)
+        self.plugin_transport = FastTransport(max_connections=512, max_idle=64, keepalive_expiry=30)
+        hooks = HookStage(HookClient(self.plugin_transport, self.metrics), self.shared.delegation_secret)
+        self.pipeline = Pipeline(self, self.metrics, self.settler, self.shared.gate, cache, hooks)
 
     @property
     def store(self) -> GatewayStore:

@@ -17,10 +17,12 @@ from gateway.config.model import (
     Match,
     ModelConfig,
     PluginConfig,
+    PostStream,
     Price,
     ProviderConfig,
     RetryPolicy,
     Route,
+    RoutePlugin,
     RoutesConfig,
     Target,
     UpstreamLimits,
@@ -334,10 +336,12 @@ _ROUTE_FIELDS = (
     "fallbacks",
     "cache",
     "plugins",
+    "post_stream",
     "timeout_s",
     "retry",
     "log_content",
 )
+_POST_STREAM: tuple[PostStream, ...] = ("buffer", "audit")
 
 
 def _routes(
@@ -383,7 +387,8 @@ def _route(
     targets = _targets(d.get("targets"), key_path(path, "targets"), models, c)
     fallbacks = c.names(d.get("fallbacks"), key_path(path, "fallbacks"), known=models, what="model")
     cache = _cache(d.get("cache"), key_path(path, "cache"), c)
-    route_plugins = c.names(d.get("plugins"), key_path(path, "plugins"), known=plugins, what="plugin")
+    post_stream = c.choice(d, path, "post_stream", _POST_STREAM, "buffer")
+    route_plugins = _route_plugins(d.get("plugins"), key_path(path, "plugins"), plugins, post_stream, c)
     return Route(
         name=name,
         match=match,
@@ -395,6 +400,56 @@ def _route(
         retry=_retry(d["retry"], key_path(path, "retry"), retry, c) if "retry" in d else None,
         log_content=_log_content(d.get("log_content"), key_path(path, "log_content"), c),
     )
+
+
+def _route_plugins(
+    value: object, path: str, plugins: dict[str, PluginConfig], post_stream: PostStream, c: Checker
+) -> tuple[RoutePlugin, ...]:
+    """``[guard, {rag: {top_k: 5}}]``: names or one-key mappings of a name to its options."""
+    out: list[RoutePlugin] = []
+    for entry_path, entry in c.items(value, path):
+        options: dict[str, object] = {}
+        if isinstance(entry, dict):
+            if len(entry) != 1:
+                c.error(entry_path, "must be a plugin name or {name: {options}} with one name")
+                continue
+            name, raw = next(iter(entry.items()))
+            if raw is not None and not isinstance(raw, dict):
+                c.error(key_path(entry_path, name), "options must be a mapping")
+                continue
+            options = dict(raw or {})
+        elif isinstance(entry, str):
+            name = entry
+        else:
+            c.error(entry_path, "must be a plugin name or {name: {options}}")
+            continue
+        plugin = plugins.get(name) if isinstance(name, str) else None
+        if plugin is None:
+            c.error(entry_path, f"unknown plugin {name!r}")
+            continue
+        if any(r.name == name for r in out):
+            c.error(entry_path, f"duplicate plugin {name!r}")
+            continue
+        if not plugin.hooks:
+            c.error(
+                entry_path,
+                f"plugin {name!r} declares no hooks (plugins.{name}.hooks), so a route cannot use it",
+            )
+            continue
+        own = options.pop("post_stream", None)
+        mode = post_stream
+        if own is not None:
+            if own not in _POST_STREAM:
+                c.error(key_path(key_path(entry_path, name), "post_stream"), "must be one of buffer, audit")
+                continue
+            if "post" not in plugin.hooks:
+                c.error(
+                    key_path(key_path(entry_path, name), "post_stream"), f"plugin {name!r} has no post hook"
+                )
+                continue
+            mode = "audit" if own == "audit" else "buffer"
+        out.append(RoutePlugin(name, options, mode))
+    return tuple(out)
 
 
 def _targets(value: object, path: str, models: dict[str, ModelConfig], c: Checker) -> tuple[Target, ...]:

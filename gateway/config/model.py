@@ -114,6 +114,21 @@ class ContentLogPolicy:
     """Each of ``prompt`` and ``answer`` is cut to this many characters after redaction."""
 
 
+PostStream = Literal["buffer", "audit"]
+
+
+@dataclass(frozen=True, slots=True)
+class RoutePlugin:
+    """One entry of a route's ``plugins:`` list: a plugin name, or ``{name: {options...}}``."""
+
+    name: str
+    options: Mapping[str, object] = field(default_factory=dict)
+    """Opaque to the gateway: sent to the sidecar as the hook call's ``config``."""
+    post_stream: PostStream = "buffer"
+    """On a streaming request: hold the answer for this post hook (``buffer``) or show it the finished
+    stream afterwards (``audit``). The entry's ``post_stream`` option, else the route's, else buffer."""
+
+
 @dataclass(frozen=True, slots=True)
 class Route:
     name: str
@@ -121,7 +136,8 @@ class Route:
     targets: tuple[Target, ...]
     fallbacks: tuple[str, ...] = ()
     cache: CachePolicy | None = None
-    plugins: tuple[str, ...] = ()
+    plugins: tuple[RoutePlugin, ...] = ()
+    """Pre hooks run in this order, post hooks in reverse."""
     timeout_s: float | None = None
     retry: RetryPolicy | None = None
     log_content: ContentLogPolicy | None = None

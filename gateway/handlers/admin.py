@@ -20,7 +20,7 @@ from starlette.responses import Response
 
 from gateway.config.model import MAX_BUDGET_USD, MAX_NAME_LENGTH, PERIODS, ROLES, Budget
 from gateway.errors import AuthenticationFailed, BadRequest, GatewayError, NotFound, render_openai
-from gateway.explain import explain
+from gateway.explain import explain, route_plugins
 from gateway.handlers.endpoint import RequestIncoming
 from gateway.keys import principal_from_record
 from gateway.pipeline.admit import period_start
@@ -232,6 +232,9 @@ async def explain_request(request: Request) -> Response:
         runtime = state.runtime
         principal = authenticate(headers, runtime.keys) if presented_key(headers) else None
         lines = explain(runtime.routes, body["model"], headers.get("x-gateway-task"), principal)
+        route = runtime.router.match(
+            body["model"], headers.get("x-gateway-task"), principal.tenant if principal else None
+        )
     except GatewayError as err:
         return _error(err)
-    return _ok({"explain": lines})
+    return _ok({"explain": lines, "plugins": route_plugins(route, runtime.routes) if route else []})

@@ -11,6 +11,7 @@ import orjson
 from gateway.errors import GatewayError, render_anthropic
 from gateway.handlers.endpoint import ProxyEndpoint
 from gateway.ingress.anthropic import StreamTranslator, to_anthropic_response, to_openai_request
+from gateway.ingress.anthropic_remap import remap
 from gateway.providers.base import Operation, UpstreamResponse, UpstreamStream
 
 FORWARDED = ("anthropic-version", "anthropic-beta")
@@ -19,10 +20,20 @@ FORWARDED = ("anthropic-version", "anthropic-beta")
 class AnthropicIngress:
     def __init__(self) -> None:
         self.model = ""
+        self.native: dict[str, Any] = {}
+        self._view: dict[str, Any] = {}
 
     def request(self, body: dict[str, Any]) -> dict[str, Any]:
         self.model = str(body.get("model") or "")
-        return to_openai_request(body)
+        self.native = body
+        self._view = to_openai_request(body)
+        return self._view
+
+    def modified(self, request: dict[str, Any]) -> dict[str, Any]:
+        """A pre hook's version of the request, laid over the native body (``anthropic_remap``)."""
+        self.native = remap(self.native, self._view, request)
+        self._view = to_openai_request(self.native)
+        return self._view
 
     def forward_headers(self, headers: Mapping[str, str]) -> dict[str, str]:
         return {h: v for h in FORWARDED if (v := headers.get(h))}

@@ -27,6 +27,9 @@ class OpenAIIngress:
     def request(self, body: dict[str, Any]) -> dict[str, Any]:
         return body
 
+    def modified(self, request: dict[str, Any]) -> dict[str, Any]:
+        return request
+
     def forward_headers(self, headers: Mapping[str, str]) -> dict[str, str]:
         return {}
 

@@ -15,6 +15,7 @@ from gateway.config.model import CachePolicy, ContentLogPolicy, ModelConfig, Ret
 from gateway.errors import NotFound, PermissionDenied
 from gateway.memo import Memo
 from gateway.pipeline.auth import Principal
+from gateway.plugins.stage import RouteHooks, compile_route
 
 DEFAULT_ROUTE = "default"
 
@@ -26,7 +27,8 @@ class Plan:
     timeout_s: float
     retry: RetryPolicy
     cache: CachePolicy | None
-    plugins: tuple[str, ...]
+    hooks: RouteHooks | None
+    """The route's plugins compiled (``gateway/plugins/stage.py``); None: the hook stages are skipped."""
     log_content: ContentLogPolicy | None = None
     """Set when the route opted in to logging (redacted) prompt and answer text."""
 
@@ -37,6 +39,8 @@ class Router:
         self._rng = rng or random.Random()
         # Plans with no weighted draw in them, by (model, task, key id): the same request shape gets
         # the same plan, so it is worked out once (globs and allow-lists included).
+        # Compiled once per config version: a request asks only ``plan.hooks is None``.
+        self._hooks = {r.name: compile_route(r, config.plugins) for r in config.routes}
         self._plans: Memo[tuple[str, str | None, str | None], Plan] = Memo(10_000)
 
     def match(self, model: str, task: str | None, tenant: str | None) -> Route | None:
@@ -64,12 +68,12 @@ class Router:
             if deployment is None:
                 raise NotFound(f"The model '{model}' does not exist.", param="model", code="model_not_found")
             names: list[str] = [model]
-            plugins: tuple[str, ...] = ()
+            hooks: RouteHooks | None = None
             name, cache, timeout, retry = DEFAULT_ROUTE, None, defaults.timeout_s, defaults.retry
             log_content = None
         else:
             names = self._ordered_targets(route) + list(route.fallbacks)
-            name, cache, plugins = route.name, route.cache, route.plugins
+            name, cache, hooks = route.name, route.cache, self._hooks[route.name]
             timeout = route.timeout_s or defaults.timeout_s
             retry = route.retry or defaults.retry
             log_content = route.log_content
@@ -82,7 +86,7 @@ class Router:
             candidates.append(self._config.models[n])
         if not candidates:
             raise PermissionDenied(f"This key is not allowed to use the model '{model}'.", param="model")
-        plan = Plan(name, tuple(candidates), timeout, retry, cache, plugins, log_content)
+        plan = Plan(name, tuple(candidates), timeout, retry, cache, hooks, log_content)
         if route is None or len(route.targets) == 1:  # no draw: the same plan every time
             self._plans.put(key, principal, plan)
         return plan

@@ -121,4 +121,6 @@ def _log_record(ex: Exchange, elapsed: float) -> dict[str, object]:
     }
     if ex.content is not None:  # only on routes with log_content, already redacted and truncated
         record.update(ex.content)
+    if ex.plugins:  # plugin annotations (flat objects, by plugin name)
+        record["plugins"] = ex.plugins
     return record

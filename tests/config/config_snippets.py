@@ -65,7 +65,7 @@ routes:                              # first match wins
     targets: [{model: claude-haiku}]
 
 plugins:
-  rag:   {url: http://127.0.0.1:8101, timeout_s: 1.0, on_error: open}    # open = skip it, closed = fail
+  rag:   {url: http://127.0.0.1:8101, hooks: [pre], timeout_s: 1.0, on_error: open}  # open: skip
   tools: {url: http://127.0.0.1:8102, timeout_s: 30,  on_error: closed}
   hitl:  {url: http://127.0.0.1:8103, timeout_s: 1.0, on_error: closed}
 """

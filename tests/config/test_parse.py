@@ -42,7 +42,7 @@ def test_design_example_routes_parse() -> None:
     assert [(t.model, t.weight) for t in first.targets] == [("gpt-4o-mini", 3.0), ("claude-haiku", 1.0)]
     assert first.fallbacks == ("echo",)
     assert first.cache is not None and (first.cache.ttl_s, first.cache.mode) == (3600, "deterministic")
-    assert first.plugins == ("rag",)
+    assert [p.name for p in first.plugins] == ["rag"]
     assert config.routes[2].match.tenant == "acme" and config.routes[2].match.model == "claude-*"
     assert config.defaults.retry.backoff_max_s == 8.0 and config.defaults.breaker.reset_s == 30.0
     assert config.defaults.estimate_margin == 0.10 and config.defaults.store_failure == "closed"

@@ -15,7 +15,7 @@ from config_snippets import (
     with_minimal,
 )
 
-from gateway.config.model import RoutesConfig
+from gateway.config.model import RoutePlugin, RoutesConfig
 
 # -- providers ------------------------------------------------------------------------------------------
 
@@ -245,7 +245,7 @@ class TestDefaults:
 ROUTES_BASE = """
 providers: {p: {type: mock}}
 models: {a: {provider: p}, b: {provider: p}}
-plugins: {rag: {url: 'http://127.0.0.1:8101'}}
+plugins: {rag: {url: 'http://127.0.0.1:8101', hooks: [pre]}}
 defaults: {retry: {attempts: 5, backoff_initial_s: 1, backoff_max_s: 4}}
 routes:
 """
@@ -270,7 +270,7 @@ class TestRoutes:
         assert (r.match.task, r.match.model, r.match.tenant) == ("t", "gpt-*", "acme")
         assert r.targets[0].weight == 1.0
         assert r.cache is not None and (r.cache.ttl_s, r.cache.mode) == (60, "always")
-        assert (r.fallbacks, r.plugins, r.timeout_s) == (("b",), ("rag",), 9.0)
+        assert (r.fallbacks, r.plugins, r.timeout_s) == (("b",), (RoutePlugin("rag"),), 9.0)
         # Fields left out of a route's retry come from defaults.retry, not the built-ins.
         assert r.retry is not None
         assert (r.retry.attempts, r.retry.backoff_initial_s, r.retry.backoff_max_s) == (2, 1.0, 4.0)
