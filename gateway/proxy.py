@@ -9,6 +9,7 @@ An ``Ingress`` adapts the pipeline to a wire format: OpenAI's endpoints use it a
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import time
@@ -41,6 +42,7 @@ from gateway.pipeline.spend import Settler
 from gateway.pipeline.usage import MeteredStream, UsageCounter, response_usage, with_cost
 from gateway.plugins import flow
 from gateway.plugins.answers import annotate, keep_transport
+from gateway.plugins.hooks import Target
 from gateway.plugins.stage import Caller, HookStage
 from gateway.providers.base import Operation, UpstreamResponse, UpstreamStream
 from gateway.responses import Reply
@@ -153,26 +155,12 @@ class Pipeline:
             # 5 plugins (pre)
             caller = None
             if hooks is not None:
-                stage = self._stage()
-                caller = stage.caller(ex, headers, dispatcher.deadline)
+                caller = self._stage().caller(ex, headers, dispatcher.deadline)
                 if hooks.pre:
-                    outcome = await stage.pre(caller, hooks.pre, parsed.body)
-                    if outcome.response is not None:
-                        return self._respond(ex, ingress, outcome.response, parsed.include_usage, caller)
-                    if outcome.modified:
-                        body = ingress.modified(keep_transport(parsed.body, outcome.request))
-                        parsed = parse(operation, body, headers)
-                        dispatcher = Dispatcher(
-                            providers=runtime.providers,
-                            operation=operation,
-                            body=parsed.body,
-                            headers=forwarded,
-                            plan=ex.plan,
-                            deadline=dispatcher.deadline,  # the hooks' time counts against the request's
-                            attempts=ex.attempts,
-                            resilience=runtime.resilience,
-                            prompt_tokens=parsed.prompt_tokens,
-                        )
+                    done = await self._pre(ex, ingress, headers, hooks.pre, caller, parsed, dispatcher)
+                    if isinstance(done, Reply):  # a plugin answered
+                        return done
+                    parsed, dispatcher = done
                 cache_key, lookup = self._start_lookup(ex, headers, operation, parsed, forwarded)
             # 6 cache: exact-match lookup, tenant-scoped
             if lookup is None:
@@ -195,23 +183,12 @@ class Pipeline:
                 except BaseException:
                     self._gate.release()
                     raise
-                after = None
+                after = None  # a stream's audit hooks, run when it ended
                 if hooks is not None and hooks.post:
-                    assert caller is not None
-                    if hooks.post_buffered:  # read to the end, post hooks, then sent as usual
-                        upstream_stream = await flow.hold(
-                            self._stage(),
-                            ex,
-                            caller,
-                            hooks.post_buffered,
-                            parsed,
-                            upstream_stream,
-                            self._gate,
-                        )
-                    if hooks.post_audited:  # sent as it comes, shown to the audit hooks afterwards
-                        upstream_stream, after = flow.audited(
-                            self._stage(), caller, hooks.post_audited, parsed.body, upstream_stream
-                        )
+                    assert caller is not None  # 8 plugins (post), buffered or audited
+                    upstream_stream, after = await flow.post_stream(
+                        self._stage(), ex, caller, hooks, parsed, upstream_stream, self._gate
+                    )
                 # Outermost, so the ingress reads the priced (or synthesized) usage chunk at the end;
                 # it keeps the frames for the cache, and ``_end_stream`` stores them if it ran to its end.
                 store_as = None
@@ -268,6 +245,29 @@ class Pipeline:
     def _stage(self) -> HookStage:
         assert self._hooks is not None, "a route with plugins needs the pipeline's hook stage"
         return self._hooks
+
+    async def _pre(
+        self,
+        ex: Exchange,
+        ingress: Ingress,
+        headers: Mapping[str, str],
+        targets: tuple[Target, ...],
+        caller: Caller,
+        parsed: ParsedRequest,
+        dispatcher: Dispatcher,
+    ) -> Reply | tuple[ParsedRequest, Dispatcher]:
+        """Stage 5: a plugin's answer, or the request (and its dispatcher) as the pre hooks left it."""
+        outcome = await self._stage().pre(caller, targets, parsed.body)
+        if outcome.response is not None:
+            return self._respond(ex, ingress, outcome.response, parsed.include_usage, caller)
+        if not outcome.modified:
+            return parsed, dispatcher
+        body = ingress.modified(keep_transport(parsed.body, outcome.request))
+        parsed = parse(parsed.operation, body, headers)
+        # same deadline: the hooks' time counts against the request's
+        return parsed, dataclasses.replace(
+            dispatcher, body=parsed.body, prompt_tokens=parsed.prompt_tokens, prepared=None
+        )
 
     def _respond(
         self, ex: Exchange, ingress: Ingress, answer: dict[str, Any], include_usage: bool, caller: Caller

@@ -21,7 +21,7 @@ from gateway.pipeline.parse import ParsedRequest
 from gateway.pipeline.usage import MeteredStream, UsageCounter, response_usage, with_cost
 from gateway.plugins.answers import AuditedStream, HeldStream, assemble, frames_of, usage_frame_of
 from gateway.plugins.hooks import Target
-from gateway.plugins.stage import Caller, HookStage
+from gateway.plugins.stage import Caller, HookStage, RouteHooks
 from gateway.providers.base import UpstreamResponse, UpstreamStream
 
 log = logging.getLogger("gateway.plugins")
@@ -81,6 +81,24 @@ async def hold(
     if modified:
         held.frames = frames_of(response)
     return held
+
+
+async def post_stream(
+    stage: HookStage,
+    ex: Exchange,
+    caller: Caller,
+    hooks: RouteHooks,
+    parsed: ParsedRequest,
+    stream: UpstreamStream,
+    gate: Gate,
+) -> tuple[UpstreamStream, Callable[[], Awaitable[None]] | None]:
+    """Stage 8 on a stream: the stream to send (held for the ``buffer`` hooks), and the job that runs
+    the ``audit`` hooks once it ended (None without any)."""
+    if hooks.post_buffered:
+        stream = await hold(stage, ex, caller, hooks.post_buffered, parsed, stream, gate)
+    if not hooks.post_audited:
+        return stream, None
+    return audited(stage, caller, hooks.post_audited, parsed.body, stream)
 
 
 def audited(

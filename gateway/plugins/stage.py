@@ -32,14 +32,10 @@ class RouteHooks:
     post: tuple[Target, ...]
     """Reverse route order: the plugin nearest the model sees its answer first."""
     tool: tuple[Target, ...]
-
-    @property
-    def post_buffered(self) -> tuple[Target, ...]:
-        return tuple(t for t in self.post if t.post_stream == "buffer")
-
-    @property
-    def post_audited(self) -> tuple[Target, ...]:
-        return tuple(t for t in self.post if t.post_stream == "audit")
+    post_buffered: tuple[Target, ...] = ()
+    """The post hooks a stream is held for (``post_stream: buffer``), in post order."""
+    post_audited: tuple[Target, ...] = ()
+    """The post hooks shown a stream after it ended (``post_stream: audit``), in post order."""
 
 
 def compile_route(route: Route, plugins: Mapping[str, PluginConfig]) -> RouteHooks | None:
@@ -47,10 +43,13 @@ def compile_route(route: Route, plugins: Mapping[str, PluginConfig]) -> RouteHoo
     if not route.plugins:
         return None
     targets = [Target.build(plugins[p.name], p.options, p.post_stream) for p in route.plugins]
+    post = tuple(t for t in reversed(targets) if "post" in t.plugin.hooks)
     return RouteHooks(
         pre=tuple(t for t in targets if "pre" in t.plugin.hooks),
-        post=tuple(t for t in reversed(targets) if "post" in t.plugin.hooks),
+        post=post,
         tool=tuple(t for t in targets if "tool" in t.plugin.hooks),
+        post_buffered=tuple(t for t in post if t.post_stream == "buffer"),
+        post_audited=tuple(t for t in post if t.post_stream == "audit"),
     )
 
 
@@ -191,3 +190,20 @@ class HookStage:
             if answer is not None and answer.value is not None:
                 tool_call = {**answer.value, "id": tool_call.get("id")}  # the call's id is the gateway's
         return tool_call
+
+
+async def run_tool_hooks(
+    stage: HookStage,
+    caller: Caller,
+    targets: tuple[Target, ...],
+    request: dict[str, Any],
+    tool_call: dict[str, Any],
+) -> dict[str, Any] | PluginRejected:
+    """The ``tool`` hook point, for the work that runs tools: the call ``{id, name, arguments}`` as the
+    route's tool hooks leave it, or their rejection (returned, not raised: a refused tool call usually
+    becomes a tool result the model sees, not an error for the client). A closed plugin that fails
+    still raises ``PluginUnavailable``."""
+    try:
+        return await stage.tool(caller, targets, request, tool_call)
+    except PluginRejected as rejected:
+        return rejected
