@@ -302,7 +302,8 @@ class PluginUnavailable(ServerError):
 
 
 class PluginRejected(ClientError):
-    """A hook answered ``reject``: its status (4xx), code and message go to the client as they are."""
+    """A hook answered ``reject``: its status (4xx; or 5xx from a post hook), code and message go to the
+    client as they are."""
 
     def __init__(self, message: str, *, status: int, code: str | None) -> None:
         super().__init__(message, status=status, code=code, type=_default_type(status))

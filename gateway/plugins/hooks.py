@@ -150,8 +150,10 @@ def parse_answer(hook: str, raw: bytes) -> Answer:
         return Answer("continue", annotations=annotations)
     if action == "reject":
         status, code, message = data.get("status"), data.get("code"), data.get("message")
-        if isinstance(status, bool) or not isinstance(status, int) or not 400 <= status <= 499:
-            raise HookFailed("invalid", "reject needs a 4xx status")
+        # A post hook may stand for a bad upstream answer (guard's 502 invalid_output): 4xx or 5xx there.
+        top = 599 if hook == "post" else 499
+        if isinstance(status, bool) or not isinstance(status, int) or not 400 <= status <= top:
+            raise HookFailed("invalid", f"reject needs a {'4xx or 5xx' if hook == 'post' else '4xx'} status")
         if code is not None and not isinstance(code, str):
             raise HookFailed("invalid", "reject's code must be a string")
         if not isinstance(message, str) or not message:
