@@ -119,12 +119,21 @@ def _raise_stop(signum: int, frame: FrameType | None) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m plugins.launch", description=__doc__.split("\n\n")[0])
     parser.add_argument("--host", default=os.environ.get("GATEWAY_HOST", "127.0.0.1"), help="gateway host")
-    parser.add_argument("--port", type=int, default=int(os.environ.get("GATEWAY_PORT", "8080")))
+    parser.add_argument(
+        "--port", type=int, default=int(os.environ.get("GATEWAY_PORT", "8080")), help="gateway"
+    )
     parser.add_argument("--routes", default=os.environ.get("GATEWAY_ROUTES", "routes.plugins.yaml"))
     parser.add_argument("--budgets", default=os.environ.get("GATEWAY_BUDGETS", "budgets.yaml"))
-    parser.add_argument("--data-dir", type=Path, default=Path(".gateway/plugins"), help="PLUGIN_DATA_DIR/..")
-    parser.add_argument("--free-ports", action="store_true", help="sidecars on free ports")
-    parser.add_argument("--startup-timeout", type=float, default=60.0)
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(".gateway/plugins"),
+        help="each sidecar's PLUGIN_DATA_DIR is in it",
+    )
+    parser.add_argument(
+        "--free-ports", action="store_true", help="sidecars on free ports, not the documented"
+    )
+    parser.add_argument("--startup-timeout", type=float, default=60.0, help="seconds until all are healthy")
     args = parser.parse_args(argv)
 
     env = dict(os.environ)
@@ -154,21 +163,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"launch: {name} on {url} (pid {proc.pid})", flush=True)
         for child in children:
             wait_healthy(child, deadline)
+        serve = ["serve", "--host", args.host, "--port", str(args.port)]
+        config = ["--routes", args.routes, "--budgets", args.budgets]
         gateway = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "gateway",
-                "serve",
-                "--host",
-                args.host,
-                "--port",
-                str(args.port),
-                "--routes",
-                args.routes,
-                "--budgets",
-                args.budgets,
-            ],
+            [sys.executable, "-m", "gateway", *serve, *config],
             env=env,
             start_new_session=True,
         )
