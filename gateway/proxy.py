@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import orjson
 
 from gateway.context import Exchange
-from gateway.errors import GatewayError, Overloaded, ServerError
+from gateway.errors import BadRequest, GatewayError, Overloaded, ServerError
 from gateway.metrics import Metrics
 from gateway.pipeline.admit import ratelimit_headers
 from gateway.pipeline.auth import authenticate
@@ -260,10 +260,14 @@ class Pipeline:
         outcome = await self._stage().pre(caller, targets, parsed.body)
         if outcome.response is not None:
             return self._respond(ex, ingress, outcome.response, parsed.include_usage, caller)
-        if not outcome.modified:
+        if outcome.modified_by is None:
             return parsed, dispatcher
-        body = ingress.modified(keep_transport(parsed.body, outcome.request))
-        parsed = parse(parsed.operation, body, headers)
+        try:
+            body = ingress.modified(keep_transport(parsed.body, outcome.request))
+            parsed = parse(parsed.operation, body, headers)
+        except BadRequest as err:  # the plugin's request, not the client's: its on_error decides
+            self._stage().broken(outcome.modified_by, "pre", err.message)
+            return parsed, dispatcher
         # same deadline: the hooks' time counts against the request's
         return parsed, dataclasses.replace(
             dispatcher, body=parsed.body, prompt_tokens=parsed.prompt_tokens, prepared=None

@@ -119,7 +119,7 @@ class HookClient:
                 raise HookFailed("status", f"answered HTTP {status}")
             answer = parse_answer(hook, raw)
         except HookFailed as failed:
-            self._metrics.child(self._metrics.plugin_errors, name, hook, failed.reason).inc()
+            self.count_error(target, hook, failed.reason)
             raise
         finally:
             self._metrics.child(self._metrics.plugin_duration, name, hook).observe(
@@ -127,6 +127,9 @@ class HookClient:
             )
         self._metrics.child(self._metrics.plugin_actions, name, hook, answer.action).inc()
         return answer
+
+    def count_error(self, target: Target, hook: str, reason: Reason) -> None:
+        self._metrics.child(self._metrics.plugin_errors, target.name, hook, reason).inc()
 
 
 def parse_answer(hook: str, raw: bytes) -> Answer:

@@ -109,6 +109,8 @@ def delegation_for(
 class PreOutcome:
     request: dict[str, Any]
     modified: bool = False
+    modified_by: Target | None = None
+    """The last plugin that changed the request (blamed if the result is not a valid request)."""
     responded_by: str | None = None
     response: dict[str, Any] | None = None
 
@@ -166,8 +168,18 @@ class HookStage:
             if answer.action == "respond":
                 out.responded_by, out.response = target.name, answer.value
                 return out
-            out.request, out.modified = answer.value, True
+            out.request, out.modified, out.modified_by = answer.value, True, target
         return out
+
+    def broken(self, target: Target, hook: HookName, detail: str) -> None:
+        """A hook's answer passed the protocol's checks but not the endpoint's (a modified request the
+        endpoint refuses): counted as ``invalid``; ``on_error: closed`` makes it a 503, ``open`` returns
+        and the caller goes on without the change."""
+        self._client.count_error(target, hook, "invalid")
+        if target.plugin.on_error == "closed":
+            raise PluginUnavailable(
+                f"The plugin '{target.name}' is unavailable (invalid: {detail}).", param=target.name
+            )
 
     async def post(
         self, caller: Caller, targets: tuple[Target, ...], request: dict[str, Any], response: dict[str, Any]

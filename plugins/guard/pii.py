@@ -28,14 +28,17 @@ class Finding:
 
 
 # Not inside a longer word, number or path: "id-4111…", "v1.2.3.4", "…/4111…" are not candidates.
-_L = r"(?<![\w@/.+-])"
+# Patterns start with the character they need and look behind it afterwards (``\d(?<![\w]\d)`` rather
+# than ``(?<!\w)\d``): the regex engine then skips ahead to that character instead of trying every
+# position, which makes a scan about twice as fast. Detectors whose patterns need a rare character or
+# prefix (``@``, ``+``, ``sk-``) run only when the text has it.
 _R = r"(?![\w@/-]|\.\w)"
 
 _EMAIL = re.compile(
     r"(?<![\w.+-])[A-Za-z0-9][\w.+-]{0,63}@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,24}\b"
 )
 
-_CARD = re.compile(_L + r"\d(?:[ -]?\d){12,18}" + _R)
+_CARD = re.compile(r"\d(?<![\w@/.+-]\d)(?:[ -]?\d){12,18}" + _R)
 # Issuer prefixes and the lengths each issues (ISO/IEC 7812 registry, the common networks).
 _CARD_ISSUERS: tuple[tuple[re.Pattern[str], tuple[int, ...]], ...] = (
     (re.compile(r"4"), (13, 16, 19)),  # Visa
@@ -54,7 +57,7 @@ _CARD_CONTEXT = re.compile(
 )
 _CONTEXT_CHARS = 40
 
-_IBAN = re.compile(r"(?<![\w-])[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?(?![\w-])")
+_IBAN = re.compile(r"[A-Z](?<![\w-][A-Z])[A-Z]\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?(?![\w-])")
 _IBAN_LENGTHS = {
     "AD": 24, "AE": 23, "AT": 20, "BA": 20, "BE": 16, "BG": 22, "BH": 22, "BR": 29, "CH": 21, "CY": 28,
     "CZ": 24, "DE": 22, "DK": 18, "EE": 20, "ES": 24, "FI": 18, "FO": 18, "FR": 27, "GB": 22, "GI": 23,
@@ -66,35 +69,46 @@ _IBAN_LENGTHS = {
 
 _PHONES = (
     # E.164 with optional separators: + country code, 8 to 15 digits in all.
-    re.compile(r"(?<![\w+])\+[1-9]\d{0,2}(?:[ .-]?\(?\d{1,4}\)?){2,6}" + _R),
+    re.compile(r"\+(?<![\w+]\+)[1-9]\d{0,2}(?:[ .-]?\(?\d{1,4}\)?){2,6}" + _R),
     # North American: (415) 555-0132, 415-555-0132, 415.555.0132 — separators required.
-    re.compile(r"(?<![\w(.-])(?:\(\d{3}\) ?|\d{3}[.-])\d{3}[.-]\d{4}" + _R),
+    re.compile(r"(?:\((?<![\w(.-]\()\d{3}\) ?|\d(?<![\w(.-]\d)\d\d[.-])\d{3}[.-]\d{4}" + _R),
     # Trunk-prefix national layouts in groups: 020 7946 0958, 06 12 34 56 78, 030/1234567.
-    re.compile(r"(?<![\w.-])0\d{1,4}(?:[ /]\d{2,4}){1,4}" + _R),
+    re.compile(r"0(?<![\w.-]0)\d{1,4}(?:[ /]\d{2,4}){1,4}" + _R),
 )
 
-_SSN = re.compile(r"(?<![\w-])(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}(?![\w-])")
-_DNI = re.compile(r"(?<![\w-])([XYZ]?)(\d{7,8})-?([A-Z])(?![\w-])")
+_SSN = re.compile(r"\d(?<![\w-]\d)\d\d-\d\d-\d{4}(?![\w-])")
+_DNI = re.compile(r"(?:[XYZ](?<![\w-][XYZ])\d{7}|\d(?<![\w-]\d)\d{7})-?[A-Z](?![\w-])")
 _DNI_LETTERS = "TRWAGMYFPDXBNJZSQVHLCKE"
 
-_IPV4 = re.compile(r"(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?![\w]|\.\d)")
+_IPV4 = re.compile(r"\d(?<![\w.]\d)\d{0,2}(?:\.\d{1,3}){3}(?!\w|\.\d)")
 _IPV6 = re.compile(r"(?<![\w:])[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7}(?![\w:])")
 
-_SECRETS = (
-    re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?-----END [A-Z ]*PRIVATE KEY-----"),
-    re.compile(r"(?<![\w-])sk-(?:proj-|ant-|live-|test-)?[A-Za-z0-9_-]{20,}"),  # OpenAI, Anthropic, Stripe
-    re.compile(r"(?<!\w)(?:AKIA|ASIA)[0-9A-Z]{16}(?!\w)"),  # AWS access key id
-    re.compile(r"(?<!\w)(?:gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{40,})"),  # GitHub
-    re.compile(r"(?<!\w)xox[abposr]-[A-Za-z0-9-]{10,}"),  # Slack
-    re.compile(r"(?<!\w)AIza[0-9A-Za-z_-]{35}"),  # Google API key
-    re.compile(r"(?<!\w)glpat-[A-Za-z0-9_-]{20,}"),  # GitLab
-    re.compile(r"(?<![\w-])eyJ[\w-]{8,}\.eyJ[\w-]{8,}\.[\w-]{16,}"),  # JWT
+_SECRETS: tuple[tuple[tuple[str, ...], re.Pattern[str]], ...] = (
+    # (what the text must contain for the pattern to be worth running, the pattern)
+    (
+        ("-----BEGIN",),
+        re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?-----END [A-Z ]*PRIVATE KEY-----"),
+    ),
+    (
+        ("sk-",),
+        re.compile(r"(?<![\w-])sk-(?:proj-|ant-|live-|test-)?[A-Za-z0-9_-]{20,}"),
+    ),  # OpenAI, Anthropic, Stripe
+    (("AKIA", "ASIA"), re.compile(r"(?<!\w)(?:AKIA|ASIA)[0-9A-Z]{16}(?!\w)")),  # AWS access key id
+    (
+        ("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"),
+        re.compile(r"(?<!\w)(?:gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{40,})"),  # GitHub
+    ),
+    (("xox",), re.compile(r"(?<!\w)xox[abposr]-[A-Za-z0-9-]{10,}")),  # Slack
+    (("AIza",), re.compile(r"(?<!\w)AIza[0-9A-Za-z_-]{35}")),  # Google API key
+    (("glpat-",), re.compile(r"(?<!\w)glpat-[A-Za-z0-9_-]{20,}")),  # GitLab
+    (("eyJ",), re.compile(r"(?<![\w-])eyJ[\w-]{8,}\.eyJ[\w-]{8,}\.[\w-]{16,}")),  # JWT
 )
 # A value after a secret-sounding name; only the value is replaced, and only when it looks random.
 _ASSIGNED = re.compile(
     r"(?i)\b(?:api[_-]?key|secret(?:[_-]?key)?|token|access[_-]?key|auth|password|passwd|pwd|client[_-]?secret)"
     r"\b[\"']?\s*[:=]\s*[\"']?([^\s\"',;]{12,})"
 )
+_ASSIGNED_HINTS = ("key", "secret", "token", "auth", "pass", "pwd")
 _TOKEN_CHARS = re.compile(r"[A-Za-z0-9_\-+/=.~]+")
 
 
@@ -139,6 +153,8 @@ def _looks_random(value: str) -> bool:
 
 
 def _emails(text: str) -> Iterator[Finding]:
+    if "@" not in text:
+        return
     for m in _EMAIL.finditer(text):
         yield Finding("EMAIL", m.start(), m.end(), m.group())
 
@@ -163,7 +179,9 @@ def _ibans(text: str) -> Iterator[Finding]:
 
 
 def _phones(text: str) -> Iterator[Finding]:
-    for pattern in _PHONES:
+    for i, pattern in enumerate(_PHONES):
+        if i == 0 and "+" not in text:
+            continue
         for m in pattern.finditer(text):
             digits = re.sub(r"\D", "", m.group())
             if 8 <= len(digits) <= 15:
@@ -172,13 +190,14 @@ def _phones(text: str) -> Iterator[Finding]:
 
 def _national_ids(text: str) -> Iterator[Finding]:
     for m in _SSN.finditer(text):
-        yield Finding("NATIONAL_ID", m.start(), m.end(), m.group())
+        area, group, serial = m.group().split("-")
+        # Never issued: area 000, 666 or 900-999; group 00; serial 0000.
+        if area not in ("000", "666") and area[0] != "9" and group != "00" and serial != "0000":
+            yield Finding("NATIONAL_ID", m.start(), m.end(), m.group())
     for m in _DNI.finditer(text):
-        prefix, number, letter = m.groups()
-        if len(prefix) + len(number) != 8:
-            continue
-        value = int(str("XYZ".index(prefix)) + number if prefix else number)
-        if _DNI_LETTERS[value % 23] == letter:
+        value = m.group().replace("-", "")
+        number = int(str("XYZ".index(value[0])) + value[1:8] if value[0] in "XYZ" else value[:8])
+        if _DNI_LETTERS[number % 23] == value[-1]:
             yield Finding("NATIONAL_ID", m.start(), m.end(), m.group())
 
 
@@ -189,6 +208,8 @@ def _ips(text: str) -> Iterator[Finding]:
         except ValueError:
             continue
         yield Finding("IP", m.start(), m.end(), m.group())
+    if "::" not in text and text.count(":") < 7:
+        return
     for m in _IPV6.finditer(text):
         value = m.group()
         # Three groups at least: "a::b" in C++ or "10:30" in a time are not addresses.
@@ -202,9 +223,13 @@ def _ips(text: str) -> Iterator[Finding]:
 
 
 def _secrets(text: str) -> Iterator[Finding]:
-    for pattern in _SECRETS:
-        for m in pattern.finditer(text):
-            yield Finding("SECRET", m.start(), m.end(), m.group())
+    for needs, pattern in _SECRETS:
+        if any(literal in text for literal in needs):
+            for m in pattern.finditer(text):
+                yield Finding("SECRET", m.start(), m.end(), m.group())
+    lower = text.lower()
+    if not any(hint in lower for hint in _ASSIGNED_HINTS):
+        return
     for m in _ASSIGNED.finditer(text):
         if _looks_random(m.group(1)):
             yield Finding("SECRET", m.start(1), m.end(1), m.group(1))

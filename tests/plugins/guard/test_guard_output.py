@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from typing import Any
 
 from guard_helpers import (  # noqa: F401  (fixtures)
@@ -140,3 +141,24 @@ async def test_the_repair_calls_own_post_hook_does_not_repair_again(
     assert (r.json()["status"], r.json()["code"]) == (502, "invalid_output")  # the asking hook decided
     assert fake.nested == [{"action": "continue", "annotations": {"output": "deferred"}}]
     assert len(fake.calls) == 1
+
+
+async def test_mask_and_repair_the_repair_call_never_carries_the_originals(
+    guard_app: GuardApp, fake_gateway: tuple[FakeGateway, str]
+) -> None:
+    fake, _ = fake_gateway
+    schema = {"type": "object", "properties": {"to": {"type": "string"}}, "required": ["to"]}
+    fmt = {"type": "json_schema", "json_schema": {"name": "to", "schema": schema}}
+    ask = [{"role": "user", "content": "Who do I write to? It is jane.roe@example.com."}]
+    pre = await guard_app.hook(call_body("pre", ask, config={"pii": "mask"}, response_format=fmt))
+    masked = pre.json()["request"]
+    assert "[EMAIL_1]" in masked["messages"][0]["content"]
+
+    fake.answers.append((200, completion('{"to": "[EMAIL_1]"}')))
+    post = call_body("post", [], config={"pii": "mask"}, response=completion('{"who": "[EMAIL_1]"}'))
+    post["request"] = masked  # the post hook sees the request as the model got it
+    answer = (await guard_app.hook(post)).json()
+    assert answer["response"]["choices"][0]["message"]["content"] == '{"to": "jane.roe@example.com"}'
+    assert answer["annotations"] == {"pii": "restored", "pii_restored": 1, "output": "repaired"}
+    assert "jane.roe@example.com" not in json.dumps(fake.calls[0][1])
+    assert fake.calls[0][1]["messages"][1] == {"role": "assistant", "content": '{"who": "[EMAIL_1]"}'}
