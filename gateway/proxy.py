@@ -116,6 +116,8 @@ class Pipeline:
             ex.plan = runtime.router.plan(parsed.model, parsed.task, ex.principal)
             # None unless the route has plugins: then stages 5 and 8 cost this request nothing.
             hooks = ex.plan.hooks
+            if hooks is not None and operation is Operation.EMBEDDINGS:
+                hooks = None  # hooks speak chat and completions only
             # The cache lookup (stage 6) is sent now, so that it shares admission's store round-trip
             # (the store writes commands of one event-loop turn together); its answer is used only
             # once the request is admitted. ``max_tokens`` that admission may add is not part of the key.
@@ -125,8 +127,6 @@ class Pipeline:
                 cache_key, lookup = self._start_lookup(ex, headers, operation, parsed, forwarded)
             else:
                 cache_key, lookup = None, None
-                if operation is Operation.EMBEDDINGS:  # hooks speak chat and completions only
-                    hooks = None
             # 4 admit: rate limits and the budget reservation, one store round-trip; reserve() sends
             # it, and the upstream call (7) is prepared while it is on its way.
             try:

@@ -327,3 +327,8 @@ def test_a_modified_request_the_endpoint_refuses_is_the_plugins_fault_not_the_cl
     chat(hooked, "ajar")  # open: the request goes on as the client sent it
     assert "temperature" not in hooked.upstream.json() and hooked.upstream.json()["messages"] == MESSAGES
     assert 'gateway_plugin_errors_total{hook="pre",plugin="ajar",reason="invalid"} 1.0' in hooked.metrics()
+
+
+def test_embeddings_on_a_route_with_plugins_skip_the_hooks(hooked: Hooked) -> None:
+    done = hooked.client("one").embeddings.create(model="gpt-4o-mini", input="hi")
+    assert len(done.data) == 1 and hooked.side.calls() == []

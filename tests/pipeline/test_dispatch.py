@@ -107,7 +107,7 @@ def dispatcher(
         operation=Operation.CHAT,
         body=body or {"messages": [{"role": "user", "content": "hi"}]},
         headers={},
-        plan=Plan("r", candidates, timeout_s, retry, None, ()),
+        plan=Plan("r", candidates, timeout_s, retry, None, None),
         deadline=time.monotonic() + timeout_s,
         resilience=Resilience(
             breakers=breakers,

@@ -137,7 +137,7 @@ def test_choices_and_the_reservation_for_n() -> None:
     assert choices(Operation.CHAT, {**CHAT, "n": 5}) == 5
     assert choices(Operation.COMPLETIONS, {"n": 2, "best_of": 6}) == 6
     assert choices(Operation.EMBEDDINGS, {"n": 9}) == 1
-    plan = Plan("r", (MODEL,), 10.0, RetryPolicy(), None, ())
+    plan = Plan("r", (MODEL,), 10.0, RetryPolicy(), None, None)
     one = estimate(parse(Operation.CHAT, {**CHAT, "max_tokens": 1000}, {}), plan, 0.0)
     many = estimate(parse(Operation.CHAT, {**CHAT, "max_tokens": 1000, "n": 100}, {}), plan, 0.0)
     output_nano = 1000 * 0.60 * 1000  # 1000 tokens at $0.60/Mtok, in nano-USD
