@@ -17,6 +17,8 @@ RUN pip wheel --wheel-dir /wheels -r requirements.lock \
     && cp requirements.lock /wheels/requirements.lock
 COPY pyproject.toml README.md ./
 COPY gateway ./gateway
+# The shipped sidecars (plugins/*) run from this same image: `python -m plugins.guard serve`.
+COPY plugins ./plugins
 RUN pip wheel --no-deps --wheel-dir /wheels .
 
 FROM ${PYTHON_IMAGE} AS runtime

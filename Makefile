@@ -9,7 +9,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test replicas install redis lint typecheck bench bench-quick check clean
+.PHONY: run run-plugins test replicas install redis lint typecheck bench bench-quick check clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,11 @@ install: $(STAMP)
 run: $(STAMP)
 	$(PY) -m gateway serve --host $${GATEWAY_HOST:-127.0.0.1} --port $${GATEWAY_PORT:-8080} \
 		--routes $${GATEWAY_ROUTES:-routes.yaml} --budgets $${GATEWAY_BUDGETS:-budgets.yaml}
+
+# The gateway with every shipped sidecar (plugins/: guard today) on loopback, each with a generated token,
+# and the example routes file that uses them (routes.plugins.yaml); Ctrl-C stops them all.
+run-plugins: $(STAMP)
+	$(PY) -m plugins.launch
 
 check: $(STAMP)
 	$(PY) -m gateway check

@@ -194,7 +194,7 @@ def test_dockerignore_keeps_the_context_small() -> None:
     ignored = {ln.strip() for ln in (ROOT / ".dockerignore").read_text().splitlines()}
     for entry in (".venv", ".git", "tests"):
         assert entry in ignored
-    for needed in ("gateway", "pyproject.toml", "README.md", "requirements.lock"):
+    for needed in ("gateway", "plugins", "pyproject.toml", "README.md", "requirements.lock"):
         assert needed not in ignored
 
 
@@ -337,3 +337,96 @@ if __name__ == "__main__":
     conditions: dict[str, str] = {}
     for name, version in sorted(runtime_closure(conditions).items()):
         print(f"{name}=={version}" + (f" ; {conditions[name]}" if name in conditions else ""))
+
+
+# --- sidecar plugins (plugins/*) -------------------------------------------------------------------
+
+
+def _shipped_sidecars() -> list[tuple[str, int]]:
+    from plugins.launch import shipped
+
+    found = shipped()
+    assert found, "plugins/guard at least"
+    return found
+
+
+def test_the_image_carries_the_sidecars() -> None:
+    copies = [ln for ln in (ROOT / "Dockerfile").read_text().splitlines() if ln.startswith("COPY ")]
+    assert "COPY plugins ./plugins" in copies
+    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    assert "plugins*" in packages["include"], "the wheel the image installs must contain plugins/"
+
+
+def test_every_shipped_sidecar_runs_in_the_gateway_pod() -> None:
+    pod = _gateway_deployment()["spec"]["template"]["spec"]
+    (gateway,) = pod["containers"]
+    sidecars = {c["name"]: c for c in pod.get("initContainers", [])}
+    secret = _one("Secret")["stringData"]
+    routes = yaml.safe_load(_one("ConfigMap")["data"]["routes.yaml"])
+    for name, port in _shipped_sidecars():
+        sidecar = sidecars[name]
+        # A native sidecar: started (and probed) before the gateway, kept running, stopped after it.
+        assert sidecar["restartPolicy"] == "Always"
+        assert sidecar["image"] == gateway["image"]
+        assert sidecar["args"] == [
+            "python",
+            "-m",
+            f"plugins.{name}",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ]
+        assert sidecar["startupProbe"] and sidecar["livenessProbe"]
+        assert f"127.0.0.1:{port}/healthz" in " ".join(sidecar["startupProbe"]["exec"]["command"])
+        assert sidecar["securityContext"]["readOnlyRootFilesystem"] is True
+        assert sidecar["resources"]["limits"]["memory"]
+        env = {e["name"]: e for e in sidecar["env"]}
+        token_ref = env["PLUGIN_TOKEN"]["valueFrom"]["secretKeyRef"]
+        assert token_ref["name"] == _one("Secret")["metadata"]["name"]
+        assert token_ref["key"] == f"{name.upper()}_TOKEN" and token_ref["key"] in secret
+        assert env["GATEWAY_URL"]["value"] == "http://127.0.0.1:8080"
+        # The gateway reaches it on the pod's loopback, with the same token, on some route.
+        plugin = routes["plugins"][name]
+        assert plugin["url"] == f"http://127.0.0.1:{port}"
+        assert plugin["token"] == "${" + token_ref["key"] + "}"
+        assert any(name in entry for r in routes["routes"] for entry in r.get("plugins", []))
+    # Several replicas share Redis: every one must sign delegation tokens with the same secret.
+    assert len(secret["GATEWAY_DELEGATION_SECRET"]) >= 32
+
+
+def test_compose_runs_every_shipped_sidecar(tmp_path: Path) -> None:
+    from gateway.config.parse import check
+
+    services = yaml.safe_load((ROOT / "deploy" / "compose.yaml").read_text())["services"]
+    gateway = services["gateway-1"]
+    mounted = next(m for m in gateway["volumes"] if m.endswith("/etc/gateway/routes.yaml:ro"))
+    routes_file = (ROOT / "deploy" / mounted.split(":", 1)[0]).resolve()
+    routes = yaml.safe_load(routes_file.read_text())
+    for name, port in _shipped_sidecars():
+        upper = name.upper()
+        sidecar = services[name]
+        assert sidecar["image"] == gateway["image"]
+        assert sidecar["command"] == [
+            "python",
+            "-m",
+            f"plugins.{name}",
+            "serve",
+            "--host",
+            "0.0.0.0",
+            "--port",
+            str(port),
+        ]
+        assert f"127.0.0.1:{port}/healthz" in " ".join(sidecar["healthcheck"]["test"])
+        assert sidecar["environment"]["PLUGIN_TOKEN"] == gateway["environment"][f"{upper}_TOKEN"]
+        assert sidecar["environment"]["REDIS_URL"].startswith("redis://redis:")
+        assert gateway["environment"][f"{upper}_URL"] == f"http://{name}:{port}"
+        assert gateway["depends_on"][name]["condition"] == "service_healthy"
+        assert routes["plugins"][name]["token"] == "${" + f"{upper}_TOKEN" + "}"
+        assert routes["plugins"][name]["url"].startswith("${" + f"{upper}_URL")
+    # The routes file compose serves passes `gateway check` with compose's environment.
+    env = {k: re.sub(r"\$\{\w+:-(.*)\}", r"\1", str(v)) for k, v in gateway["environment"].items()}
+    assert len(env["GATEWAY_DELEGATION_SECRET"]) >= 32
+    errors, warnings = check(routes_file, ROOT / "budgets.yaml", environ=env)
+    assert errors == [] and warnings == []
