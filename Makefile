@@ -54,8 +54,10 @@ typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
 # The whole pipeline (Redis admission, settlement and response cache) needs redis-server; see bench/README.md.
+# Then what a plugin's pre hook to a loopback sidecar adds (bench/plugins.py).
 bench: $(STAMP) redis
 	$(PY) -m bench.run
+	$(PY) -m bench.plugins
 
 bench-quick: $(STAMP) redis
 	$(PY) -m bench.run --quick

@@ -161,7 +161,12 @@ class Pipeline:
                     if isinstance(done, Reply):  # a plugin answered
                         return done
                     parsed, dispatcher = done
-                cache_key, lookup = self._start_lookup(ex, headers, operation, parsed, forwarded)
+                if hooks.post:
+                    # A hit would skip the post hooks, and what they do may be this request's alone
+                    # (guard's mask puts back this caller's values): such routes are not cached.
+                    ex.cache = "skip"
+                else:
+                    cache_key, lookup = self._start_lookup(ex, headers, operation, parsed, forwarded)
             # 6 cache: exact-match lookup, tenant-scoped
             if lookup is None:
                 self._cache.count(ex.cache)  # skip or refresh, counted once admitted like a lookup

@@ -14,6 +14,7 @@ from starlette.responses import Response
 
 from gateway.errors import GatewayError, NotFound, UpstreamUnavailable, render_openai, stream_error_payload
 from gateway.handlers.endpoint import ProxyEndpoint
+from gateway.logs import clip
 from gateway.pipeline.auth import authenticate, for_proxy
 from gateway.providers.base import Operation, UpstreamResponse, UpstreamStream
 from gateway.responses import json_response
@@ -121,7 +122,7 @@ async def get_model(request: Request) -> Response:
         principal = for_proxy(authenticate(request.headers, runtime.keys))
         name = unquote(request.path_params["model"])
         if name not in runtime.router.reachable(principal):
-            raise NotFound(f"The model '{name}' does not exist.", param="model", code="model_not_found")
+            raise NotFound(f"The model '{clip(name)}' does not exist.", param="model", code="model_not_found")
     except GatewayError as err:
         return json_response(render_openai(err), err.status, err.headers)
     return json_response(orjson.dumps(_model_object(name)), 200, {})

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from gateway.config.model import CachePolicy, ContentLogPolicy, ModelConfig, RetryPolicy, Route, RoutesConfig
 from gateway.errors import NotFound, PermissionDenied
+from gateway.logs import clip
 from gateway.memo import Memo
 from gateway.pipeline.auth import Principal
 from gateway.plugins.stage import RouteHooks, compile_route
@@ -66,7 +67,9 @@ class Router:
         if route is None:
             deployment = self._config.models.get(model)
             if deployment is None:
-                raise NotFound(f"The model '{model}' does not exist.", param="model", code="model_not_found")
+                raise NotFound(
+                    f"The model '{clip(model)}' does not exist.", param="model", code="model_not_found"
+                )
             names: list[str] = [model]
             hooks: RouteHooks | None = None
             name, cache, timeout, retry = DEFAULT_ROUTE, None, defaults.timeout_s, defaults.retry
@@ -85,7 +88,9 @@ class Router:
             seen.add(n)
             candidates.append(self._config.models[n])
         if not candidates:
-            raise PermissionDenied(f"This key is not allowed to use the model '{model}'.", param="model")
+            raise PermissionDenied(
+                f"This key is not allowed to use the model '{clip(model)}'.", param="model"
+            )
         plan = Plan(name, tuple(candidates), timeout, retry, cache, hooks, log_content)
         if route is None or len(route.targets) == 1:  # no draw: the same plan every time
             self._plans.put(key, principal, plan)

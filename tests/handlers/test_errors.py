@@ -193,3 +193,14 @@ def test_stream_failing_after_first_byte_ends_with_error_event(gw, upstream: Fak
     raw = post(gw, body).text
     last = raw.strip().split("\n\n")[-1]
     assert last.startswith('data: {"error"') and "[DONE]" not in raw
+
+
+def test_a_huge_unknown_model_name_is_not_echoed_whole(gw) -> None:
+    r = httpx.post(
+        gw.base_url + "/chat/completions",
+        json={"model": "m" * 1500, "messages": [{"role": "user", "content": "hi"}]},
+        headers={"authorization": f"Bearer {KEY_ACME}"},
+    )
+    err = assert_envelope(r, 404)
+    assert err["code"] == "model_not_found"
+    assert len(err["message"]) < 400 and "…[+1244 chars]" in err["message"]

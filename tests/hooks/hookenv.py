@@ -37,6 +37,7 @@ plugins:
         + plugin("b", "pre, post")
         + plugin("shut", "pre, post", "closed")
         + plugin("ajar", "pre, post", "open")
+        + plugin("only", "pre")
         + f"  deadshut: {{url: '{dead}', hooks: [pre], on_error: closed}}\n"
         + f"  deadajar: {{url: '{dead}', hooks: [pre], on_error: open}}\n"
         + """
@@ -52,6 +53,10 @@ routes:
   - {name: deadshut, match: {task: deadshut}, targets: [{model: gpt-4o-mini}], plugins: [deadshut]}
   - {name: deadajar, match: {task: deadajar}, targets: [{model: gpt-4o-mini}], plugins: [deadajar]}
   - {name: plain, match: {task: plain}, targets: [{model: gpt-4o-mini}]}
+  - {name: cached, match: {task: cached}, targets: [{model: gpt-4o-mini}], cache: {ttl_s: 60, mode: always},
+     plugins: [a]}
+  - {name: cachedpre, match: {task: cachedpre}, targets: [{model: gpt-4o-mini}],
+     cache: {ttl_s: 60, mode: always}, plugins: [only]}
 """
     )
 

@@ -332,3 +332,22 @@ def test_a_modified_request_the_endpoint_refuses_is_the_plugins_fault_not_the_cl
 def test_embeddings_on_a_route_with_plugins_skip_the_hooks(hooked: Hooked) -> None:
     done = hooked.client("one").embeddings.create(model="gpt-4o-mini", input="hi")
     assert len(done.data) == 1 and hooked.side.calls() == []
+
+
+# -- cache ----------------------------------------------------------------------------------------------
+
+
+def test_a_route_with_post_hooks_is_not_cached(hooked: Hooked) -> None:
+    # A hit would skip the post hooks, whose work may belong to one request alone (guard's mask restores
+    # that caller's values into the answer): two identical requests both reach the model and the hook.
+    first, second = chat(hooked, "cached"), chat(hooked, "cached")
+    assert first.headers["x-gateway-cache"] == second.headers["x-gateway-cache"] == "skip"
+    assert len(hooked.upstream.requests) == 2
+    assert [c["hook"] for c in hooked.side.calls()] == ["pre", "post", "pre", "post"]
+
+
+def test_a_route_with_only_pre_hooks_is_cached_on_the_request_they_left(hooked: Hooked) -> None:
+    first, second = chat(hooked, "cachedpre"), chat(hooked, "cachedpre")
+    assert (first.headers["x-gateway-cache"], second.headers["x-gateway-cache"]) == ("miss", "hit")
+    assert len(hooked.upstream.requests) == 1
+    assert [c["hook"] for c in hooked.side.calls()] == ["pre", "pre"]
