@@ -18,6 +18,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from gateway import delegation, logs, otel
+from gateway.egress import Egress
 from gateway.errors import GatewayError, NotFound, ServerError, render_openai
 from gateway.handlers import admin, health, openai, plugin_api
 from gateway.handlers.anthropic import messages
@@ -55,6 +56,8 @@ def create_app(
         routes, budgets = load(settings.routes_path, settings.budgets_path)
         # A lean HTTP/1.1 keep-alive transport (gateway/transport.py) behind httpx's request/response types.
         upstream = transport or FastTransport(max_connections=2000, max_idle=256, keepalive_expiry=30)
+        # Providers behind a proxy (HTTPS_PROXY, NO_PROXY...) or with tls: settings get httpx's transport.
+        egress = Egress(upstream) if transport is None else None
         store = build_store(settings.redis_url, timeout_s=0.9)
         # The response cache may live on a Redis of its own, where eviction is allowed.
         cache_url = settings.cache_redis_url
@@ -85,6 +88,7 @@ def create_app(
                 alone=settings.workers == 1 and settings.redis_url is None,
             ),
             delegation_verifying=delegation.parse_secrets(secrets_value),
+            egress=egress,
         )
         state = GatewayState(
             settings, build_runtime(routes, budgets, shared), shared, metrics, runtime_keys, settler
@@ -137,6 +141,8 @@ def create_app(
             if state_file is not None:
                 await state_file.close()  # after the last settlement reached the store
             await upstream.aclose()
+            if egress is not None:
+                await egress.aclose()
             await plugins.aclose()
             await state.plugin_transport.aclose()
             await store.close()

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import httpx
 
 from gateway.config.model import BudgetsConfig, RoutesConfig
+from gateway.egress import Egress
 from gateway.pipeline.admit import Admitter, Releases
 from gateway.pipeline.auth import KeyIndex, RuntimeById, RuntimeLookup
 from gateway.pipeline.breaker import BreakerRegistry
@@ -61,6 +62,9 @@ class Shared:
     """Every secret a token may be signed with (``GATEWAY_DELEGATION_SECRET``'s list, for rotation); the
     signing secret always verifies too."""
     runtime_keys_by_id: RuntimeById | None = None
+    egress: Egress | None = None
+    """Gives a provider behind a proxy or with ``tls:`` its own transport (gateway/egress.py); None: every
+    provider uses ``transport`` (a test's MockTransport)."""
 
     @property
     def delegation_secrets(self) -> tuple[bytes, ...]:
@@ -87,7 +91,10 @@ def build_runtime(routes: RoutesConfig, budgets: BudgetsConfig, shared: Shared) 
             runtime_by_id=shared.runtime_keys_by_id,
             delegation_secrets=shared.delegation_secrets,
         ),
-        providers={name: build_provider(cfg, shared.transport) for name, cfg in routes.providers.items()},
+        providers={
+            name: build_provider(cfg, shared.egress.transport_for(cfg) if shared.egress else shared.transport)
+            for name, cfg in routes.providers.items()
+        },
         admitter=Admitter(
             shared.store, shared.fallback, routes.defaults, releases=shared.releases, known=shared.known
         ),

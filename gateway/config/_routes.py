@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import os
+import ssl
 from typing import Literal
 
 from gateway.config._validate import Checker, index_path, key_path
@@ -25,8 +27,10 @@ from gateway.config.model import (
     RoutePlugin,
     RoutesConfig,
     Target,
+    TlsConfig,
     UpstreamLimits,
 )
+from gateway.egress import tls_context
 
 PROVIDER_TYPES = ("openai", "azure", "anthropic", "mock")
 MOCK_FAULTS = ("none", "429", "500", "503", "timeout", "disconnect")
@@ -34,7 +38,8 @@ AZURE_API_VERSION = "2024-10-21"
 ANTHROPIC_BASE_URL = "https://api.anthropic.com"
 
 _TOP = ("providers", "defaults", "models", "routes", "plugins")
-_COMMON = ("type", "base_url", "api_key", "headers", "timeout_s", "limits")
+_COMMON = ("type", "base_url", "api_key", "headers", "timeout_s", "limits", "tls")
+_TLS = ("ca_file", "cert_file", "key_file", "verify")
 _LIMITS = tuple(UpstreamLimits.__dataclass_fields__)
 _MIN_LIMIT = 1024  # below a kilobyte no real answer fits: surely a slip
 _AZURE_ONLY = ("api_version",)
@@ -102,7 +107,41 @@ def _provider(name: str, value: object, path: str, c: Checker) -> ProviderConfig
         timeout_s=c.opt_number(d, path, "timeout_s", gt=0),
         api_version=api_version,
         options=_mock_options(d, path, c) if kind == "mock" else {},
+        tls=_tls(d.get("tls"), key_path(path, "tls"), c) if "tls" in d else None,
     )
+
+
+def _tls(value: object, path: str, c: Checker) -> TlsConfig | None:
+    """``tls: {ca_file, cert_file, key_file, verify}``; the files must exist and be readable now, not at
+    the first request, and each must load (a PEM that OpenSSL refuses is reported here)."""
+    d = c.record(value, path, _TLS)
+    if d is None:
+        return None
+    before = len(c.errors)
+    files = {key: c.text(d, path, key, nonempty=True) for key in _TLS[:3] if key in d}
+    for key, name in files.items():
+        if name and not os.access(name, os.R_OK):
+            c.error(key_path(path, key), f"cannot read {name!r}")
+    verify = d.get("verify", True)
+    if not isinstance(verify, bool):
+        c.error(key_path(path, "verify"), "must be true or false")
+        verify = True
+    if "key_file" in files and "cert_file" not in files:
+        c.error(key_path(path, "key_file"), "needs cert_file (the client certificate it belongs to)")
+    if "ca_file" in files and not verify:
+        c.error(key_path(path, "ca_file"), "has no effect with verify: false")
+    tls = TlsConfig(
+        ca_file=files.get("ca_file", ""),
+        cert_file=files.get("cert_file", ""),
+        key_file=files.get("key_file", ""),
+        verify=verify,
+    )
+    if len(c.errors) == before:
+        try:
+            tls_context(tls)
+        except (ssl.SSLError, OSError) as exc:
+            c.error(path, f"cannot load the certificates: {exc}")
+    return tls
 
 
 def _with_limits(

@@ -39,6 +39,17 @@ class UpstreamLimits:
 
 
 @dataclass(frozen=True, slots=True)
+class TlsConfig:
+    """A provider's ``tls:``: its own CA bundle, a client certificate (mTLS), or no verification."""
+
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+    """Empty with ``cert_file``: the key is in the certificate's PEM file."""
+    verify: bool = True
+
+
+@dataclass(frozen=True, slots=True)
 class ProviderConfig:
     name: str
     type: str
@@ -52,6 +63,8 @@ class ProviderConfig:
     """Type-specific settings (the mock's latency_ms, fault, fault_rate)."""
     limits: UpstreamLimits = field(default_factory=UpstreamLimits)
     """``defaults.upstream_limits`` with this provider's ``limits`` laid over them."""
+    tls: TlsConfig | None = None
+    """None: the default TLS context (system roots, ``SSL_CERT_FILE``/``SSL_CERT_DIR``)."""
 
 
 @dataclass(frozen=True, slots=True)

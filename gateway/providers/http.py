@@ -9,6 +9,7 @@ than the transport underneath and the gateway uses none of it. Tests substitute
 from __future__ import annotations
 
 import functools
+import ssl
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, Protocol
 
@@ -60,7 +61,25 @@ def map_transport_error(exc: httpx.HTTPError, provider: str) -> GatewayError:
         return DeadlineExceeded(f"upstream '{provider}' timed out")
     if isinstance(exc, ResponseTooLarge):
         return too_large(provider, exc.limit, "answer")
+    tls = _tls_failure(exc)
+    if tls is not None:
+        message = f"upstream '{provider}' failed: TLS error: {tls}"
+        return UpstreamUnavailable(message, code="upstream_tls_error")
     return UpstreamUnavailable(f"upstream '{provider}' failed: {type(exc).__name__}")
+
+
+def _tls_failure(exc: BaseException) -> str | None:
+    """The TLS reason behind a transport error (an untrusted certificate, a client certificate the
+    server wanted), so that the operator sees it in the 502 and the log rather than "ConnectError"."""
+    seen: BaseException | None = exc
+    for _ in range(8):  # the chain is short; bounded all the same
+        if seen is None:
+            return None
+        if isinstance(seen, ssl.SSLError):
+            verify = getattr(seen, "verify_message", None)
+            return f"{seen.reason or 'handshake failed'}" + (f" ({verify})" if verify else "")
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def map_limit_error(exc: Exception, provider: str) -> GatewayError:
