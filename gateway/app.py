@@ -25,6 +25,7 @@ from gateway.handlers.anthropic import messages
 from gateway.handlers.endpoint import ProxyEndpoint
 from gateway.keys import RuntimeKeys
 from gateway.limits import ConnectionGuard
+from gateway.listeners import AdminSplit
 from gateway.metrics import Metrics, mark_dead
 from gateway.pipeline.breaker import BreakerRegistry
 from gateway.pipeline.overload import Gate
@@ -175,6 +176,7 @@ def create_app(
     return GatewayApp(
         proxied,
         guard=ConnectionGuard(settings),
+        admin_split=AdminSplit(settings.admin_port) if settings.admin_port is not None else None,
         routes=routes,
         lifespan=lifespan,
         exception_handlers={HTTPException: _http_error, Exception: _unexpected},
@@ -191,13 +193,28 @@ class GatewayApp(Starlette):
     """
 
     def __init__(
-        self, proxied: Iterable[ProxyEndpoint], guard: ConnectionGuard | None = None, **kwargs: Any
+        self,
+        proxied: Iterable[ProxyEndpoint],
+        guard: ConnectionGuard | None = None,
+        admin_split: AdminSplit | None = None,
+        **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.proxied = {endpoint.path: endpoint for endpoint in proxied}
         self.guard = guard or ConnectionGuard()  # the connection limits (gateway/limits.py)
+        self.admin_split = admin_split  # GATEWAY_ADMIN_PORT: which paths each port serves
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        split = self.admin_split
+        if (
+            split is not None
+            and scope["type"] == "http"
+            and not split.allowed(scope["path"], scope["server"])
+        ):
+            request = Request(scope, receive)
+            response = await _http_error(request, HTTPException(404))
+            await response(scope, receive, send)
+            return
         endpoint = self.proxied.get(scope["path"]) if scope["type"] == "http" else None
         if endpoint is None or scope["method"] != "POST":
             await super().__call__(scope, receive, send)

@@ -14,6 +14,7 @@ import sys
 import tempfile
 from dataclasses import replace
 from types import FrameType
+from typing import Any
 
 from gateway import logs
 from gateway.config.parse import ConfigError, check
@@ -30,6 +31,14 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
     serve.add_argument("--workers", type=int)
+    serve.add_argument(
+        "--admin-port",
+        type=int,
+        help="serve /admin/* and /metrics on this port only (env GATEWAY_ADMIN_PORT; default: the main port)",
+    )
+    serve.add_argument(
+        "--admin-host", help="the admin listener's address (env GATEWAY_ADMIN_HOST; 127.0.0.1)"
+    )
     _config_args(serve)
     serve.add_argument(
         "--state-file",
@@ -83,7 +92,7 @@ def _settings(args: argparse.Namespace) -> Settings:
     state_file = getattr(args, "state_file", None)
     if state_file is not None:
         s = replace(s, state_file=state_file or None)
-    for name in ("host", "port", "workers", *LIMIT_ENV):
+    for name in ("host", "port", "workers", "admin_port", "admin_host", *LIMIT_ENV):
         value = getattr(args, name, None)
         if value is not None:
             s = replace(s, **{name: value})
@@ -182,7 +191,7 @@ def _serve(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    problem = _state_file_problem(settings)
+    problem = _state_file_problem(settings) or _admin_problem(settings)
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 1
@@ -196,24 +205,65 @@ def _serve(args: argparse.Namespace) -> int:
     if after != before:
         logging.getLogger("gateway").info("open files limit raised from %d to %d", before, after)
     signal.signal(signal.SIGTERM, _exit_after_graceful_shutdown)
+    options: dict[str, Any] = dict(
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers if settings.workers > 1 else None,
+        loop="uvloop",
+        http=GatewayHttpProtocol,
+        proxy_headers=False,  # nothing reads the client address; one ASGI layer less per request
+        access_log=False,
+        log_level=args.log_level,
+        timeout_graceful_shutdown=30,
+    )
     try:
-        uvicorn.run(
-            "gateway.app:app_from_env",
-            factory=True,
-            host=settings.host,
-            port=settings.port,
-            workers=settings.workers if settings.workers > 1 else None,
-            loop="uvloop",
-            http=GatewayHttpProtocol,
-            proxy_headers=False,  # nothing reads the client address; one ASGI layer less per request
-            access_log=False,
-            log_level=args.log_level,
-            timeout_graceful_shutdown=30,
-        )
+        if settings.admin_port is None:
+            uvicorn.run("gateway.app:app_from_env", **options)
+        else:
+            return _run_with_admin(settings, options)
     finally:
         if created_dir is not None:
             # Ours alone, and nothing reads it once the workers are gone.
             shutil.rmtree(created_dir, ignore_errors=True)
+    return 0
+
+
+def _admin_problem(settings: Settings) -> str | None:
+    if settings.admin_port is not None and settings.admin_port == settings.port:
+        return "GATEWAY_ADMIN_PORT must differ from the main port"
+    return None
+
+
+def _run_with_admin(settings: Settings, options: dict[str, Any]) -> int:
+    """``uvicorn.run`` with a second listening socket (the admin port) for the server or each worker.
+
+    uvicorn binds one socket itself; it serves a list of them when given one, so both are bound here
+    and handed over, as ``uvicorn.run`` does with its own.
+    """
+    import inspect
+
+    from uvicorn import Config, Server
+    from uvicorn.supervisors.multiprocess import Multiprocess
+
+    from gateway.listeners import bind
+
+    config = Config("gateway.app:app_from_env", **options)
+    sockets = [config.bind_socket(), bind(settings.admin_host, settings.admin_port or 0)]
+    logging.getLogger("gateway").info(
+        "admin listener (/admin/*, /metrics) on http://%s:%d", settings.admin_host, settings.admin_port
+    )
+    server = Server(config)
+    if config.workers > 1:
+        # uvicorn 0.55 dropped the ``target`` argument its 0.54 supervisor requires
+        if "target" in inspect.signature(Multiprocess.__init__).parameters:
+            Multiprocess(config, target=server.run, sockets=sockets).run()  # type: ignore[call-arg]
+        else:
+            Multiprocess(config, sockets=sockets).run()
+    else:
+        server.run(sockets=sockets)
+        if not server.started:
+            return 3  # uvicorn's STARTUP_FAILURE
     return 0
 
 

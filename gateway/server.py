@@ -110,6 +110,9 @@ class GatewayHttpProtocol(LimitedProtocol):
         self._wire = CoalescingTransport(transport)
         self._gateway = _gateway_app(self.app)
         self._proxied: dict[str, ProxyEndpoint] = getattr(self._gateway, "proxied", {})
+        split = getattr(self._gateway, "admin_split", None)
+        if split is not None and transport.get_extra_info("sockname")[1] == split.admin_port:
+            self._proxied = {}  # the admin port serves no proxy endpoint: the ASGI app answers 404
         self._streaming: asyncio.Task[None] | None = None
         super().connection_made(self._wire)
 

@@ -38,6 +38,12 @@ class Settings:
     max_headers: int = 100
     max_url_bytes: int = 16384
     max_connections: int = 10000  # per worker process
+    # The admin listener (README "Admin listener"): when a port is set, /admin/* and /metrics are served
+    # there only and answer 404 on the public port.
+    admin_port: int | None = None
+    admin_host: str = "127.0.0.1"
+    metrics_token: str | None = None
+    """``GATEWAY_METRICS_TOKEN``: /metrics then wants ``Authorization: Bearer <token>`` (401 without)."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -59,6 +65,9 @@ class Settings:
             cache_redis_url=env.get("GATEWAY_CACHE_REDIS_URL") or None,
             admin_key=env.get("GATEWAY_ADMIN_KEY") or None,
             delegation_secret=env.get("GATEWAY_DELEGATION_SECRET") or None,
+            admin_port=int(env["GATEWAY_ADMIN_PORT"]) if env.get("GATEWAY_ADMIN_PORT") else None,
+            admin_host=env.get("GATEWAY_ADMIN_HOST") or base.admin_host,
+            metrics_token=env.get("GATEWAY_METRICS_TOKEN") or None,
             reload_interval_s=float(env.get("GATEWAY_RELOAD_INTERVAL_S", base.reload_interval_s)),
             # unset: the default beside budgets.yaml; set but empty: memory only
             state_file=default_state_file(budgets_path) if state_file is None else state_file or None,
@@ -85,6 +94,11 @@ class Settings:
             env["GATEWAY_ADMIN_KEY"] = self.admin_key
         if self.delegation_secret:
             env["GATEWAY_DELEGATION_SECRET"] = self.delegation_secret
+        if self.admin_port is not None:
+            env["GATEWAY_ADMIN_PORT"] = str(self.admin_port)
+            env["GATEWAY_ADMIN_HOST"] = self.admin_host
+        if self.metrics_token:
+            env["GATEWAY_METRICS_TOKEN"] = self.metrics_token
         return env
 
 

@@ -6,6 +6,9 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from gateway.errors import AuthenticationFailed, render_openai
+from gateway.listeners import bearer_ok
+from gateway.responses import json_response
 from gateway.state import GatewayState
 
 
@@ -23,4 +26,8 @@ async def readyz(request: Request) -> Response:
 
 async def metrics(request: Request) -> Response:
     state: GatewayState = request.app.state.gateway
+    token = state.settings.metrics_token
+    if token is not None and not bearer_ok(request.headers.get("authorization"), token):
+        err = AuthenticationFailed("/metrics needs 'Authorization: Bearer <GATEWAY_METRICS_TOKEN>'.")
+        return json_response(render_openai(err), err.status, {"www-authenticate": "Bearer"})
     return Response(state.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
