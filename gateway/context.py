@@ -33,6 +33,17 @@ def new_request_id() -> str:
 
 
 @dataclass(slots=True)
+class Traced:
+    """What a span needs beyond the Exchange (gateway/otel.py); gathered only when tracing is on."""
+
+    traceparent: str | None = None
+    """The caller's W3C trace context, continued by the request's span; malformed ones are ignored."""
+    tracestate: str | None = None
+    finish_reasons: tuple[str, ...] = ()
+    """The answer's choices' ``finish_reason`` values, in choice order."""
+
+
+@dataclass(slots=True)
 class Exchange:
     request_id: str = field(default_factory=new_request_id)
     started: float = field(default_factory=time.perf_counter)
@@ -65,6 +76,8 @@ class Exchange:
     """Redacted prompt/answer text for the log line; set only on routes with ``log_content``."""
     plugins: dict[str, dict[str, object]] | None = None
     """Plugin annotations by plugin name, for the log line; set only on routes with plugins."""
+    traced: Traced | None = None
+    """Set only when tracing is on: the span's parent and the answer's finish reasons."""
 
     @property
     def tenant(self) -> str:

@@ -17,10 +17,13 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
+import orjson
+
 from gateway.config.model import ProviderConfig
-from gateway.context import Exchange
+from gateway.context import Exchange, Traced
 
 if TYPE_CHECKING:
+    from opentelemetry.context import Context
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SpanExporter
 
@@ -60,7 +63,7 @@ class Spans:
         start = end - int((time.perf_counter() - ex.started) * 1e9)
         operation = _OPERATIONS.get(ex.endpoint, "chat")
         requested = ex.model_requested or "unknown"
-        attributes: dict[str, str | int] = {
+        attributes: dict[str, str | int | tuple[str, ...]] = {
             "gen_ai.operation.name": operation,
             "gen_ai.request.model": requested,
             "gateway.request_id": ex.request_id,
@@ -82,8 +85,15 @@ class Spans:
         failed = ex.status >= 400
         if failed:
             attributes["error.type"] = ex.error_code or str(ex.status)
+        traced = ex.traced
+        if traced is not None and traced.finish_reasons:
+            attributes["gen_ai.response.finish_reasons"] = traced.finish_reasons
         span = self._tracer.start_span(
-            f"{operation} {requested}", kind=SpanKind.CLIENT, attributes=attributes, start_time=start
+            f"{operation} {requested}",
+            context=_parent(traced),
+            kind=SpanKind.CLIENT,
+            attributes=attributes,
+            start_time=start,
         )
         if failed:
             span.set_status(Status(StatusCode.ERROR))
@@ -92,6 +102,32 @@ class Spans:
     def shutdown(self) -> None:
         """Export what is still batched (graceful shutdown)."""
         self._provider.shutdown()
+
+
+def _parent(traced: Traced | None) -> Context | None:
+    """The caller's span from its ``traceparent`` (W3C Trace Context); None (a root span) without one or
+    when it is malformed, which the propagator ignores as the spec says."""
+    if traced is None or not traced.traceparent:
+        return None
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    carrier = {"traceparent": traced.traceparent}
+    if traced.tracestate:
+        carrier["tracestate"] = traced.tracestate
+    return TraceContextTextMapPropagator().extract(carrier)
+
+
+def finish_reasons(body: bytes) -> tuple[str, ...]:
+    """The ``finish_reason`` of each choice of a whole OpenAI-format answer (tracing only)."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return ()
+    choices = data.get("choices") if isinstance(data, dict) else None
+    if not isinstance(choices, list):
+        return ()
+    reasons = (c.get("finish_reason") for c in choices if isinstance(c, dict))
+    return tuple(r for r in reasons if isinstance(r, str))
 
 
 def enabled(environ: Mapping[str, str]) -> bool:

@@ -19,7 +19,8 @@ from typing import Any, Protocol
 
 import orjson
 
-from gateway.context import Exchange
+from gateway import otel
+from gateway.context import Exchange, Traced
 from gateway.errors import BadRequest, GatewayError, Overloaded, ServerError
 from gateway.metrics import Metrics
 from gateway.pipeline.admit import ratelimit_headers
@@ -104,6 +105,8 @@ class Pipeline:
             trace=headers.get("x-gateway-trace"),
             client_retry=headers.get("x-stainless-retry-count"),
         )
+        if self._metrics.spans is not None:  # tracing on: the caller's trace context, for the span
+            ex.traced = Traced(headers.get("traceparent"), headers.get("tracestate"))
         runtime = self._source.runtime
         try:
             # 1 parse
@@ -232,6 +235,8 @@ class Pipeline:
             return self._error(ex, ingress, failure)
         # 9 settle: the cost header is known now; metrics and the log line go after the response.
         response_usage(ex, billed, UsageCounter(operation, parsed.body))
+        if ex.traced is not None:
+            ex.traced.finish_reasons = otel.finish_reasons(billed.body)
         price_usage(ex)
         out = ex.response_headers()
         out["x-gateway-cost-usd"] = format_usd(ex.cost)
@@ -345,6 +350,8 @@ class Pipeline:
             on_close = functools.partial(self._end_stream, ex, replay)
             return Reply(200, headers, frames=frames, after=on_close)
         headers["x-gateway-cost-usd"] = "0"
+        if ex.traced is not None:
+            ex.traced.finish_reasons = otel.finish_reasons(answer.body)
         body = ingress.response(UpstreamResponse(answer.body, answer.usage))
         return Reply(200, headers, body, after=functools.partial(self._settle, ex))
 

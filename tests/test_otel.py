@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 import pytest
 from conftest import KEY_ACME, GatewayFactory, sha
-from upstreams import FakeOpenAI
+from upstreams import FakeOpenAI, chat_body, chunk, sse
 
 from gateway import otel
 
@@ -118,3 +120,78 @@ def test_chat_and_error_spans(gateway_factory: GatewayFactory, monkeypatch: pyte
     assert failed.attributes["error.type"] == "model_not_found"
     assert failed.status.status_code == StatusCode.ERROR
     assert "gen_ai.usage.input_tokens" not in failed.attributes
+
+
+# -- trace context and finish reasons (issue 17) ---------------------------------------------------------
+
+TRACE_ID, PARENT_ID = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+
+
+def two_choices(request: httpx.Request) -> httpx.Response:
+    """An upstream answering with two choices (n=2) that stop for different reasons, whole or streamed."""
+    body = json.loads(request.content)
+    model = body["model"]
+    if body.get("stream"):
+        events = [
+            chunk(model, {"role": "assistant", "content": "a"}),
+            {
+                **chunk(model, {"content": "b"}),
+                "choices": [{"index": 1, "delta": {"content": "b"}, "finish_reason": None}],
+            },
+            {**chunk(model, {}), "choices": [{"index": 1, "delta": {}, "finish_reason": "stop"}]},
+            chunk(model, {}, "length"),
+            "[DONE]",
+        ]
+        return httpx.Response(200, headers={"content-type": "text/event-stream"}, content=sse(*events))
+    answer = chat_body(model)
+    first = answer["choices"][0]
+    answer["choices"] = [{**first, "finish_reason": "length"}, {**first, "index": 1, "finish_reason": "stop"}]
+    return httpx.Response(200, json=answer)
+
+
+def test_traceparent_is_continued_and_a_malformed_one_ignored(
+    gateway_factory: GatewayFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    exporter = memory_spans(monkeypatch)
+    gw = gateway_factory(transport=FakeOpenAI().transport)
+    c = openai.OpenAI(base_url=gw.base_url, api_key=KEY_ACME, max_retries=0)
+    messages = [{"role": "user", "content": "hi"}]
+    traceparent = f"00-{TRACE_ID}-{PARENT_ID}-01"
+    c.chat.completions.create(model="gpt-4o", messages=messages, extra_headers={"traceparent": traceparent})
+    (span,) = finished(exporter, 1)
+    assert span.context.trace_id == int(TRACE_ID, 16)  # the caller's trace
+    assert span.parent is not None and span.parent.span_id == int(PARENT_ID, 16) and span.parent.is_remote
+    assert span.context.span_id != int(PARENT_ID, 16)  # a child, not the caller's span itself
+    assert span.context.trace_flags.sampled
+
+    for malformed in (f"00-{TRACE_ID}-{PARENT_ID}", "00-" + "0" * 32 + f"-{PARENT_ID}-01", "garbage"):
+        c.chat.completions.create(model="gpt-4o", messages=messages, extra_headers={"traceparent": malformed})
+    for root in finished(exporter, 4)[1:]:
+        assert root.parent is None and root.context.trace_id != int(TRACE_ID, 16)
+        assert root.status.status_code.name == "UNSET"  # and the request was served
+
+
+def test_finish_reasons_on_spans(gateway_factory: GatewayFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    exporter = memory_spans(monkeypatch)
+    fake = FakeOpenAI()
+    gw = gateway_factory(transport=fake.transport)
+    c = openai.OpenAI(base_url=gw.base_url, api_key=KEY_ACME, max_retries=0)
+    messages = [{"role": "user", "content": "weather in Paris?"}]
+    c.chat.completions.create(model="gpt-4o", messages=messages)
+    tool = {"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}
+    c.chat.completions.create(model="gpt-4o", messages=messages, tools=[tool])  # type: ignore[list-item]
+    list(c.chat.completions.create(model="gpt-4o", messages=messages, stream=True))
+    c.embeddings.create(model="text-embedding-3-small", input="hi")
+    plain, tools, streamed, embedding = finished(exporter, 4)
+    assert plain.attributes["gen_ai.response.finish_reasons"] == ("stop",)
+    assert tools.attributes["gen_ai.response.finish_reasons"] == ("tool_calls",)
+    assert streamed.attributes["gen_ai.response.finish_reasons"] == ("stop",)
+    assert "gen_ai.response.finish_reasons" not in embedding.attributes
+
+    gw2 = gateway_factory(transport=httpx.MockTransport(two_choices))
+    c2 = openai.OpenAI(base_url=gw2.base_url, api_key=KEY_ACME, max_retries=0)
+    c2.chat.completions.create(model="gpt-4o", messages=messages, n=2)
+    list(c2.chat.completions.create(model="gpt-4o", messages=messages, n=2, stream=True))
+    whole, chunks = finished(exporter, 6)[4:]
+    assert whole.attributes["gen_ai.response.finish_reasons"] == ("length", "stop")  # in choice order
+    assert chunks.attributes["gen_ai.response.finish_reasons"] == ("length", "stop")

@@ -111,6 +111,21 @@ def chunk_of(frame: bytes) -> dict[str, Any] | None:
     return chunk if isinstance(chunk, dict) else None
 
 
+def stream_finish_reasons(frames: list[bytes]) -> tuple[str, ...]:
+    """The ``finish_reason`` of each choice, from the chunks that carry one (for the trace span)."""
+    reasons: dict[int, str] = {}
+    for frame in frames:
+        at = frame.find(b'"finish_reason"')
+        if at < 0 or frame[at + 15 :].lstrip(b" :").startswith(b"null"):
+            continue
+        chunk = chunk_of(frame)
+        for choice in chunk.get("choices") or () if chunk is not None else ():
+            if isinstance(choice, dict) and isinstance(choice.get("finish_reason"), str):
+                index = choice.get("index")
+                reasons[index if isinstance(index, int) else 0] = choice["finish_reason"]
+    return tuple(reasons[i] for i in sorted(reasons))
+
+
 def with_cost(frame: bytes, cost: Decimal) -> bytes:
     """A usage chunk with ``x_gateway.cost_usd`` added at top level; ``usage`` itself is untouched."""
     # Spliced in rather than re-serialized, so the upstream's bytes reach the client unchanged.
@@ -315,6 +330,8 @@ class MeteredStream:
             ex.usage_source = COUNTED if usage is not None else None
         if self._first is None and self._frames:
             self._first = self._frames[0]
+        if ex.traced is not None:  # tracing on: the last chunks carry them (frames let go came earlier)
+            ex.traced.finish_reasons = stream_finish_reasons(self._frames)
         self._frames = []
         self.usage = ex.usage = usage
         if usage is not None:
