@@ -110,3 +110,10 @@ def test_serve_refuses_a_redis_url_it_cannot_use() -> None:
         assert result.returncode == 2, result.stderr
         assert f"error: {name}: " in result.stderr and says in result.stderr
         assert "hunter2" not in result.stderr
+
+
+def test_serve_refuses_an_admin_port_equal_to_the_main_one() -> None:
+    """``--admin-port`` is read (and checked) like ``GATEWAY_ADMIN_PORT``."""
+    result = run("serve", "--port", "18080", "--admin-port", "18080")
+    assert result.returncode == 1
+    assert "GATEWAY_ADMIN_PORT must differ from the main port" in result.stderr
