@@ -31,6 +31,7 @@ from gateway.pipeline.spend import Settler
 from gateway.plugins.secret import from_env as secret_from_env
 from gateway.reload import ConfigWatcher, load
 from gateway.responses import json_response
+from gateway.responses_api import build_response_store
 from gateway.runtime import Shared, build_runtime
 from gateway.settings import Settings
 from gateway.state import GatewayState
@@ -85,6 +86,7 @@ def create_app(
                 alone=settings.workers == 1 and settings.redis_url is None,
             ),
             delegation_verifying=delegation.parse_secrets(secrets_value),
+            responses=build_response_store(store),
         )
         state = GatewayState(
             settings, build_runtime(routes, budgets, shared), shared, metrics, runtime_keys, settler

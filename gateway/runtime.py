@@ -22,6 +22,7 @@ from gateway.pipeline.route import Router
 from gateway.plugins import secret
 from gateway.providers import build_provider
 from gateway.providers.base import Provider
+from gateway.responses_api.store import ResponseStore
 from gateway.store import GatewayStore
 from gateway.store.base import Store
 
@@ -61,6 +62,9 @@ class Shared:
     """Every secret a token may be signed with (``GATEWAY_DELEGATION_SECRET``'s list, for rotation); the
     signing secret always verifies too."""
     runtime_keys_by_id: RuntimeById | None = None
+    responses: ResponseStore | None = None
+    """Stored ``/v1/responses`` turns (``gateway/responses_api``): beside ``store`` (Redis, or this
+    process). None only for a ``Shared`` built without one (unit tests of other stages)."""
 
     @property
     def delegation_secrets(self) -> tuple[bytes, ...]:
