@@ -22,6 +22,7 @@ from gateway.errors import GatewayError, NotFound, ServerError, render_openai
 from gateway.handlers import admin, health, openai, plugin_api
 from gateway.handlers.anthropic import messages
 from gateway.handlers.endpoint import ProxyEndpoint
+from gateway.handlers.responses import responses
 from gateway.keys import RuntimeKeys
 from gateway.limits import ConnectionGuard
 from gateway.metrics import Metrics, mark_dead
@@ -152,7 +153,7 @@ def create_app(
             mark_dead(os.getpid())
 
     # The proxy endpoints: POST only, and also served ahead of Starlette's stack (GatewayApp).
-    proxied = [openai.chat_completions, openai.completions, openai.embeddings, messages]
+    proxied = [openai.chat_completions, openai.completions, openai.embeddings, messages, responses]
     routes = [
         *(Route(endpoint.path, endpoint.asgi, methods=["POST"]) for endpoint in proxied),
         Route("/v1/models", openai.list_models, methods=["GET"]),
