@@ -10,17 +10,35 @@ from typing import Any
 
 import orjson
 
+from gateway.context import Exchange
 from gateway.errors import GatewayError, render_openai
 from gateway.handlers.endpoint import ProxyEndpoint
 from gateway.ingress.responses import Echo, to_chat_request, to_response
 from gateway.ingress.responses_stream import StreamTranslator
 from gateway.providers.base import Operation, UpstreamResponse, UpstreamStream
+from gateway.responses_api import conversation
+from gateway.responses_api.store import StoredResponse
+from gateway.responses_api.turn import Turns
+from gateway.runtime import Runtime
+from gateway.tokens import count_chat
 
 
 class ResponsesIngress:
     """One request's view: the chat form for the pipeline, the Responses form for the client."""
 
-    __slots__ = ("_translator", "created_at", "echo", "input_items", "response_id")
+    __slots__ = (
+        "_body",
+        "_final",
+        "_stored",
+        "_translator",
+        "created_at",
+        "echo",
+        "input_items",
+        "response_id",
+    )
+
+    stateful = True
+    """The pipeline calls ``restore`` once the caller is known and ``remember`` once answered."""
 
     def __init__(self) -> None:
         self.response_id = "resp_" + uuid.uuid4().hex
@@ -28,10 +46,75 @@ class ResponsesIngress:
         self.echo: Echo | None = None
         self.input_items: list[dict[str, Any]] = []
         self._translator: StreamTranslator | None = None
+        self._body: dict[str, Any] = {}
+        self._final: dict[str, Any] | None = None
+        self._stored: tuple[Turns, Exchange, int] | None = None
+        """Set by ``restore`` when this turn is to be stored: where, for whom, for how long."""
 
     def request(self, body: dict[str, Any]) -> dict[str, Any]:
         chat, self.echo, self.input_items = to_chat_request(body)
+        self._body = body
         return chat
+
+    async def restore(self, ex: Exchange, runtime: Runtime, turns: Turns) -> dict[str, Any] | None:
+        """The chat body with the stored conversation in front (``previous_response_id``), kept within
+        the route's ``memory``; None when there is nothing to add. Called after authentication and
+        routing (the chain is the tenant's; the memory policy the route's)."""
+        echo = self.echo
+        assert echo is not None
+        ttl_s = runtime.routes.defaults.response_retention_s
+        if echo.store:
+            self._stored = (turns, ex, ttl_s)
+        previous = echo.previous_response_id
+        if previous is None:
+            return None
+        if turns.store is None:
+            raise conversation.unknown(previous)
+        chain = await conversation.load_chain(turns.store, ex.tenant, previous)
+        plan = ex.plan
+        memory = next((r.memory for r in runtime.routes.routes if plan and r.name == plan.route), None)
+        body = self._body
+
+        def count(items: list[dict[str, Any]]) -> int:
+            chat = to_chat_request({**body, "input": items})[0]
+            return count_chat(chat["messages"], echo.model, chat.get("tools"))
+
+        async def summarize(items: list[dict[str, Any]]) -> str:
+            assert memory is not None
+            max_tokens = min(1024, memory.max_input_tokens // 4)
+            return await turns.summarize(ex, memory.summarizer, items, max_tokens)
+
+        restored = await conversation.restore(
+            turns.store,
+            chain,
+            self.input_items,
+            memory=memory,
+            truncation=echo.truncation,
+            count=count,
+            summarize=summarize,
+            ttl_s=ttl_s,
+        )
+        ex.memory = restored.note
+        return to_chat_request({**body, "input": restored.items})[0]
+
+    async def remember(self, response: dict[str, Any] | None = None) -> None:
+        """Store this turn (``store`` is not false; ``response``: the Response object, by default the
+        one ``response`` rendered), before the client sees its end: a next turn sent at once, to any
+        replica, finds it."""
+        response = response if response is not None else self._final
+        if self._stored is None or response is None:
+            return
+        turns, ex, ttl_s = self._stored
+        stored = StoredResponse(
+            id=self.response_id,
+            tenant=ex.tenant,
+            created_at=self.created_at,
+            previous_response_id=self.echo.previous_response_id if self.echo else None,
+            input_items=conversation.normalized(self.input_items, self.response_id[5:21]),
+            response=response,
+            deployment=ex.model,
+        )
+        await turns.remember(stored, ttl_s)
 
     def modified(self, request: dict[str, Any]) -> dict[str, Any]:
         """Hooks see and change the chat form; the answer still echoes what the client asked."""
@@ -43,9 +126,9 @@ class ResponsesIngress:
     def response(self, upstream: UpstreamResponse) -> bytes:
         assert self.echo is not None  # request() ran: nothing is dispatched before it
         answer = orjson.loads(upstream.body)
-        return orjson.dumps(
-            to_response(answer, response_id=self.response_id, created_at=self.created_at, echo=self.echo)
-        )
+        final = to_response(answer, response_id=self.response_id, created_at=self.created_at, echo=self.echo)
+        self._final = final
+        return orjson.dumps(final)
 
     async def stream(self, upstream: UpstreamStream, include_usage: bool) -> AsyncIterator[bytes]:
         translator = self._stream_translator()
@@ -57,7 +140,9 @@ class ResponsesIngress:
         if upstream.usage_frame is not None and (chunk := _chunk(upstream.usage_frame)) is not None:
             for out in translator.feed(chunk):
                 yield out
-        for out in translator.finish():
+        last = translator.finish()
+        await self.remember(translator.final)  # stored before the client reads response.completed
+        for out in last:
             yield out
 
     def _stream_translator(self) -> StreamTranslator:
