@@ -34,7 +34,9 @@ class GatewayState:
         cache = ResponseCache(self.shared.cache_store or self.shared.store, self.metrics)
         self.plugin_transport = FastTransport(max_connections=512, max_idle=64, keepalive_expiry=30)
         hooks = HookStage(HookClient(self.plugin_transport, self.metrics), self.shared.delegation_secret)
-        self.pipeline = Pipeline(self, self.metrics, self.settler, self.shared.gate, cache, hooks)
+        self.pipeline = Pipeline(
+            self, self.metrics, self.settler, self.shared.gate, cache, hooks, self.shared.responses
+        )
 
     @property
     def store(self) -> GatewayStore:
