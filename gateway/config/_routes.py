@@ -29,7 +29,7 @@ from gateway.config.model import (
     UpstreamLimits,
 )
 
-PROVIDER_TYPES = ("openai", "azure", "anthropic", "mock")
+PROVIDER_TYPES = ("openai", "openai_responses", "azure", "anthropic", "mock")
 MOCK_FAULTS = ("none", "429", "500", "503", "timeout", "disconnect")
 AZURE_API_VERSION = "2024-10-21"
 ANTHROPIC_BASE_URL = "https://api.anthropic.com"
@@ -40,7 +40,7 @@ _LIMITS = tuple(UpstreamLimits.__dataclass_fields__)
 _MIN_LIMIT = 1024  # below a kilobyte no real answer fits: surely a slip
 _AZURE_ONLY = ("api_version",)
 _MOCK_ONLY = ("latency_ms", "fault", "fault_rate")
-_NEEDS_BASE_URL = ("openai", "azure")
+_NEEDS_BASE_URL = ("openai", "openai_responses", "azure")
 _STORE_FAILURE: tuple[Literal["closed", "open"], ...] = ("closed", "open")
 _ON_ERROR: tuple[Literal["open", "closed"], ...] = ("open", "closed")
 _HOOKS: tuple[HookName, ...] = ("pre", "post", "tool")

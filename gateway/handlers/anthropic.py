@@ -18,7 +18,7 @@ FORWARDED = ("anthropic-version", "anthropic-beta")
 
 
 class AnthropicIngress:
-    stateful = False
+    remembers = False
 
     def __init__(self) -> None:
         self.model = ""

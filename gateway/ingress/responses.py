@@ -388,7 +388,10 @@ def usage_of(usage: object) -> dict[str, Any] | None:
     completion = completion if type(completion) is int else 0
     return {
         "input_tokens": prompt,
-        "input_tokens_details": {"cached_tokens": _detail(usage, "prompt_tokens_details", "cached_tokens")},
+        "input_tokens_details": {
+            "cached_tokens": _detail(usage, "prompt_tokens_details", "cached_tokens"),
+            "cache_write_tokens": _detail(usage, "prompt_tokens_details", "cache_write_tokens"),
+        },
         "output_tokens": completion,
         "output_tokens_details": {
             "reasoning_tokens": _detail(usage, "completion_tokens_details", "reasoning_tokens")

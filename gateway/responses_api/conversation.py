@@ -19,13 +19,13 @@ chain and the policy, not the wire format or the pipeline.
 from __future__ import annotations
 
 import dataclasses
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from gateway.config.model import MemoryPolicy
 from gateway.errors import BadRequest, StoreUnavailable
+from gateway.ingress.responses_memory import not_found
 from gateway.responses_api.store import (
     ChainTooLongError,
     ResponseNotFoundError,
@@ -52,38 +52,13 @@ class Restored:
     """What memory did, for the access log (``memory``): summarized or truncated turns."""
 
 
-def normalized(items: Items, suffix: str) -> Items:
-    """This turn's input items as stored and listed by ``input_items``: each with an ``id`` (OpenAI's
-    ``msg_…``), messages with a ``status`` and their content as parts."""
-    out: Items = []
-    for i, raw in enumerate(items):
-        item = dict(raw)
-        kind = item.setdefault("type", "message")
-        if kind == "message":
-            item.setdefault("status", "completed")
-            if isinstance(item.get("content"), str):
-                part = "output_text" if item.get("role") == "assistant" else "input_text"
-                item["content"] = [{"type": part, "text": item["content"]}]
-        item.setdefault("id", f"{'msg' if kind == 'message' else 'item'}_{suffix}{i:04x}")
-        out.append(item)
-    return out
-
-
-def unknown(previous_id: str) -> BadRequest:
-    return BadRequest(
-        f"Previous response with id '{previous_id[:200]}' not found.",
-        param="previous_response_id",
-        code="previous_response_not_found",
-    )
-
-
 async def load_chain(store: ResponseStore, tenant: str, previous_id: str) -> list[StoredResponse]:
     """The chain, or the client's error: 400 ``previous_response_not_found`` for another tenant's,
     a deleted, an expired (or any broken) link; 503 when the store is down."""
     try:
         return await store.chain(tenant, previous_id)
     except ResponseNotFoundError:
-        raise unknown(previous_id) from None
+        raise not_found(previous_id) from None
     except ChainTooLongError as exc:
         raise BadRequest(str(exc), param="previous_response_id") from None
     except StoreUnavailableError as exc:
@@ -127,7 +102,3 @@ async def restore(
         raise StoreUnavailable("The gateway's store is unreachable; try again shortly.") from exc
     items = [summary_item(summary), *history_items(kept_turns), *own]
     return Restored(items, {"summarized_turns": len(older), "summary_on": newest.id})
-
-
-def new_suffix() -> str:
-    return uuid.uuid4().hex[:16]

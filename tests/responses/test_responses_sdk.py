@@ -342,3 +342,33 @@ def test_missing_model_and_reviewer_keys_are_refused(gw) -> None:
         openai.OpenAI(base_url=gw.base_url, api_key="sk-wrong", max_retries=0).responses.create(
             model="mock-chat", input="x"
         )
+
+
+def test_a_stream_broken_after_its_first_event_ends_with_error_and_failed(gw, ups: Upstreams) -> None:
+    ups.openai.break_streams = True
+    api = client(gw)
+    events = list(api.responses.create(model="gpt-4o-mini", input="Salut", stream=True))
+    assert [e.type for e in events[:2]] == ["response.created", "response.in_progress"]
+    assert any(isinstance(e, ResponseTextDeltaEvent) for e in events)  # it had started
+    assert [e.type for e in events[-2:]] == ["error", "response.failed"]
+    failed = events[-1].response  # type: ignore[union-attr]
+    assert failed.status == "failed" and failed.error is not None and failed.error.code == "server_error"
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    # a failed turn is not kept: it cannot be continued
+    with pytest.raises(openai.BadRequestError):
+        api.responses.create(model="mock-chat", input="y", previous_response_id=failed.id)
+
+
+REVIEWER_KEY = "sk-test-reviewer"
+
+
+def test_a_reviewer_key_is_refused(gateway_factory: GatewayFactory) -> None:
+    import hashlib
+
+    digest = hashlib.sha256(REVIEWER_KEY.encode()).hexdigest()
+    budgets = BUDGETS + f'      - {{id: rev-1, sha256: "{digest}", role: reviewer}}\n'
+    gw = gateway_factory(routes=ROUTES_ALL, budgets=budgets)
+    api = openai.OpenAI(base_url=gw.base_url, api_key=REVIEWER_KEY, max_retries=0)
+    with pytest.raises(openai.PermissionDeniedError):
+        api.responses.create(model="mock-chat", input="x")
+    assert client(gw).responses.create(model="mock-chat", input="x").status == "completed"

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "config"))
-from config_snippets import routes_errors, routes_ok  # noqa: E402
+from config_snippets import routes_errors, routes_ok
 
-from gateway.config.model import MemoryPolicy  # noqa: E402
-from gateway.config.parse import ConfigError  # noqa: E402
-from gateway.plugins import secret  # noqa: E402
+from gateway.config.model import MemoryPolicy
+from gateway.config.parse import ConfigError
+from gateway.plugins import secret
 
 BASE = """
 providers:
