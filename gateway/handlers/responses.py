@@ -82,21 +82,29 @@ class ResponsesIngress:
         plan = ex.plan
         memory = next((r.memory for r in runtime.routes.routes if plan and r.name == plan.route), None)
         body = self._body
+        window, summarize = None, None
+        if memory is not None:
+            window = memory.max_input_tokens
+
+            async def summarize(items: list[dict[str, Any]]) -> str:
+                assert memory is not None
+                max_tokens = min(1024, memory.max_input_tokens // 4)
+                return await turns.summarize(ex, memory.summarizer, items, max_tokens)
+
+        elif echo.truncation == "auto" and plan is not None:
+            # No memory: auto truncation keeps the input within the smallest context window it may use.
+            windows = [d.context_window for d in plan.candidates if d.context_window is not None]
+            window = min(windows) - (echo.max_output_tokens or 0) if windows else None
 
         def count(items: list[dict[str, Any]]) -> int:
             chat = to_chat_request({**body, "input": items})[0]
             return count_chat(chat["messages"], echo.model, chat.get("tools"))
 
-        async def summarize(items: list[dict[str, Any]]) -> str:
-            assert memory is not None
-            max_tokens = min(1024, memory.max_input_tokens // 4)
-            return await turns.summarize(ex, memory.summarizer, items, max_tokens)
-
         restored = await conversation.restore(
             turns.store,
             chain,
             self.input_items,
-            memory=memory,
+            window=window,
             truncation=echo.truncation,
             count=count,
             summarize=summarize,

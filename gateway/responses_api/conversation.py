@@ -3,7 +3,9 @@
 ``restore`` turns the stored chain into the input of this turn (history items, then this turn's own),
 keeping it within the route's ``memory.max_input_tokens``:
 
-* ``truncation: auto`` drops the oldest turns, whole, until it fits (nothing is charged);
+* ``truncation: auto`` drops the oldest turns, whole, until it fits (nothing is charged); without
+  ``memory`` the bound is the smallest ``context_window`` of the route's deployments, less
+  ``max_output_tokens``;
 * otherwise, on a route with ``memory``, the oldest turns are summarized ONCE by the summarizer: the
   summary is stored on the newest summarized turn (``StoredResponse.summary``), and every later turn's
   chain stops there (``walk_chain``), so it is reused, not recomputed. The turns kept verbatim are the
@@ -23,7 +25,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.config.model import MemoryPolicy
 from gateway.errors import BadRequest, StoreUnavailable
 from gateway.ingress.responses_memory import not_found
 from gateway.responses_api.store import (
@@ -70,22 +71,25 @@ async def restore(
     chain: list[StoredResponse],
     own: Items,
     *,
-    memory: MemoryPolicy | None,
+    window: int | None,
     truncation: str,
     count: Count,
-    summarize: Summarize,
+    summarize: Summarize | None,
     ttl_s: int,
 ) -> Restored:
+    """This turn's whole input within ``window`` tokens (None: no bound): ``truncation: auto`` drops the
+    oldest turns; else ``summarize`` (the route's memory) replaces them; else it goes as it is."""
     history = history_items(chain)
-    if memory is None or count(history + own) <= memory.max_input_tokens:
+    if window is None or count(history + own) <= window:
         return Restored(history + own)
-    window = memory.max_input_tokens
     if truncation == "auto":
         # Oldest turns out, whole (a function_call never loses its output), until it fits.
         for start in range(1, len(chain) + 1):
             kept = history_items(chain[start:]) + own
             if count(kept) <= window or start == len(chain):
                 return Restored(kept, {"truncated_turns": start})
+    if summarize is None:
+        return Restored(history + own)  # dispatch answers 400 context_length_exceeded, as for chat
     # Keep the newest turns that fit in part of the window; summarize the rest (at least one turn).
     budget = int(window * KEEP_FRACTION)
     split = len(chain)

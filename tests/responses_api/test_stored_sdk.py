@@ -282,3 +282,74 @@ def test_forty_turns_under_memory(
     summary_costs = sum(Decimal(str(x["cost_usd"])) for x in summaries)
     assert summary_costs > 0 and spent == turn_costs + summary_costs
     assert any("Summary of the earlier conversation" in str(m["content"]) for m in last)
+
+
+def test_stream_is_stored_before_it_ends(gateway_factory: GatewayFactory, redis_url: str) -> None:
+    with redis.Redis.from_url(redis_url) as r:
+        r.flushall()
+    rec = Recorder()
+    one = gateway_factory(
+        routes=ROUTES_ALL, transport=rec.transport(), redis_url=redis_url, delegation_secret=SECRET
+    )
+    two = gateway_factory(
+        routes=ROUTES_ALL, transport=rec.transport(), redis_url=redis_url, delegation_secret=SECRET
+    )
+    with sdk(one).responses.stream(model="gpt-4o-mini", input="Stream me.") as stream:
+        for event in stream:
+            if event.type == "response.completed":
+                # The client holds the last event: the other replica already has the turn.
+                assert sdk(two).responses.retrieve(event.response.id).output_text == "Hello there!"
+        final = stream.get_final_response()
+    got = sdk(two).responses.retrieve(final.id)  # (the SDK's stream helper adds parsed fields)
+    assert (got.id, got.output_text, got.usage, got.status) == (
+        final.id,
+        final.output_text,
+        final.usage,
+        "completed",
+    )
+    items = sdk(two).responses.input_items.list(final.id)
+    assert [i.content[0].text for i in items.data] == ["Stream me."]  # type: ignore[union-attr]
+
+
+ROUTES_WINDOW = ROUTES_ALL.replace(
+    "  gpt-4o-mini: {provider: up,", "  gpt-4o-mini: {provider: up, context_window: 300,"
+)
+
+
+def test_truncation_auto_keeps_within_the_context_window(gateway_factory: GatewayFactory) -> None:
+    rec = Recorder()
+    gw = gateway_factory(routes=ROUTES_WINDOW, transport=rec.transport(), delegation_secret=SECRET)
+    client = sdk(gw)
+    previous: str | None = None
+    for turn in range(12):
+        previous = client.responses.create(
+            model="gpt-4o-mini",
+            input=f"Turn {turn}: {'blue ' * 20}",
+            previous_response_id=previous,
+            truncation="auto",
+            max_output_tokens=50,
+        ).id
+    sizes = [count_chat(body["messages"], "gpt-4o-mini") for body in rec.chat]
+    assert max(sizes) <= 300 - 50 and "Turn 11" in rec.chat[-1]["messages"][-1]["content"]
+    # disabled (the default): the same chain is refused once it no longer fits, as chat is.
+    with pytest.raises(openai.BadRequestError) as refused:
+        previous = None
+        for turn in range(12):
+            previous = client.responses.create(
+                model="gpt-4o-mini", input=f"Turn {turn}: {'blue ' * 20}", previous_response_id=previous
+            ).id
+    assert refused.value.body["code"] == "context_length_exceeded"  # type: ignore[index]
+
+
+def test_store_down_is_503(gateway_factory: GatewayFactory) -> None:
+    from redis_server import RedisServer
+
+    server = RedisServer().start()
+    try:
+        gw = gateway_factory(routes=ROUTES_ALL, redis_url=server.url, delegation_secret=SECRET)
+        created = sdk(gw).responses.create(model="mock-chat", input="hi")
+    finally:
+        server.stop()
+    with pytest.raises(openai.InternalServerError) as down:
+        sdk(gw).responses.retrieve(created.id)
+    assert down.value.status_code == 503 and down.value.body["code"] == "store_unavailable"  # type: ignore[index]
