@@ -19,7 +19,7 @@ from starlette.types import Receive, Scope, Send
 
 from gateway import delegation, logs, otel
 from gateway.errors import GatewayError, NotFound, ServerError, render_openai
-from gateway.handlers import admin, health, openai, plugin_api
+from gateway.handlers import admin, health, openai, plugin_api, responses_store
 from gateway.handlers.anthropic import messages
 from gateway.handlers.endpoint import ProxyEndpoint
 from gateway.handlers.responses import responses
@@ -157,6 +157,9 @@ def create_app(
     routes = [
         *(Route(endpoint.path, endpoint.asgi, methods=["POST"]) for endpoint in proxied),
         Route("/v1/models", openai.list_models, methods=["GET"]),
+        Route("/v1/responses/{response_id}", responses_store.retrieve, methods=["GET"]),
+        Route("/v1/responses/{response_id}", responses_store.delete, methods=["DELETE"]),
+        Route("/v1/responses/{response_id}/input_items", responses_store.input_items, methods=["GET"]),
         Route("/v1/models/{model:path}", openai.get_model, methods=["GET"]),
         Route("/admin/keys", admin.create_key, methods=["POST"]),
         Route("/admin/keys", admin.list_keys, methods=["GET"]),

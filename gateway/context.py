@@ -65,6 +65,8 @@ class Exchange:
     """Redacted prompt/answer text for the log line; set only on routes with ``log_content``."""
     plugins: dict[str, dict[str, object]] | None = None
     """Plugin annotations by plugin name, for the log line; set only on routes with plugins."""
+    memory: dict[str, object] | None = None
+    """What conversation memory did to this ``/v1/responses`` turn (summarized / truncated turns)."""
 
     @property
     def tenant(self) -> str:

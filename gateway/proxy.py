@@ -46,7 +46,7 @@ from gateway.plugins.hooks import Target
 from gateway.plugins.stage import Caller, HookStage
 from gateway.providers.base import Operation, UpstreamResponse, UpstreamStream
 from gateway.responses import Reply
-from gateway.responses_api.store import ResponseStore
+from gateway.responses_api.turn import Turns
 from gateway.runtime import Runtime
 from gateway.store.base import CacheLookup
 
@@ -61,9 +61,8 @@ class RuntimeSource(Protocol):
 class Ingress(Protocol):
     """A wire format's view of one request: translate in, render out."""
 
-    remembers: bool
-    """Whether it keeps conversations (a ``Remembering`` ingress: ``/v1/responses``). False costs
-    every other request one attribute read."""
+    stateful: bool
+    """True for ``/v1/responses`` (a ``StatefulIngress``): stored turns, ``previous_response_id``."""
 
     def request(self, body: dict[str, Any]) -> dict[str, Any]: ...
 
@@ -82,13 +81,14 @@ class Ingress(Protocol):
     def stream_error(self, err: GatewayError) -> bytes: ...
 
 
-class Remembering(Ingress, Protocol):
-    """An ingress with stored conversations: ``recall`` once the tenant is known (the request body
-    with the stored history, or None to go on as parsed), ``remember`` after a good answer."""
+class StatefulIngress(Ingress, Protocol):
+    async def restore(self, ex: Exchange, runtime: Runtime, turns: Turns) -> dict[str, Any] | None:
+        """The body with the stored conversation in front, or None to go on with it as it is."""
+        ...
 
-    async def recall(self, tenant: str, store: ResponseStore | None, ttl_s: int) -> dict[str, Any] | None: ...
-
-    async def remember(self, deployment: str) -> None: ...
+    async def remember(self) -> None:
+        """Store the answer just rendered by ``response`` (if the request asked to)."""
+        ...
 
 
 class Pipeline:
@@ -100,10 +100,11 @@ class Pipeline:
         gate: Gate,
         cache: ResponseCache,
         hooks: HookStage | None = None,
-        responses: ResponseStore | None = None,
+        turns: Turns | None = None,
     ) -> None:
         self._source = source
-        self._responses = responses
+        self._turns = turns or Turns(None, None)
+        self._turns.bind(self.handle)
         self._hooks = hooks
         self._metrics = metrics
         self._settler = settler
@@ -130,12 +131,11 @@ class Pipeline:
             ex.principal = for_proxy(authenticate(headers, runtime.keys))
             # 3 route
             ex.plan = runtime.router.plan(parsed.model, parsed.task, ex.principal)
-            remembering = cast(Remembering, ingress) if ingress.remembers else None
-            if remembering is not None:  # the stored conversation goes ahead of this turn's input
-                ttl_s = runtime.routes.defaults.response_retention_s
-                recalled = await remembering.recall(ex.tenant, self._responses, ttl_s)
-                if recalled is not None:
-                    parsed = parse(operation, recalled, headers)
+            if ingress.stateful:  # /v1/responses: the stored conversation, now that the tenant is known
+                restored = await cast(StatefulIngress, ingress).restore(ex, runtime, self._turns)
+                if restored is not None:
+                    body = restored
+                    parsed = parse(operation, body, headers)
             # None unless the route has plugins: then stages 5 and 8 cost this request nothing.
             hooks = ex.plan.hooks
             if hooks is not None and operation is Operation.EMBEDDINGS:
@@ -196,7 +196,10 @@ class Pipeline:
             else:
                 cached = await self._finish_lookup(ex, cache_key, lookup)
             if cached is not None:
-                return self._hit(ex, ingress, cached, parsed.include_usage, remembering)
+                hit = self._hit(ex, ingress, cached, parsed.include_usage)
+                if ingress.stateful and hit.frames is None:
+                    await cast(StatefulIngress, ingress).remember()
+                return hit
             # 7 dispatch (prepared above)
             # The previous answers' bookkeeping runs while this request waits for its upstream.
             self._later.request_waits()
@@ -216,8 +219,6 @@ class Pipeline:
                     upstream_stream, after = await flow.post_stream(
                         self._stage(), ex, caller, hooks, parsed, upstream_stream, self._gate
                     )
-                if remembering is not None:  # run, like the audit hooks, once the stream ended well
-                    after = _remember_then(ex, remembering, after)
                 # Outermost, so the ingress reads the priced (or synthesized) usage chunk at the end;
                 # it keeps the frames for the cache, and ``_end_stream`` stores them if it ran to its end.
                 store_as = None
@@ -244,6 +245,8 @@ class Pipeline:
                 assert caller is not None
                 upstream = await flow.post(self._stage(), ex, caller, hooks.post, parsed, upstream)
             body_out = ingress.response(upstream)
+            if ingress.stateful:
+                await cast(StatefulIngress, ingress).remember()
             if caller is not None and caller.annotations:
                 body_out = annotate(body_out, caller.annotations)
             if ex.plan.log_content is not None:  # opt-in content logging (gateway/pipeline/content_log.py)
@@ -269,8 +272,7 @@ class Pipeline:
             # the answer as the post hooks left it: a hit skips them, so it must be what they passed
             answer = CachedAnswer(ex.model, billed.usage, body=upstream.body)
             entry = (cache_key, answer, ex.plan.cache.ttl_s)
-        remember = remembering.remember if remembering is not None else None
-        return Reply(200, out, body_out, after=functools.partial(self._settle, ex, entry, None, remember))
+        return Reply(200, out, body_out, after=functools.partial(self._settle, ex, entry))
 
     def _stage(self) -> HookStage:
         assert self._hooks is not None, "a route with plugins needs the pipeline's hook stage"
@@ -358,14 +360,7 @@ class Pipeline:
         ex.attempts.deployment = deployment
         return answer
 
-    def _hit(
-        self,
-        ex: Exchange,
-        ingress: Ingress,
-        answer: CachedAnswer,
-        include_usage: bool,
-        remembering: Remembering | None = None,
-    ) -> Reply:
+    def _hit(self, ex: Exchange, ingress: Ingress, answer: CachedAnswer, include_usage: bool) -> Reply:
         """Answer from the cache, rendered like a fresh answer. A hit costs 0 and records no tokens:
         ``ex.usage`` stays None, so settlement only releases the admission reservation."""
         headers = ex.response_headers()
@@ -378,23 +373,18 @@ class Pipeline:
             return Reply(200, headers, frames=frames, after=on_close)
         headers["x-gateway-cost-usd"] = "0"
         body = ingress.response(UpstreamResponse(answer.body, answer.usage))
-        remember = remembering.remember if remembering is not None else None  # a new id, kept too
-        return Reply(200, headers, body, after=functools.partial(self._settle, ex, None, None, remember))
+        return Reply(200, headers, body, after=functools.partial(self._settle, ex))
 
     async def _settle(
         self,
         ex: Exchange,
         entry: tuple[str, CachedAnswer, int] | None = None,
         audit: Callable[[], Awaitable[None]] | None = None,
-        remember: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
-        """After the answer: the cache put and the stored turn at once (the client's next request may
-        ask the same, or continue the conversation), then, at the next quiet moment (``Later``), the
-        metrics, the log line and the settlement. ``audit`` (the audit hooks of a finished stream) runs
-        first, so their annotations are in the log line."""
+        """After the answer: the cache put at once (the client's next request may ask the same), then,
+        at the next quiet moment (``Later``), the metrics, the log line and the settlement. ``audit``
+        (the audit hooks of a finished stream) runs first, so their annotations are in the log line."""
         self._put(entry)
-        if remember is not None:
-            await _remember(ex, remember)
         if audit is not None:
             await audit()
         await self._later.turn()
@@ -489,22 +479,3 @@ class Pipeline:
         """Wait for settlements and cache puts still running (graceful shutdown)."""
         while self._tasks or self._puts:
             await asyncio.gather(*self._tasks, *self._puts, return_exceptions=True)
-
-
-async def _remember(ex: Exchange, remember: Callable[[str], Awaitable[None]]) -> None:
-    """Store the turn; a store that fails loses the stored conversation, never the settlement."""
-    try:
-        await remember(ex.model)
-    except Exception:
-        log.exception("request %s: storing the response failed", ex.request_id)
-
-
-def _remember_then(
-    ex: Exchange, ingress: Remembering, audit: Callable[[], Awaitable[None]] | None
-) -> Callable[[], Awaitable[None]]:
-    async def after() -> None:
-        await _remember(ex, ingress.remember)
-        if audit is not None:
-            await audit()
-
-    return after

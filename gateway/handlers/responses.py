@@ -1,11 +1,5 @@
 """OpenAI's ``POST /v1/responses``: Responses format in, any provider out (through the chat pipeline),
-Responses format back, streamed as OpenAI's event sequence.
-
-Stored conversations: once the tenant is known the pipeline calls ``recall`` (with
-``previous_response_id``, the stored chain is put ahead of this turn's input), and after a good answer
-``remember`` (``store`` true, the default: the turn is kept for ``previous_response_id``, ``GET`` and
-``input_items``), off the request path like the settlement.
-"""
+Responses format back, streamed as OpenAI's event sequence."""
 
 from __future__ import annotations
 
@@ -16,65 +10,111 @@ from typing import Any
 
 import orjson
 
+from gateway.context import Exchange
 from gateway.errors import GatewayError, render_openai
 from gateway.handlers.endpoint import ProxyEndpoint
 from gateway.ingress.responses import Echo, to_chat_request, to_response
-from gateway.ingress.responses_memory import normalized_items, recall
 from gateway.ingress.responses_stream import StreamTranslator
 from gateway.providers.base import Operation, UpstreamResponse, UpstreamStream
-from gateway.responses_api.store import DEFAULT_RETENTION_S, ResponseStore, StoredResponse
+from gateway.responses_api import conversation
+from gateway.responses_api.store import StoredResponse
+from gateway.responses_api.turn import Turns
+from gateway.runtime import Runtime
+from gateway.tokens import count_chat
 
 
 class ResponsesIngress:
     """One request's view: the chat form for the pipeline, the Responses form for the client."""
 
-    remembers = True
+    __slots__ = (
+        "_body",
+        "_final",
+        "_stored",
+        "_translator",
+        "created_at",
+        "echo",
+        "input_items",
+        "response_id",
+    )
+
+    stateful = True
+    """The pipeline calls ``restore`` once the caller is known and ``remember`` once answered."""
 
     def __init__(self) -> None:
         self.response_id = "resp_" + uuid.uuid4().hex
         self.created_at = int(time.time())
         self.echo: Echo | None = None
         self.input_items: list[dict[str, Any]] = []
-        self.final: dict[str, Any] | None = None
-        """The Response object the client got (JSON or the stream's last event), once it has one."""
-        self._body: dict[str, Any] = {}
         self._translator: StreamTranslator | None = None
-        self._store: ResponseStore | None = None
-        self._tenant = ""
-        self._ttl_s = DEFAULT_RETENTION_S
+        self._body: dict[str, Any] = {}
+        self._final: dict[str, Any] | None = None
+        self._stored: tuple[Turns, Exchange, int] | None = None
+        """Set by ``restore`` when this turn is to be stored: where, for whom, for how long."""
 
     def request(self, body: dict[str, Any]) -> dict[str, Any]:
         chat, self.echo, self.input_items = to_chat_request(body)
         self._body = body
         return chat
 
-    async def recall(self, tenant: str, store: ResponseStore | None, ttl_s: int) -> dict[str, Any] | None:
-        """The chat body with the stored conversation ahead of this turn, or None without
-        ``previous_response_id``. Unknown, another tenant's, deleted or expired: 400."""
-        assert self.echo is not None
-        self._tenant, self._store, self._ttl_s = tenant, store, ttl_s
-        previous = self.echo.previous_response_id
+    async def restore(self, ex: Exchange, runtime: Runtime, turns: Turns) -> dict[str, Any] | None:
+        """The chat body with the stored conversation in front (``previous_response_id``), kept within
+        the route's ``memory``; None when there is nothing to add. Called after authentication and
+        routing (the chain is the tenant's; the memory policy the route's)."""
+        echo = self.echo
+        assert echo is not None
+        ttl_s = runtime.routes.defaults.response_retention_s
+        if echo.store:
+            self._stored = (turns, ex, ttl_s)
+        previous = echo.previous_response_id
         if previous is None:
             return None
-        history = await recall(store, tenant, previous)
-        chat, _, _ = to_chat_request({**self._body, "input": history + self.input_items})
-        return chat
+        if turns.store is None:
+            raise conversation.unknown(previous)
+        chain = await conversation.load_chain(turns.store, ex.tenant, previous)
+        plan = ex.plan
+        memory = next((r.memory for r in runtime.routes.routes if plan and r.name == plan.route), None)
+        body = self._body
 
-    async def remember(self, deployment: str) -> None:
-        """Keep this turn, if it asked to be kept and was answered (not failed)."""
-        final, echo, store = self.final, self.echo, self._store
-        if final is None or echo is None or store is None or not echo.store:
+        def count(items: list[dict[str, Any]]) -> int:
+            chat = to_chat_request({**body, "input": items})[0]
+            return count_chat(chat["messages"], echo.model, chat.get("tools"))
+
+        async def summarize(items: list[dict[str, Any]]) -> str:
+            assert memory is not None
+            max_tokens = min(1024, memory.max_input_tokens // 4)
+            return await turns.summarize(ex, memory.summarizer, items, max_tokens)
+
+        restored = await conversation.restore(
+            turns.store,
+            chain,
+            self.input_items,
+            memory=memory,
+            truncation=echo.truncation,
+            count=count,
+            summarize=summarize,
+            ttl_s=ttl_s,
+        )
+        ex.memory = restored.note
+        return to_chat_request({**body, "input": restored.items})[0]
+
+    async def remember(self, response: dict[str, Any] | None = None) -> None:
+        """Store this turn (``store`` is not false; ``response``: the Response object, by default the
+        one ``response`` rendered), before the client sees its end: a next turn sent at once, to any
+        replica, finds it."""
+        response = response if response is not None else self._final
+        if self._stored is None or response is None:
             return
+        turns, ex, ttl_s = self._stored
         stored = StoredResponse(
             id=self.response_id,
-            tenant=self._tenant,
+            tenant=ex.tenant,
             created_at=self.created_at,
-            previous_response_id=echo.previous_response_id,
-            input_items=normalized_items(self.input_items, self.response_id),
-            response=final,
-            deployment=deployment,
+            previous_response_id=self.echo.previous_response_id if self.echo else None,
+            input_items=conversation.normalized(self.input_items, self.response_id[5:21]),
+            response=response,
+            deployment=ex.model,
         )
-        await store.put(stored, self._ttl_s)
+        await turns.remember(stored, ttl_s)
 
     def modified(self, request: dict[str, Any]) -> dict[str, Any]:
         """Hooks see and change the chat form; the answer still echoes what the client asked."""
@@ -86,10 +126,9 @@ class ResponsesIngress:
     def response(self, upstream: UpstreamResponse) -> bytes:
         assert self.echo is not None  # request() ran: nothing is dispatched before it
         answer = orjson.loads(upstream.body)
-        self.final = to_response(
-            answer, response_id=self.response_id, created_at=self.created_at, echo=self.echo
-        )
-        return orjson.dumps(self.final)
+        final = to_response(answer, response_id=self.response_id, created_at=self.created_at, echo=self.echo)
+        self._final = final
+        return orjson.dumps(final)
 
     async def stream(self, upstream: UpstreamStream, include_usage: bool) -> AsyncIterator[bytes]:
         translator = self._stream_translator()
@@ -101,9 +140,10 @@ class ResponsesIngress:
         if upstream.usage_frame is not None and (chunk := _chunk(upstream.usage_frame)) is not None:
             for out in translator.feed(chunk):
                 yield out
-        for out in translator.finish():
+        last = translator.finish()
+        await self.remember(translator.final)  # stored before the client reads response.completed
+        for out in last:
             yield out
-        self.final = translator.final
 
     def _stream_translator(self) -> StreamTranslator:
         if self._translator is None:
@@ -117,7 +157,6 @@ class ResponsesIngress:
         return render_openai(err)
 
     def stream_error(self, err: GatewayError) -> bytes:
-        self.final = None  # a failed turn is not kept
         return self._stream_translator().fail(err.message, err.code)
 
 
