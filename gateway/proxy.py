@@ -61,8 +61,8 @@ class RuntimeSource(Protocol):
 class Ingress(Protocol):
     """A wire format's view of one request: translate in, render out."""
 
-    remembers: bool
-    """True for ``/v1/responses`` (a ``Remembering``): stored turns, ``previous_response_id``."""
+    stateful: bool
+    """True for ``/v1/responses`` (a ``StatefulIngress``): stored turns, ``previous_response_id``."""
 
     def request(self, body: dict[str, Any]) -> dict[str, Any]: ...
 
@@ -81,8 +81,8 @@ class Ingress(Protocol):
     def stream_error(self, err: GatewayError) -> bytes: ...
 
 
-class Remembering(Ingress, Protocol):
-    async def recall(self, ex: Exchange, runtime: Runtime, turns: Turns) -> dict[str, Any] | None:
+class StatefulIngress(Ingress, Protocol):
+    async def restore(self, ex: Exchange, runtime: Runtime, turns: Turns) -> dict[str, Any] | None:
         """The body with the stored conversation in front, or None to go on with it as it is."""
         ...
 
@@ -131,8 +131,8 @@ class Pipeline:
             ex.principal = for_proxy(authenticate(headers, runtime.keys))
             # 3 route
             ex.plan = runtime.router.plan(parsed.model, parsed.task, ex.principal)
-            if ingress.remembers:  # /v1/responses: the stored conversation, now that the tenant is known
-                restored = await cast(Remembering, ingress).recall(ex, runtime, self._turns)
+            if ingress.stateful:  # /v1/responses: the stored conversation, now that the tenant is known
+                restored = await cast(StatefulIngress, ingress).restore(ex, runtime, self._turns)
                 if restored is not None:
                     body = restored
                     parsed = parse(operation, body, headers)
@@ -197,8 +197,8 @@ class Pipeline:
                 cached = await self._finish_lookup(ex, cache_key, lookup)
             if cached is not None:
                 hit = self._hit(ex, ingress, cached, parsed.include_usage)
-                if ingress.remembers and hit.frames is None:
-                    await cast(Remembering, ingress).remember()
+                if ingress.stateful and hit.frames is None:
+                    await cast(StatefulIngress, ingress).remember()
                 return hit
             # 7 dispatch (prepared above)
             # The previous answers' bookkeeping runs while this request waits for its upstream.
@@ -245,8 +245,8 @@ class Pipeline:
                 assert caller is not None
                 upstream = await flow.post(self._stage(), ex, caller, hooks.post, parsed, upstream)
             body_out = ingress.response(upstream)
-            if ingress.remembers:
-                await cast(Remembering, ingress).remember()
+            if ingress.stateful:
+                await cast(StatefulIngress, ingress).remember()
             if caller is not None and caller.annotations:
                 body_out = annotate(body_out, caller.annotations)
             if ex.plan.log_content is not None:  # opt-in content logging (gateway/pipeline/content_log.py)

@@ -18,7 +18,7 @@ FORWARDED = ("anthropic-version", "anthropic-beta")
 
 
 class AnthropicIngress:
-    remembers = False
+    stateful = False
 
     def __init__(self) -> None:
         self.model = ""

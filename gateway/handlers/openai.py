@@ -25,7 +25,7 @@ from gateway.state import GatewayState
 class OpenAIIngress:
     """OpenAI in, OpenAI out: the body passes through; streams get the usage chunk only if asked."""
 
-    remembers = False
+    stateful = False
 
     def request(self, body: dict[str, Any]) -> dict[str, Any]:
         return body

@@ -1,7 +1,7 @@
 """OpenAI's ``POST /v1/responses``: Responses format in, any provider out (through the chat pipeline),
 Responses format back, streamed as OpenAI's event sequence.
 
-Stored conversations: once the tenant is known and the route chosen, the pipeline calls ``recall``
+Stored conversations: once the tenant is known and the route chosen, the pipeline calls ``restore``
 (with ``previous_response_id``, the stored chain, kept within the route's ``memory``, goes ahead of
 this turn's input), and once answered ``remember`` (``store`` true, the default). The turn is stored
 BEFORE the client has the whole answer (the JSON body, or the stream's last event): a client that
@@ -21,7 +21,6 @@ from gateway.context import Exchange
 from gateway.errors import GatewayError, render_openai
 from gateway.handlers.endpoint import ProxyEndpoint
 from gateway.ingress.responses import Echo, to_chat_request, to_response
-from gateway.ingress.responses_memory import normalized_items, not_found
 from gateway.ingress.responses_stream import StreamTranslator
 from gateway.providers.base import Operation, UpstreamResponse, UpstreamStream
 from gateway.responses_api import conversation
@@ -45,8 +44,8 @@ class ResponsesIngress:
         "response_id",
     )
 
-    remembers = True
-    """The pipeline calls ``recall`` once the caller is known and ``remember`` once answered."""
+    stateful = True
+    """The pipeline calls ``restore`` once the caller is known and ``remember`` once answered."""
 
     def __init__(self) -> None:
         self.response_id = "resp_" + uuid.uuid4().hex
@@ -57,14 +56,14 @@ class ResponsesIngress:
         self._body: dict[str, Any] = {}
         self._final: dict[str, Any] | None = None
         self._stored: tuple[Turns, Exchange, int] | None = None
-        """Set by ``recall`` when this turn is to be stored: where, for whom, for how long."""
+        """Set by ``restore`` when this turn is to be stored: where, for whom, for how long."""
 
     def request(self, body: dict[str, Any]) -> dict[str, Any]:
         chat, self.echo, self.input_items = to_chat_request(body)
         self._body = body
         return chat
 
-    async def recall(self, ex: Exchange, runtime: Runtime, turns: Turns) -> dict[str, Any] | None:
+    async def restore(self, ex: Exchange, runtime: Runtime, turns: Turns) -> dict[str, Any] | None:
         """The chat body with the stored conversation in front (``previous_response_id``), kept within
         the route's ``memory``; None when there is nothing to add. Called after authentication and
         routing (the chain is the tenant's; the memory policy the route's)."""
@@ -77,7 +76,7 @@ class ResponsesIngress:
         if previous is None:
             return None
         if turns.store is None:
-            raise not_found(previous)
+            raise conversation.unknown(previous)
         chain = await conversation.load_chain(turns.store, ex.tenant, previous)
         plan = ex.plan
         memory = next((r.memory for r in runtime.routes.routes if plan and r.name == plan.route), None)
@@ -126,7 +125,7 @@ class ResponsesIngress:
             tenant=ex.tenant,
             created_at=self.created_at,
             previous_response_id=self.echo.previous_response_id if self.echo else None,
-            input_items=normalized_items(self.input_items, self.response_id),
+            input_items=conversation.normalized(self.input_items, self.response_id[5:21]),
             response=response,
             deployment=ex.model,
         )

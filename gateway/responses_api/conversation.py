@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.errors import BadRequest, StoreUnavailable
-from gateway.ingress.responses_memory import not_found
 from gateway.responses_api.store import (
     ChainTooLongError,
     ResponseNotFoundError,
@@ -53,13 +52,39 @@ class Restored:
     """What memory did, for the access log (``memory``): summarized or truncated turns."""
 
 
+def normalized(items: Items, suffix: str) -> Items:
+    """This turn's input items as stored and listed by ``input_items``: each with an ``id`` (OpenAI's
+    ``msg_…``), messages with a ``status`` and their content as parts."""
+    out: Items = []
+    for i, raw in enumerate(items):
+        item = dict(raw)
+        kind = item.setdefault("type", "message")
+        if kind == "message":
+            item.setdefault("status", "completed")
+            if isinstance(item.get("content"), str):
+                part = "output_text" if item.get("role") == "assistant" else "input_text"
+                extra: dict[str, Any] = {"annotations": []} if part == "output_text" else {}
+                item["content"] = [{"type": part, "text": item["content"], **extra}]
+        item.setdefault("id", f"{'msg' if kind == 'message' else 'item'}_{suffix}{i:04x}")
+        out.append(item)
+    return out
+
+
+def unknown(previous_id: str) -> BadRequest:
+    return BadRequest(
+        f"Previous response with id '{previous_id[:200]}' not found.",
+        param="previous_response_id",
+        code="previous_response_not_found",
+    )
+
+
 async def load_chain(store: ResponseStore, tenant: str, previous_id: str) -> list[StoredResponse]:
     """The chain, or the client's error: 400 ``previous_response_not_found`` for another tenant's,
     a deleted, an expired (or any broken) link; 503 when the store is down."""
     try:
         return await store.chain(tenant, previous_id)
     except ResponseNotFoundError:
-        raise not_found(previous_id) from None
+        raise unknown(previous_id) from None
     except ChainTooLongError as exc:
         raise BadRequest(str(exc), param="previous_response_id") from None
     except StoreUnavailableError as exc:
