@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
 import pytest
 import redis
@@ -183,3 +184,27 @@ async def test_redis_down_is_store_unavailable() -> None:
             await responses.put(turn("resp_x"), 60)
     finally:
         await store.close()
+
+
+@pytest.mark.slow
+async def test_redis_cluster_routes_each_tenants_turns(tmp_path: Path) -> None:
+    """Through ``redis+cluster://``: each tenant's turns live in its own hash slot, wherever that is."""
+    from redis_topologies import Cluster
+
+    cluster = Cluster(tmp_path / "cluster").start()
+    store = RedisStore(cluster.url, timeout_s=2.0)
+    responses = RedisResponseStore(store)
+    try:
+        tenants = [f"tenant{i}" for i in range(12)]  # spread over the three masters' slots
+        for t in tenants:
+            await responses.put(turn("resp_1", tenant=t), 60)
+            await responses.put(turn("resp_2", "resp_1", tenant=t), 60)
+        for t in tenants:
+            assert [x.id for x in await responses.chain(t, "resp_2")] == ["resp_1", "resp_2"]
+            assert (await responses.get(t, "resp_2")).tenant == t
+            assert await responses.delete(t, "resp_1") is True
+            with pytest.raises(ResponseNotFoundError):
+                await responses.chain(t, "resp_2")
+    finally:
+        await store.close()
+        cluster.stop()
