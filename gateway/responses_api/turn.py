@@ -34,6 +34,8 @@ SUMMARY_PROMPT = (
     "facts, numbers, decisions, open questions, tool results and what the user wants. Be concise."
 )
 TOKEN_LIFETIME_S = 300
+_CALLERS_OWN = frozenset({401, 402, 403, 429})
+"""Summarizer refusals that are the caller's own (budget, rate limits, the key's allow-list): passed on."""
 Handle = Callable[[Any, Operation, Any], Awaitable[Any]]
 
 
@@ -113,12 +115,13 @@ class Turns:
         answer = orjson.loads(reply.body) if reply.body else {}
         if reply.status != 200:
             error = answer.get("error") or {}
-            raise GatewayError(
-                f"The conversation memory's summarizer failed: {error.get('message', reply.status)}",
-                status=reply.status,
-                code=error.get("code"),
-                type=error.get("type"),
-            )
+            message = f"The conversation memory's summarizer failed: {error.get('message', reply.status)}"
+            if reply.status in _CALLERS_OWN or reply.status >= 500:  # the tenant's limits, or an outage
+                raise GatewayError(
+                    message, status=reply.status, code=error.get("code"), type=error.get("type")
+                )
+            # Any other refusal is not the client's doing (it did not write the summary request).
+            raise GatewayError(message, status=502, code="summarizer_failed", type="server_error")
         try:
             text = answer["choices"][0]["message"]["content"]
         except (KeyError, IndexError, TypeError):

@@ -353,3 +353,30 @@ def test_store_down_is_503(gateway_factory: GatewayFactory) -> None:
     with pytest.raises(openai.InternalServerError) as down:
         sdk(gw).responses.retrieve(created.id)
     assert down.value.status_code == 503 and down.value.body["code"] == "store_unavailable"  # type: ignore[index]
+
+
+def test_a_failing_summarizer_fails_the_turn_clearly(gateway_factory: GatewayFactory) -> None:
+    routes = (
+        ROUTES
+        + """  - name: mocked-with-memory
+    match: {model: "assistant"}
+    targets: [{model: mock-chat}]
+    memory: {max_input_tokens: 300, summarizer: gpt-4o-mini}
+"""
+    )
+    rec = Recorder()
+    rec.openai.fail_with = httpx.Response(
+        400, json={"error": {"message": "no", "type": "invalid_request_error", "code": "bad"}}
+    )
+    gw = gateway_factory(routes=routes, transport=rec.transport(), delegation_secret=SECRET)
+    client = sdk(gw)
+    previous: str | None = None
+    with pytest.raises(openai.APIStatusError) as failed:
+        for turn in range(20):
+            previous = client.responses.create(
+                model="assistant", input=f"Turn {turn}: {'green ' * 20}", previous_response_id=previous
+            ).id
+    print(f"\nsummarizer failure: {failed.value.status_code} {failed.value.body}")
+    assert failed.value.status_code == 502  # not the client's 400: it did not write that request
+    assert "summarizer" in failed.value.message and rec.chat  # it was tried, and said so
+    assert previous is not None and client.responses.retrieve(previous).status == "completed"
