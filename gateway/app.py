@@ -20,9 +20,10 @@ from starlette.types import Receive, Scope, Send
 from gateway import delegation, logs, otel
 from gateway.egress import Egress
 from gateway.errors import GatewayError, NotFound, ServerError, render_openai
-from gateway.handlers import admin, health, openai, plugin_api
+from gateway.handlers import admin, health, openai, plugin_api, responses_store
 from gateway.handlers.anthropic import messages
 from gateway.handlers.endpoint import ProxyEndpoint
+from gateway.handlers.responses import responses
 from gateway.keys import RuntimeKeys
 from gateway.limits import ConnectionGuard
 from gateway.listeners import AdminSplit
@@ -33,6 +34,7 @@ from gateway.pipeline.spend import Settler
 from gateway.plugins.secret import from_env as secret_from_env
 from gateway.reload import ConfigWatcher, load
 from gateway.responses import json_response
+from gateway.responses_api import build_response_store
 from gateway.runtime import Shared, build_runtime
 from gateway.settings import Settings
 from gateway.state import GatewayState
@@ -90,6 +92,7 @@ def create_app(
             ),
             delegation_verifying=delegation.parse_secrets(secrets_value),
             egress=egress,
+            responses=build_response_store(store),
         )
         state = GatewayState(
             settings, build_runtime(routes, budgets, shared), shared, metrics, runtime_keys, settler
@@ -157,10 +160,13 @@ def create_app(
             mark_dead(os.getpid())
 
     # The proxy endpoints: POST only, and also served ahead of Starlette's stack (GatewayApp).
-    proxied = [openai.chat_completions, openai.completions, openai.embeddings, messages]
+    proxied = [openai.chat_completions, openai.completions, openai.embeddings, messages, responses]
     routes = [
         *(Route(endpoint.path, endpoint.asgi, methods=["POST"]) for endpoint in proxied),
         Route("/v1/models", openai.list_models, methods=["GET"]),
+        Route("/v1/responses/{response_id}", responses_store.retrieve, methods=["GET"]),
+        Route("/v1/responses/{response_id}", responses_store.delete, methods=["DELETE"]),
+        Route("/v1/responses/{response_id}/input_items", responses_store.input_items, methods=["GET"]),
         Route("/v1/models/{model:path}", openai.get_model, methods=["GET"]),
         Route("/admin/keys", admin.create_key, methods=["POST"]),
         Route("/admin/keys", admin.list_keys, methods=["GET"]),

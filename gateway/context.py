@@ -78,6 +78,8 @@ class Exchange:
     """Plugin annotations by plugin name, for the log line; set only on routes with plugins."""
     traced: Traced | None = None
     """Set only when tracing is on: the span's parent and the answer's finish reasons."""
+    memory: dict[str, object] | None = None
+    """What conversation memory did to this ``/v1/responses`` turn (summarized / truncated turns)."""
 
     @property
     def tenant(self) -> str:

@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from decimal import Decimal
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import orjson
 
@@ -47,6 +47,7 @@ from gateway.plugins.hooks import Target
 from gateway.plugins.stage import Caller, HookStage
 from gateway.providers.base import Operation, UpstreamResponse, UpstreamStream
 from gateway.responses import Reply
+from gateway.responses_api.turn import Turns
 from gateway.runtime import Runtime
 from gateway.store.base import CacheLookup
 
@@ -60,6 +61,9 @@ class RuntimeSource(Protocol):
 
 class Ingress(Protocol):
     """A wire format's view of one request: translate in, render out."""
+
+    stateful: bool
+    """True for ``/v1/responses`` (a ``StatefulIngress``): stored turns, ``previous_response_id``."""
 
     def request(self, body: dict[str, Any]) -> dict[str, Any]: ...
 
@@ -78,6 +82,16 @@ class Ingress(Protocol):
     def stream_error(self, err: GatewayError) -> bytes: ...
 
 
+class StatefulIngress(Ingress, Protocol):
+    async def restore(self, ex: Exchange, runtime: Runtime, turns: Turns) -> dict[str, Any] | None:
+        """The body with the stored conversation in front, or None to go on with it as it is."""
+        ...
+
+    async def remember(self) -> None:
+        """Store the answer just rendered by ``response`` (if the request asked to)."""
+        ...
+
+
 class Pipeline:
     def __init__(
         self,
@@ -87,8 +101,11 @@ class Pipeline:
         gate: Gate,
         cache: ResponseCache,
         hooks: HookStage | None = None,
+        turns: Turns | None = None,
     ) -> None:
         self._source = source
+        self._turns = turns or Turns(None, None)
+        self._turns.bind(self.handle)
         self._hooks = hooks
         self._metrics = metrics
         self._settler = settler
@@ -117,6 +134,11 @@ class Pipeline:
             ex.principal = for_proxy(authenticate(headers, runtime.keys))
             # 3 route
             ex.plan = runtime.router.plan(parsed.model, parsed.task, ex.principal)
+            if ingress.stateful:  # /v1/responses: the stored conversation, now that the tenant is known
+                restored = await cast(StatefulIngress, ingress).restore(ex, runtime, self._turns)
+                if restored is not None:
+                    body = restored
+                    parsed = parse(operation, body, headers)
             # None unless the route has plugins: then stages 5 and 8 cost this request nothing.
             hooks = ex.plan.hooks
             if hooks is not None and operation is Operation.EMBEDDINGS:
@@ -177,7 +199,10 @@ class Pipeline:
             else:
                 cached = await self._finish_lookup(ex, cache_key, lookup)
             if cached is not None:
-                return self._hit(ex, ingress, cached, parsed.include_usage)
+                hit = self._hit(ex, ingress, cached, parsed.include_usage)
+                if ingress.stateful and hit.frames is None:
+                    await cast(StatefulIngress, ingress).remember()
+                return hit
             # 7 dispatch (prepared above)
             # The previous answers' bookkeeping runs while this request waits for its upstream.
             self._later.request_waits()
@@ -223,6 +248,8 @@ class Pipeline:
                 assert caller is not None
                 upstream = await flow.post(self._stage(), ex, caller, hooks.post, parsed, upstream)
             body_out = ingress.response(upstream)
+            if ingress.stateful:
+                await cast(StatefulIngress, ingress).remember()
             if caller is not None and caller.annotations:
                 body_out = annotate(body_out, caller.annotations)
             if ex.plan.log_content is not None:  # opt-in content logging (gateway/pipeline/content_log.py)

@@ -23,6 +23,7 @@ from gateway.pipeline.route import Router
 from gateway.plugins import secret
 from gateway.providers import build_provider
 from gateway.providers.base import Provider
+from gateway.responses_api.store import ResponseStore
 from gateway.store import GatewayStore
 from gateway.store.base import Store
 
@@ -65,6 +66,9 @@ class Shared:
     egress: Egress | None = None
     """Gives a provider behind a proxy or with ``tls:`` its own transport (gateway/egress.py); None: every
     provider uses ``transport`` (a test's MockTransport)."""
+    responses: ResponseStore | None = None
+    """Stored ``/v1/responses`` turns (``gateway/responses_api``): beside ``store`` (Redis, or this
+    process). None only for a ``Shared`` built without one (unit tests of other stages)."""
 
     @property
     def delegation_secrets(self) -> tuple[bytes, ...]:

@@ -11,6 +11,7 @@ from gateway.pipeline.spend import Settler
 from gateway.plugins.hooks import HookClient
 from gateway.plugins.stage import HookStage
 from gateway.proxy import Pipeline
+from gateway.responses_api.turn import Turns
 from gateway.runtime import Runtime, Shared
 from gateway.settings import Settings
 from gateway.store import GatewayStore
@@ -34,7 +35,8 @@ class GatewayState:
         cache = ResponseCache(self.shared.cache_store or self.shared.store, self.metrics)
         self.plugin_transport = FastTransport(max_connections=512, max_idle=64, keepalive_expiry=30)
         hooks = HookStage(HookClient(self.plugin_transport, self.metrics), self.shared.delegation_secret)
-        self.pipeline = Pipeline(self, self.metrics, self.settler, self.shared.gate, cache, hooks)
+        turns = Turns(self.shared.responses, self.shared.delegation_secret)
+        self.pipeline = Pipeline(self, self.metrics, self.settler, self.shared.gate, cache, hooks, turns)
 
     @property
     def store(self) -> GatewayStore:

@@ -17,6 +17,7 @@ from gateway.config.model import (
     Defaults,
     HookName,
     Match,
+    MemoryPolicy,
     ModelConfig,
     PluginConfig,
     PostStream,
@@ -32,7 +33,7 @@ from gateway.config.model import (
 )
 from gateway.egress import tls_context
 
-PROVIDER_TYPES = ("openai", "azure", "anthropic", "mock")
+PROVIDER_TYPES = ("openai", "openai_responses", "azure", "anthropic", "mock")
 MOCK_FAULTS = ("none", "429", "500", "503", "timeout", "disconnect")
 AZURE_API_VERSION = "2024-10-21"
 ANTHROPIC_BASE_URL = "https://api.anthropic.com"
@@ -44,7 +45,7 @@ _LIMITS = tuple(UpstreamLimits.__dataclass_fields__)
 _MIN_LIMIT = 1024  # below a kilobyte no real answer fits: surely a slip
 _AZURE_ONLY = ("api_version",)
 _MOCK_ONLY = ("latency_ms", "fault", "fault_rate")
-_NEEDS_BASE_URL = ("openai", "azure")
+_NEEDS_BASE_URL = ("openai", "openai_responses", "azure")
 _STORE_FAILURE: tuple[Literal["closed", "open"], ...] = ("closed", "open")
 _ON_ERROR: tuple[Literal["open", "closed"], ...] = ("open", "closed")
 _HOOKS: tuple[HookName, ...] = ("pre", "post", "tool")
@@ -265,6 +266,7 @@ def _defaults(value: object, c: Checker) -> Defaults:
         "max_concurrent_upstream",
         "queue_timeout_s",
         "upstream_limits",
+        "response_retention_s",
     )
     d = c.record(value, "defaults", fields)
     if d is None:
@@ -281,6 +283,9 @@ def _defaults(value: object, c: Checker) -> Defaults:
         queue_timeout_s=c.number(d, "defaults", "queue_timeout_s", base.queue_timeout_s, ge=0),
         upstream_limits=_limits(
             d.get("upstream_limits"), "defaults.upstream_limits", base.upstream_limits, c
+        ),
+        response_retention_s=c.integer(
+            d, "defaults", "response_retention_s", base.response_retention_s, ge=60
         ),
     )
 
@@ -379,6 +384,7 @@ _ROUTE_FIELDS = (
     "timeout_s",
     "retry",
     "log_content",
+    "memory",
 )
 _POST_STREAM: tuple[PostStream, ...] = ("buffer", "audit")
 
@@ -438,6 +444,7 @@ def _route(
         timeout_s=c.opt_number(d, path, "timeout_s", gt=0),
         retry=_retry(d["retry"], key_path(path, "retry"), retry, c) if "retry" in d else None,
         log_content=_log_content(d.get("log_content"), key_path(path, "log_content"), c),
+        memory=_memory(d.get("memory"), key_path(path, "memory"), models, c),
     )
 
 
@@ -529,6 +536,21 @@ def _cache(value: object, path: str, c: Checker) -> CachePolicy | None:
     return CachePolicy(
         ttl_s=c.integer(d, path, "ttl_s", 1, ge=1),
         mode=c.choice(d, path, "mode", _CACHE_MODES, "deterministic"),
+    )
+
+
+def _memory(value: object, path: str, models: dict[str, ModelConfig], c: Checker) -> MemoryPolicy | None:
+    """``memory: {max_input_tokens: 8000, summarizer: <model>}``; the summarizer must be a known model."""
+    if value is None:
+        return None
+    d = c.record(value, path, ("max_input_tokens", "summarizer"), required=("max_input_tokens", "summarizer"))
+    if d is None:
+        return None
+    summarizer = c.text(d, path, "summarizer", nonempty=True)
+    if summarizer and summarizer not in models:
+        c.error(key_path(path, "summarizer"), f"unknown model {summarizer!r}")
+    return MemoryPolicy(
+        max_input_tokens=c.integer(d, path, "max_input_tokens", 1, ge=256), summarizer=summarizer
     )
 
 

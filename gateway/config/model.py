@@ -107,6 +107,16 @@ class CachePolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class MemoryPolicy:
+    """A route's conversation memory (``/v1/responses`` with ``previous_response_id``): when a chain's
+    input would exceed ``max_input_tokens``, the oldest turns are summarized by ``summarizer`` (a
+    deployment, ``models:`` key) once, and the summary stands in for them from then on."""
+
+    max_input_tokens: int
+    summarizer: str
+
+
+@dataclass(frozen=True, slots=True)
 class RetryPolicy:
     attempts: int = 3
     backoff_initial_s: float = 0.25
@@ -155,6 +165,7 @@ class Route:
     retry: RetryPolicy | None = None
     log_content: ContentLogPolicy | None = None
     """None (the default): no prompt or answer text is ever logged for this route."""
+    memory: MemoryPolicy | None = None
 
 
 HookName = Literal["pre", "post", "tool"]
@@ -192,6 +203,8 @@ class Defaults:
     queue_timeout_s: float = 1.0
     """How long a request waits for a free upstream slot before it is shed with 503."""
     upstream_limits: UpstreamLimits = field(default_factory=UpstreamLimits)
+    response_retention_s: int = 30 * 86_400
+    """How long a stored ``/v1/responses`` turn is kept (``store: true``, the default)."""
 
 
 @dataclass(frozen=True, slots=True)

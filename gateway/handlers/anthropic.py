@@ -18,6 +18,8 @@ FORWARDED = ("anthropic-version", "anthropic-beta")
 
 
 class AnthropicIngress:
+    stateful = False
+
     def __init__(self) -> None:
         self.model = ""
         self.native: dict[str, Any] = {}

@@ -25,6 +25,8 @@ from gateway.state import GatewayState
 class OpenAIIngress:
     """OpenAI in, OpenAI out: the body passes through; streams get the usage chunk only if asked."""
 
+    stateful = False
+
     def request(self, body: dict[str, Any]) -> dict[str, Any]:
         return body
 

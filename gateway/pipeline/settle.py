@@ -124,4 +124,6 @@ def _log_record(ex: Exchange, elapsed: float) -> dict[str, object]:
         record.update(ex.content)
     if ex.plugins:  # plugin annotations (flat objects, by plugin name)
         record["plugins"] = ex.plugins
+    if ex.memory is not None:  # the turn that summarized (or truncated) its conversation says so
+        record["memory"] = ex.memory
     return record

@@ -32,12 +32,12 @@ def require(routes: RoutesConfig, secret: bytes | None) -> None:
     """Refuse a config whose routes call plugins when there is no secret to sign their tokens with."""
     if secret is not None:
         return
-    hooked = [r.name for r in routes.routes if r.plugins]
+    hooked = [r.name for r in routes.routes if r.plugins or r.memory]  # memory: its summarizer call
     if hooked or any(p.api for p in routes.plugins.values()):
         raise ConfigError(
             [
                 f"{SECRET_ENV} is not set: with several workers or a shared Redis every process must sign "
-                "delegation tokens with the same secret, and plugins are configured "
+                "delegation tokens with the same secret, and plugins (or conversation memory) are configured "
                 f"(routes: {', '.join(hooked) or 'none'}); set it to a random string of at least "
                 f"{MIN_SECRET_BYTES} characters, the same on every replica"
             ]

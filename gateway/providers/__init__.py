@@ -13,6 +13,7 @@ from gateway.providers.base import Provider
 # type -> (module, class). Adding a provider is adding a module and a line here.
 ADAPTERS: dict[str, tuple[str, str]] = {
     "openai": ("gateway.providers.openai", "OpenAIProvider"),
+    "openai_responses": ("gateway.providers.openai_responses", "OpenAIResponsesProvider"),
     "azure": ("gateway.providers.azure", "AzureProvider"),
     "anthropic": ("gateway.providers.anthropic", "AnthropicProvider"),
     "mock": ("gateway.providers.mock", "MockProvider"),

@@ -7,7 +7,10 @@ Usage is counted with tiktoken (o200k_base), as an OpenAI upstream would count i
 
 Answers: chat echoes the last user message (``"Mock reply: <text>"``); when the request offers
 tools and the last message is the user's (and ``tool_choice`` is not ``none``) it calls the named or
-first tool with ``{}``; with ``response_format`` json it answers a JSON object. Embeddings are unit
+first tool with arguments valid under its ``parameters`` schema; with ``response_format`` json_schema it
+answers JSON valid under that schema (``gateway/providers/mock_schema.py``), with json_object a JSON
+object. An answer longer than ``max_tokens`` / ``max_completion_tokens`` is cut to it, with
+``finish_reason: length``, as a real model's would be. Embeddings are unit
 vectors derived from sha256 of each input (``dimensions`` long, default 16; at most ``MAX_DIMENSIONS``
 and ``MAX_VALUES`` values per request, else a 400 like a real provider's).
 """
@@ -29,6 +32,7 @@ import orjson
 from gateway.config.model import ProviderConfig
 from gateway.errors import DeadlineExceeded, UpstreamStatusError, UpstreamUnavailable
 from gateway.providers.base import Operation, UpstreamRequest, UpstreamResponse, Usage
+from gateway.providers.mock_schema import sample
 from gateway.sse import data_frame
 from gateway.tokens import count_chat, count_text
 
@@ -175,18 +179,26 @@ def chat(body: Mapping[str, Any]) -> tuple[dict[str, Any], Usage]:
     choice = body.get("tool_choice", "auto")
     finish = "stop"
     if tools and choice != "none" and last.get("role") == "user":
-        name = _tool_name(tools, choice)
+        name, parameters = _tool(tools, choice)
         call_id = _id("call_", {"m": messages, "t": name})
+        arguments = orjson.dumps(sample(parameters) if parameters else {}).decode()
         message["tool_calls"] = [
-            {"id": call_id, "type": "function", "function": {"name": name, "arguments": "{}"}}
+            {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
         ]
         finish = "tool_calls"
         text = ""
     else:
         text = "Mock reply: " + _text_of(last.get("content"))
         fmt = body.get("response_format")
-        if isinstance(fmt, dict) and fmt.get("type") in ("json_object", "json_schema"):
+        if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
+            spec = fmt.get("json_schema")
+            schema = spec.get("schema") if isinstance(spec, dict) else None
+            text = orjson.dumps(sample(schema) if isinstance(schema, dict) else {}).decode()
+        elif isinstance(fmt, dict) and fmt.get("type") == "json_object":
             text = orjson.dumps({"reply": text}).decode()
+        text, cut = _cut(text, body.get("max_completion_tokens") or body.get("max_tokens"))
+        if cut:
+            finish = "length"
         message["content"] = text
     usage = Usage(
         prompt_tokens=prompt_tokens, completion_tokens=_count(text) + (5 if finish == "tool_calls" else 0)
@@ -202,12 +214,32 @@ def chat(body: Mapping[str, Any]) -> tuple[dict[str, Any], Usage]:
     return answer, usage
 
 
-def _tool_name(tools: list[Any], choice: Any) -> str:
+def _tool(tools: list[Any], choice: Any) -> tuple[str, dict[str, Any] | None]:
+    """The tool to call (the named one, else the first) and its parameters schema."""
+    wanted = None
     if isinstance(choice, dict) and isinstance(choice.get("function"), dict):
-        return str(choice["function"].get("name", "tool"))
-    first = tools[0] if isinstance(tools[0], dict) else {}
-    fn = first.get("function")
-    return str(fn.get("name", "tool")) if isinstance(fn, dict) else "tool"
+        wanted = str(choice["function"].get("name", "tool"))
+    functions = [t["function"] for t in tools if isinstance(t, dict) and isinstance(t.get("function"), dict)]
+    for fn in functions:
+        if wanted is None or fn.get("name") == wanted:
+            params = fn.get("parameters")
+            return str(fn.get("name", "tool")), params if isinstance(params, dict) else None
+    return wanted or "tool", None
+
+
+def _cut(text: str, limit: object) -> tuple[str, bool]:
+    """``text`` cut to at most ``limit`` tokens (whole words), and whether it was cut."""
+    if type(limit) is not int or limit < 1 or _count(text) <= limit:
+        return text, False
+    words = _split(text)
+    low, high = 0, len(words)  # the longest prefix of words within the limit, by bisection
+    while low < high:
+        mid = (low + high + 1) // 2
+        if _count("".join(words[:mid])) <= limit:
+            low = mid
+        else:
+            high = mid - 1
+    return "".join(words[:low]), True
 
 
 def completion(body: Mapping[str, Any]) -> tuple[dict[str, Any], Usage]:

@@ -362,6 +362,12 @@ class RedisStore:
         values = [_text(v) for v in reply]
         return values[values.index("maxmemory-policy") + 1] if "maxmemory-policy" in values else None
 
+    async def command(self, *args: str | bytes | int) -> Any:
+        """One plain command (GET/SET/DEL …) through the store's client, whatever the topology
+        (Sentinel follows the primary, Cluster routes by the key's slot); failures are
+        ``StoreUnavailableError``. For data beside the money (stored responses), off the hot path."""
+        return await self._call(lambda: self._redis.execute(*args))
+
     # -- response cache ------------------------------------------------------------------------------------
 
     async def cache_get(self, key: str) -> bytes | None:

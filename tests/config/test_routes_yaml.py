@@ -24,7 +24,7 @@ class TestProviders:
     def test_type_is_required_and_listed(self) -> None:
         assert provider_errors("{api_key: k}") == ["routes.yaml: providers.x.type: is required"]
         assert provider_errors("{type: bedrock}") == [
-            "routes.yaml: providers.x.type: must be one of openai, azure, anthropic, mock"
+            "routes.yaml: providers.x.type: must be one of openai, openai_responses, azure, anthropic, mock"
         ]
 
     @pytest.mark.parametrize("kind", ["openai", "azure"])
@@ -109,7 +109,7 @@ class TestModels:
 
     def test_a_broken_provider_is_not_also_unknown(self) -> None:
         assert routes_errors("providers: {p: {type: x}}\nmodels: {m: {provider: p}}") == [
-            "routes.yaml: providers.p.type: must be one of openai, azure, anthropic, mock"
+            "routes.yaml: providers.p.type: must be one of openai, openai_responses, azure, anthropic, mock"
         ]
 
     def test_price_warning_and_defaults(self) -> None:
