@@ -19,10 +19,11 @@ from starlette.types import Receive, Scope, Send
 
 from gateway import delegation, logs, otel
 from gateway.errors import GatewayError, NotFound, ServerError, render_openai
-from gateway.handlers import admin, health, openai, plugin_api
+from gateway.handlers import admin, health, ledger_api, openai, plugin_api
 from gateway.handlers.anthropic import messages
 from gateway.handlers.endpoint import ProxyEndpoint
 from gateway.keys import RuntimeKeys
+from gateway.ledger import open_ledger
 from gateway.limits import ConnectionGuard
 from gateway.metrics import Metrics, mark_dead
 from gateway.pipeline.breaker import BreakerRegistry
@@ -86,8 +87,10 @@ def create_app(
             ),
             delegation_verifying=delegation.parse_secrets(secrets_value),
         )
+        # The spend ledger's writer thread (gateway/ledger); None when off.
+        ledger = open_ledger(settings.ledger_url, metrics, redis=settings.redis_url is not None)
         state = GatewayState(
-            settings, build_runtime(routes, budgets, shared), shared, metrics, runtime_keys, settler
+            settings, build_runtime(routes, budgets, shared), shared, metrics, runtime_keys, settler, ledger
         )
         watcher = ConfigWatcher(
             settings.routes_path,
@@ -134,6 +137,8 @@ def create_app(
                     await settler.flush()
             except TimeoutError:
                 log.error("settlement flush timed out at shutdown: %d not written", settler.pending)
+            if ledger is not None:  # after the last settlement queued its row
+                await asyncio.to_thread(ledger.close)
             if state_file is not None:
                 await state_file.close()  # after the last settlement reached the store
             await upstream.aclose()
@@ -159,6 +164,7 @@ def create_app(
         Route("/admin/keys", admin.list_keys, methods=["GET"]),
         Route("/admin/keys/{key_id}", admin.delete_key, methods=["DELETE"]),
         Route("/admin/spend", admin.spend, methods=["GET"]),
+        Route("/admin/ledger", ledger_api.ledger_report, methods=["GET"]),
         Route("/admin/reload", admin.reload, methods=["POST"]),
         Route("/admin/explain", admin.explain_request, methods=["POST"]),
         Route("/v1/plugins/{name}/{path:path}", plugin_api.forward, methods=plugin_api.METHODS),
