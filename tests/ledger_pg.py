@@ -28,11 +28,14 @@ class Postgres:
         self.port = free_port()
         self._server = pgserver.get_server(self.dir / "data", cleanup_mode=None)
         self._pg_ctl(["-w", "-m", "fast", "stop"])
+        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        self.start()
+
+    def start(self) -> None:
         data = self._server.pgdata
         # fsync off: a test database, speed over durability
         options = f"-h 127.0.0.1 -p {self.port} -k {data} -c fsync=off -c max_connections=100"
         self._pg_ctl(["-w", "-t", "30", "-o", options, "start"])
-        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
         deadline = time.monotonic() + 30
         while True:
             try:
