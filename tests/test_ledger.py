@@ -24,7 +24,7 @@ from upstreams import FakeOpenAI
 
 from gateway.ledger import writer
 from gateway.ledger.schema import audit, ledger
-from gateway.ledger.writer import Ledger, engine_for
+from gateway.ledger.writer import ROW_COLUMNS, Ledger, engine_for
 from gateway.settings import Settings
 
 KEY_ACME_ADMIN = "sk-test-acme-admin"
@@ -46,11 +46,10 @@ tenants:
 """
 
 
-def row(request_id: str, tenant: str = "acme", cost_nano: int = 1500, **more: Any) -> dict[str, Any]:
+def row(request_id: str, tenant: str = "acme", cost_nano: int = 1500, **more: Any) -> tuple[Any, ...]:
     values: dict[str, Any] = {
         "request_id": request_id,
         "ts": time.time(),
-        "day": "2026-12-06",
         "tenant": tenant,
         "key_id": "acme-1",
         "end_user": None,
@@ -69,7 +68,7 @@ def row(request_id: str, tenant: str = "acme", cost_nano: int = 1500, **more: An
         "parent_request_id": None,
     }
     values.update(more)
-    return values
+    return tuple(values[c] for c in ROW_COLUMNS)
 
 
 def count(url: str) -> tuple[int, int]:

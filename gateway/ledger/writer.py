@@ -13,6 +13,7 @@ The same thread writes the audit rows (admin actions) through the same queue dis
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -22,7 +23,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Engine, Table, create_engine
+from sqlalchemy import Engine, create_engine
 from sqlalchemy.dialects import postgresql, sqlite
 
 from gateway.ledger.schema import USER_MAX, audit, ledger, migrate
@@ -36,7 +37,29 @@ BATCH = 1000
 FLUSH_S = 0.5
 RETRY_MAX_S = 5.0
 
-Row = dict[str, Any]
+Row = tuple[Any, ...]
+"""A ledger row: the values of ``ROW_COLUMNS`` in order (a tuple: the cheapest thing to build per request)."""
+ROW_COLUMNS = (
+    "request_id",
+    "ts",
+    "tenant",
+    "key_id",
+    "end_user",
+    "route",
+    "model",
+    "provider",
+    "endpoint",
+    "input_tokens",
+    "output_tokens",
+    "cached_tokens",
+    "cache_write_tokens",
+    "cost_nano",
+    "status",
+    "error_code",
+    "cache",
+    "parent_request_id",
+)
+_TS, _TENANT, _COST = 1, 2, 13
 
 
 def engine_for(url: str) -> Engine:
@@ -68,7 +91,8 @@ class Ledger:
     ) -> None:
         self.engine = engine
         self._rows: deque[Row] = deque()
-        self._audits: deque[Row] = deque()
+        self._audits: deque[dict[str, Any]] = deque()
+        self._insert_sql = _insert_sql(engine)
         self._max_pending = max_pending
         self._flush_s = flush_s
         self._retry_max_s = retry_max_s
@@ -96,9 +120,9 @@ class Ledger:
             return
         self._rows.append(row)
 
-    def audit(self, row: Row) -> None:
+    def audit(self, row: dict[str, Any]) -> None:
         if len(self._audits) >= self._max_pending:
-            self._drop(row)
+            self._drop((row.get("request_id"), row.get("ts"), row.get("tenant"), *[None] * 10, 0))
             return
         self._audits.append(row)
         self._wake.set()  # an admin action is rare: written at once
@@ -106,13 +130,12 @@ class Ledger:
     def _drop(self, row: Row) -> None:
         self.dropped += 1
         self._dropped_since += 1
-        cost = Decimal(row.get("cost_nano", 0)) / NANO
         log.error(
             "ledger row %s dropped (%d queued): tenant %s, cost %s USD not in the ledger",
-            row.get("request_id"),
+            row[0],
             self._max_pending,
-            row.get("tenant"),
-            cost,
+            row[_TENANT],
+            Decimal(row[_COST]) / NANO,
         )
 
     # --- the writer thread --------------------------------------------------------------------------
@@ -181,28 +204,37 @@ class Ledger:
                 with self.engine.begin() as conn:
                     migrate(conn, time.time())
                 self._migrated = True
-            for queue, table in ((self._audits, audit), (self._rows, ledger)):
-                while queue:
-                    batch = [queue.popleft() for _ in range(min(BATCH, len(queue)))]
-                    try:
-                        self._insert(table, batch)
-                    except BaseException:
-                        queue.extendleft(reversed(batch))
-                        raise
-                    if table is ledger:
-                        self.written += len(batch)
+            while self._audits:
+                audits = [self._audits.popleft() for _ in range(min(BATCH, len(self._audits)))]
+                try:
+                    self._insert_audits(audits)
+                except BaseException:
+                    self._audits.extendleft(reversed(audits))
+                    raise
+            while self._rows:
+                batch = [self._rows.popleft() for _ in range(min(BATCH, len(self._rows)))]
+                try:
+                    self._insert(batch)
+                except BaseException:
+                    self._rows.extendleft(reversed(batch))
+                    raise
+                self.written += len(batch)
         except Exception as exc:
             log.warning("ledger database unavailable (%s): %d rows wait", _short(exc), self.pending)
             return False
         return True
 
-    def _insert(self, table: Table, batch: Sequence[Row]) -> None:
-        dialect = self.engine.dialect.name
-        make = postgresql.insert if dialect == "postgresql" else sqlite.insert
-        key = "request_id" if table is ledger else "id"
-        statement = make(table).on_conflict_do_nothing(index_elements=[key])
+    def _insert(self, batch: Sequence[Row]) -> None:
+        """One executemany of plain tuples: the driver's own batching, no per-row ORM-ish processing
+        (a third of the cost of a Core insert of dicts)."""
+        params = [(*r, _day(int(r[_TS] // 86400))) for r in batch]
         with self.engine.begin() as conn:
-            conn.execute(statement, list(batch))
+            conn.exec_driver_sql(self._insert_sql, params)
+
+    def _insert_audits(self, batch: Sequence[dict[str, Any]]) -> None:
+        make = postgresql.insert if self.engine.dialect.name == "postgresql" else sqlite.insert
+        with self.engine.begin() as conn:
+            conn.execute(make(audit).on_conflict_do_nothing(index_elements=["id"]), list(batch))
 
 
 def _short(exc: BaseException) -> str:
@@ -210,30 +242,46 @@ def _short(exc: BaseException) -> str:
     return text[:200]
 
 
+def _insert_sql(engine: Engine) -> str:
+    """``INSERT … ON CONFLICT (request_id) DO NOTHING``: the same SQL on SQLite (3.24+) and Postgres;
+    only the placeholder differs (``?`` for sqlite3, ``%s`` for psycopg)."""
+    mark = "?" if engine.dialect.paramstyle == "qmark" else "%s"
+    columns = (*ROW_COLUMNS, "day")
+    marks = ", ".join([mark] * len(columns))
+    return (
+        f"INSERT INTO {ledger.name} ({', '.join(columns)}) VALUES ({marks}) "
+        "ON CONFLICT (request_id) DO NOTHING"
+    )
+
+
+@functools.lru_cache(maxsize=8)
+def _day(day_number: int) -> str:
+    return datetime.fromtimestamp(day_number * 86400, UTC).strftime("%Y-%m-%d")
+
+
 def row_of(ex: Any, cost_nano: int, now: float) -> Row:
-    """The ledger row of a settled exchange (``gateway.context.Exchange``)."""
+    """The ledger row of a settled exchange (``gateway.context.Exchange``), in ``ROW_COLUMNS`` order."""
     usage = ex.usage
     principal = ex.principal
     deployment = ex.attempts.deployment
     user = ex.user
-    return {
-        "request_id": ex.request_id,
-        "ts": now,
-        "day": datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%d"),
-        "tenant": ex.tenant,
-        "key_id": principal.key_id if principal else None,
-        "end_user": user[:USER_MAX] if user else None,
-        "route": ex.route,
-        "model": ex.model,
-        "provider": deployment.provider if deployment else None,
-        "endpoint": ex.endpoint[:64],
-        "input_tokens": usage.prompt_tokens if usage else 0,
-        "output_tokens": usage.completion_tokens if usage else 0,
-        "cached_tokens": usage.cached_tokens if usage else 0,
-        "cache_write_tokens": usage.cache_write_tokens if usage else 0,
-        "cost_nano": cost_nano,
-        "status": ex.status,
-        "error_code": ex.error_code,
-        "cache": ex.cache,
-        "parent_request_id": principal.parent_request_id if principal else None,
-    }
+    return (
+        ex.request_id,
+        now,
+        ex.tenant,
+        principal.key_id if principal else None,
+        user[:USER_MAX] if user else None,
+        ex.route,
+        ex.model,
+        deployment.provider if deployment else None,
+        ex.endpoint[:64],
+        usage.prompt_tokens if usage else 0,
+        usage.completion_tokens if usage else 0,
+        usage.cached_tokens if usage else 0,
+        usage.cache_write_tokens if usage else 0,
+        cost_nano,
+        ex.status,
+        ex.error_code,
+        ex.cache,
+        principal.parent_request_id if principal else None,
+    )
