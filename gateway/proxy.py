@@ -370,7 +370,9 @@ class Pipeline:
         settle(ex, self._metrics)
         if ex.attempts.retries:
             self._metrics.retries.inc(ex.attempts.retries)
-        if self._ledger is not None:  # a deque append: the writer thread does the rest
+        # A deque append: the writer thread does the rest. A request that never authenticated has no
+        # tenant to charge (and costs 0): no row, or anyone could fill the ledger.
+        if self._ledger is not None and ex.principal is not None:
             self._ledger.record(row_of(ex, cost_nano(ex.cost, ex.request_id), time.time()))
         await self._settler.settle(ex)
 

@@ -194,6 +194,12 @@ def live(gateway_factory: GatewayFactory, tmp_path: Path) -> tuple[Any, str, lis
         except openai.PermissionDeniedError:
             pass
         client.close()
+    # no key: refused before there is a tenant to charge, so no row
+    anonymous = httpx.post(
+        gw.base_url + "/chat/completions",
+        json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hi"}]},
+    )
+    assert anonymous.status_code == 401
     wait_rows(gw, url, len(calls))
     return gw, url, received
 
@@ -222,7 +228,7 @@ def test_every_settled_request_has_a_row_with_its_cost(live: tuple[Any, str, lis
     with engine.connect() as conn:
         rows = {r.request_id: r for r in conn.execute(select(ledger))}
     engine.dispose()
-    assert len(rows) == 6
+    assert len(rows) == 6 and "none" not in {r.tenant for r in rows.values()}
     for request_id, cost in received:
         assert rows[request_id].cost_nano == nano(cost)  # what the client was told, to the nano-dollar
     users = sorted((r.key_id, r.end_user or "") for r in rows.values() if r.tenant == "acme")
