@@ -117,6 +117,9 @@ class Stack:
         if opts.redis:
             redis_port = _start_redis(lambda role, argv: self._child(exits, role, argv))
             self.env["GATEWAY_REDIS_URL"] = f"redis://{HOST}:{redis_port}/0"
+        # The spend ledger on, in every run: with Redis it is off unless GATEWAY_LEDGER_URL names a
+        # database (gateway/ledger), and its writer thread is part of what a request costs.
+        self.env.setdefault("GATEWAY_LEDGER_URL", f"sqlite:///{tmp}/ledger.sqlite3")
         self.secret = "sk-bench-" + secrets.token_hex(16)
         self.routes, self.budgets = write_configs(tmp, self.upstream_port, self.secret, opts)
 

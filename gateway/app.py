@@ -20,11 +20,12 @@ from starlette.types import Receive, Scope, Send
 from gateway import delegation, logs, otel
 from gateway.egress import Egress
 from gateway.errors import GatewayError, NotFound, ServerError, render_openai
-from gateway.handlers import admin, health, openai, plugin_api, responses_store
+from gateway.handlers import admin, health, ledger_api, openai, plugin_api, responses_store
 from gateway.handlers.anthropic import messages
 from gateway.handlers.endpoint import ProxyEndpoint
 from gateway.handlers.responses import responses
 from gateway.keys import RuntimeKeys
+from gateway.ledger import open_ledger
 from gateway.limits import ConnectionGuard
 from gateway.listeners import AdminSplit
 from gateway.metrics import Metrics, mark_dead
@@ -94,8 +95,10 @@ def create_app(
             egress=egress,
             responses=build_response_store(store),
         )
+        # The spend ledger's writer thread (gateway/ledger); None when off.
+        ledger = open_ledger(settings.ledger_url, metrics, redis=settings.redis_url is not None)
         state = GatewayState(
-            settings, build_runtime(routes, budgets, shared), shared, metrics, runtime_keys, settler
+            settings, build_runtime(routes, budgets, shared), shared, metrics, runtime_keys, settler, ledger
         )
         watcher = ConfigWatcher(
             settings.routes_path,
@@ -142,6 +145,8 @@ def create_app(
                     await settler.flush()
             except TimeoutError:
                 log.error("settlement flush timed out at shutdown: %d not written", settler.pending)
+            if ledger is not None:  # after the last settlement queued its row
+                await asyncio.to_thread(ledger.close)
             if state_file is not None:
                 await state_file.close()  # after the last settlement reached the store
             await upstream.aclose()
@@ -172,6 +177,7 @@ def create_app(
         Route("/admin/keys", admin.list_keys, methods=["GET"]),
         Route("/admin/keys/{key_id}", admin.delete_key, methods=["DELETE"]),
         Route("/admin/spend", admin.spend, methods=["GET"]),
+        Route("/admin/ledger", ledger_api.ledger_report, methods=["GET"]),
         Route("/admin/reload", admin.reload, methods=["POST"]),
         Route("/admin/explain", admin.explain_request, methods=["POST"]),
         Route("/v1/plugins/{name}/{path:path}", plugin_api.forward, methods=plugin_api.METHODS),

@@ -18,7 +18,14 @@ from typing import Any
 
 from gateway import logs
 from gateway.config.parse import ConfigError, check
-from gateway.settings import LIMIT_ENV, STATE_FILE_ENV, Settings, default_state_file
+from gateway.settings import (
+    LEDGER_URL_ENV,
+    LIMIT_ENV,
+    STATE_FILE_ENV,
+    Settings,
+    default_state_file,
+    ledger_url,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,6 +96,8 @@ def _settings(args: argparse.Namespace) -> Settings:
         s = replace(s, budgets_path=args.budgets)
         if STATE_FILE_ENV not in os.environ:
             s = replace(s, state_file=default_state_file(args.budgets))
+        if LEDGER_URL_ENV not in os.environ:  # the default ledger sits beside the budgets.yaml in use
+            s = replace(s, ledger_url=ledger_url(None, args.budgets, s.redis_url))
     state_file = getattr(args, "state_file", None)
     if state_file is not None:
         s = replace(s, state_file=state_file or None)

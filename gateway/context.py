@@ -72,6 +72,8 @@ class Exchange:
     reservation: Reservation | None = None
     limit_headers: dict[str, str] = field(default_factory=dict)
     stream_ended: bool = False
+    user: str | None = None
+    """The end user (``x-gateway-user``, else the body's ``user``); set only when the ledger is on."""
     content: dict[str, str] | None = None
     """Redacted prompt/answer text for the log line; set only on routes with ``log_content``."""
     plugins: dict[str, dict[str, object]] | None = None

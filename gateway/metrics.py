@@ -177,6 +177,15 @@ class Metrics:
             ["plugin", "hook", "reason"],
             registry=r,
         )
+        self.ledger_pending = Gauge(
+            "gateway_ledger_pending",
+            "Spend ledger rows waiting for the ledger database.",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.ledger_dropped = Counter(
+            "gateway_ledger_dropped", "Ledger rows dropped: the queue was full.", registry=r
+        )
         self.spans: Spans | None = None
         """OpenTelemetry traces, set in lifespan when configured (gateway/otel.py); None costs nothing."""
 

@@ -22,6 +22,7 @@ import orjson
 from gateway import otel
 from gateway.context import Exchange, Traced
 from gateway.errors import BadRequest, GatewayError, Overloaded, ServerError
+from gateway.ledger import Ledger, row_of
 from gateway.metrics import Metrics
 from gateway.pipeline.admit import ratelimit_headers
 from gateway.pipeline.auth import authenticate, for_proxy
@@ -39,7 +40,7 @@ from gateway.pipeline.later import Later
 from gateway.pipeline.overload import Gate
 from gateway.pipeline.parse import Incoming, ParsedRequest, parse, read_json
 from gateway.pipeline.settle import format_usd, price_usage, settle
-from gateway.pipeline.spend import Settler
+from gateway.pipeline.spend import Settler, cost_nano
 from gateway.pipeline.usage import MeteredStream, UsageCounter, response_usage, with_cost
 from gateway.plugins import flow
 from gateway.plugins.answers import annotate, keep_transport
@@ -102,6 +103,8 @@ class Pipeline:
         cache: ResponseCache,
         hooks: HookStage | None = None,
         turns: Turns | None = None,
+        *,
+        ledger: Ledger | None = None,
     ) -> None:
         self._source = source
         self._turns = turns or Turns(None, None)
@@ -109,6 +112,7 @@ class Pipeline:
         self._hooks = hooks
         self._metrics = metrics
         self._settler = settler
+        self._ledger = ledger
         self._gate = gate
         self._cache = cache
         self._tasks: set[asyncio.Task[None]] = set()
@@ -130,6 +134,8 @@ class Pipeline:
             body = ingress.request(await read_json(request, runtime.routes.defaults.max_body_bytes))
             parsed = parse(operation, body, headers)
             ex.model_requested, ex.stream = parsed.model, parsed.stream
+            if self._ledger is not None:
+                ex.user = end_user(headers, body)
             # 2 authenticate
             ex.principal = for_proxy(authenticate(headers, runtime.keys))
             # 3 route
@@ -398,6 +404,10 @@ class Pipeline:
         settle(ex, self._metrics)
         if ex.attempts.retries:
             self._metrics.retries.inc(ex.attempts.retries)
+        # A deque append: the writer thread does the rest. A request that never authenticated has no
+        # tenant to charge (and costs 0): no row, or anyone could fill the ledger.
+        if self._ledger is not None and ex.principal is not None:
+            self._ledger.record(row_of(ex, cost_nano(ex.cost, ex.request_id), time.time()))
         await self._settler.settle(ex)
 
     def _error(self, ex: Exchange, ingress: Ingress, err: GatewayError) -> Reply:
@@ -486,3 +496,10 @@ class Pipeline:
         """Wait for settlements and cache puts still running (graceful shutdown)."""
         while self._tasks or self._puts:
             await asyncio.gather(*self._tasks, *self._puts, return_exceptions=True)
+
+
+def end_user(headers: Mapping[str, str], body: Mapping[str, Any]) -> str | None:
+    """Who the tenant's end user is: ``x-gateway-user``, else OpenAI's ``user`` field; clipped when
+    the ledger writes it."""
+    user = headers.get("x-gateway-user") or body.get("user")
+    return user if isinstance(user, str) and user else None

@@ -29,6 +29,9 @@ class Settings:
     state_file: str | None = None
     """The in-process store's state file (no Redis): spend and run-time keys survive a restart. None
     keeps them in memory only. ``from_env`` defaults it to ``.gateway/state.sqlite3`` beside budgets.yaml."""
+    ledger_url: str | None = None
+    """The spend ledger's database (gateway/ledger); None: no ledger. ``from_env`` reads
+    ``GATEWAY_LEDGER_URL`` and, unset without Redis, defaults to ``.gateway/ledger.sqlite3``."""
     # Connection limits (gateway/limits.py, README "Limits"): what one client connection may hold.
     header_timeout_s: float = 10.0
     body_timeout_s: float = 30.0
@@ -51,6 +54,7 @@ class Settings:
         base = cls()
         budgets_path = env.get("GATEWAY_BUDGETS", base.budgets_path)
         state_file = env.get(STATE_FILE_ENV)
+        redis_url = env.get("GATEWAY_REDIS_URL") or None
         limits: dict[str, Any] = {
             name: kind(env[var]) for name, (var, kind) in LIMIT_ENV.items() if env.get(var)
         }
@@ -61,7 +65,7 @@ class Settings:
             workers=int(env.get("GATEWAY_WORKERS", base.workers)),
             routes_path=env.get("GATEWAY_ROUTES", base.routes_path),
             budgets_path=budgets_path,
-            redis_url=env.get("GATEWAY_REDIS_URL") or None,
+            redis_url=redis_url,
             cache_redis_url=env.get("GATEWAY_CACHE_REDIS_URL") or None,
             admin_key=env.get("GATEWAY_ADMIN_KEY") or None,
             delegation_secret=env.get("GATEWAY_DELEGATION_SECRET") or None,
@@ -71,6 +75,7 @@ class Settings:
             reload_interval_s=float(env.get("GATEWAY_RELOAD_INTERVAL_S", base.reload_interval_s)),
             # unset: the default beside budgets.yaml; set but empty: memory only
             state_file=default_state_file(budgets_path) if state_file is None else state_file or None,
+            ledger_url=ledger_url(env.get(LEDGER_URL_ENV), budgets_path, redis_url),
             **limits,
         )
 
@@ -86,6 +91,7 @@ class Settings:
             STATE_FILE_ENV: self.state_file or "",
         }
         env.update({var: str(getattr(self, name)) for name, (var, _) in LIMIT_ENV.items()})
+        env[LEDGER_URL_ENV] = self.ledger_url or "off"
         if self.redis_url:
             env["GATEWAY_REDIS_URL"] = self.redis_url
         if self.cache_redis_url:
@@ -105,6 +111,19 @@ class Settings:
 def default_state_file(budgets_path: str) -> str:
     """``.gateway/state.sqlite3`` in the directory of budgets.yaml: the state of the tenants it lists."""
     return str(Path(budgets_path).resolve().parent / ".gateway" / "state.sqlite3")
+
+
+LEDGER_URL_ENV = "GATEWAY_LEDGER_URL"
+
+
+def ledger_url(given: str | None, budgets_path: str, redis_url: str | None) -> str | None:
+    """``GATEWAY_LEDGER_URL``: a URL; ``off``; or unset: SQLite beside budgets.yaml without Redis,
+    none with Redis (a file per replica would not be one ledger; see gateway/ledger/__init__.py)."""
+    if given:
+        return None if given.strip().lower() == "off" else given.strip()
+    if redis_url is not None:
+        return None
+    return "sqlite:///" + str(Path(budgets_path).resolve().parent / ".gateway" / "ledger.sqlite3")
 
 
 # Settings field -> (environment variable, type); each also has a ``serve`` flag (gateway/cli.py).

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from gateway.keys import RuntimeKeys
+from gateway.ledger import Ledger
 from gateway.metrics import Metrics
 from gateway.pipeline.cache import ResponseCache
 from gateway.pipeline.spend import Settler
@@ -27,6 +28,8 @@ class GatewayState:
     metrics: Metrics
     runtime_keys: RuntimeKeys
     settler: Settler
+    ledger: Ledger | None = None
+    """The spend ledger (gateway/ledger), None when off."""
     pipeline: Pipeline = field(init=False)
     plugin_transport: FastTransport = field(init=False)
     """Hook calls to sidecars: a keep-alive pool of its own (not the upstreams')."""
@@ -36,7 +39,9 @@ class GatewayState:
         self.plugin_transport = FastTransport(max_connections=512, max_idle=64, keepalive_expiry=30)
         hooks = HookStage(HookClient(self.plugin_transport, self.metrics), self.shared.delegation_secret)
         turns = Turns(self.shared.responses, self.shared.delegation_secret)
-        self.pipeline = Pipeline(self, self.metrics, self.settler, self.shared.gate, cache, hooks, turns)
+        self.pipeline = Pipeline(
+            self, self.metrics, self.settler, self.shared.gate, cache, hooks, turns, ledger=self.ledger
+        )
 
     @property
     def store(self) -> GatewayStore:

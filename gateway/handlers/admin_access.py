@@ -114,6 +114,9 @@ def audited(action: str) -> Callable[[Handler], Handler]:
                 "time": datetime.fromtimestamp(time.time(), UTC).isoformat(),
             }
             audit_log.info(orjson.dumps(line).decode())
+            state: GatewayState | None = getattr(request.app.state, "gateway", None)
+            if state is not None and state.ledger is not None:  # the audit table (gateway/ledger)
+                state.ledger.audit(audit_row(line, who))
             return response
 
         return run
@@ -123,3 +126,23 @@ def audited(action: str) -> Callable[[Handler], Handler]:
 
 def target(request: Request, **fields: Any) -> None:
     request.state.audit_target = {k: v for k, v in fields.items() if v is not None}
+
+
+def audit_row(line: dict[str, Any], who: Caller | None) -> dict[str, Any]:
+    """The audit table's row of an audit line: kind ``admin`` (tool calls and reviews come later)."""
+    target = line["target"]
+    tenant = target.get("tenant") if isinstance(target, dict) else None
+    if tenant is None and who is not None and who.principal is not None:
+        tenant = who.principal.tenant
+    return {
+        "id": new_request_id(),
+        "request_id": line["request_id"],
+        "ts": time.time(),
+        "kind": "admin",
+        "action": line["audit"],
+        "who": line["who"],
+        "role": line["role"],
+        "tenant": tenant if isinstance(tenant, str) else None,
+        "target": orjson.dumps(target).decode() if target is not None else None,
+        "status": line["status"],
+    }

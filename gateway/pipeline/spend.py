@@ -110,7 +110,7 @@ class Settler:
             scopes=ask.scopes,
             reserved_tokens=ask.tokens,
             tokens=tokens,
-            cost_nano=_cost_nano(ex.cost, ask.request_id),
+            cost_nano=cost_nano(ex.cost, ask.request_id),
             now=time.time(),
         )
 
@@ -222,7 +222,7 @@ class Settler:
         return True
 
 
-def _cost_nano(cost: Decimal, request_id: str) -> int:
+def cost_nano(cost: Decimal, request_id: str) -> int:
     try:
         nano = math.ceil(cost * NANO)
     except (ArithmeticError, ValueError, TypeError) as exc:  # NaN, infinity, not a number
