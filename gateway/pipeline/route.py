@@ -120,11 +120,11 @@ class Router:
         for name in named:
             if name in out:
                 continue
-            route = self.match(name, None, principal.tenant)
-            if route is None:
+            matched = self.match(name, None, principal.tenant)
+            if matched is None:
                 targets = [name] if name in self._config.models else []
             else:
-                targets = [t.model for t in route.targets] + list(route.fallbacks)
+                targets = [t.model for t in matched.targets] + list(matched.fallbacks)
             allowed = [t for t in dict.fromkeys(targets) if principal.may_use(t)]
             if allowed:
                 out[name] = allowed
