@@ -26,7 +26,6 @@ K8S = ROOT / "deploy" / "k8s"
 K8S_VERSIONS = ["1.29.0", "1.37.0"]  # the oldest version we claim to support, and the newest bundled
 
 
-
 def _norm(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
