@@ -13,8 +13,11 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY requirements.lock ./
-RUN pip wheel --wheel-dir /wheels -r requirements.lock \
-    && cp requirements.lock /wheels/requirements.lock
+# requirements.lock carries hashes: every download is checked against them here. The runtime stage
+# installs these wheels offline by name and version (a wheel built here from an sdist has no
+# published hash, so the hashes are not asked of it there).
+RUN pip wheel --wheel-dir /wheels --require-hashes -r requirements.lock \
+    && sed -e '/^ *#/d' -e '/^ *--hash/d' -e 's/ *\\$//' requirements.lock > /wheels/requirements.lock
 COPY pyproject.toml README.md ./
 COPY gateway ./gateway
 # The shipped sidecars (plugins/*) run from this same image: `python -m plugins.guard serve`.

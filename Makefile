@@ -11,10 +11,14 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: run run-plugins test replicas install redis lint typecheck bench bench-quick check clean
 
-$(STAMP): pyproject.toml
+# The venv is built from requirements-dev.lock: the image's runtime pins (requirements.lock) plus the
+# dev tools, every file checked against its hash, so the tests run on exactly what the image ships.
+# Then the project itself, editable, with nothing else resolved (--no-deps).
+$(STAMP): pyproject.toml requirements.lock requirements-dev.lock
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,otel]'
+	$(PY) -m pip install --quiet --require-hashes -r requirements-dev.lock
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -69,8 +73,16 @@ clean:
 # Kubernetes JSON schemas, so the manifests are validated offline, without a cluster.
 .PHONY: lock validate-deploy
 
+# Both locks, with the hashes of every file of each pinned release (any platform), by pip-compile: the
+# image's (runtime only) and the dev venv's (the same runtime pins, as constraints, plus dev tools and
+# otel). Pins already in the files are kept; `make lock UPGRADE=1` moves everything to the newest allowed.
+LOCK_FLAGS = --quiet --generate-hashes --strip-extras --allow-unsafe --no-emit-index-url \
+	--no-emit-find-links $(if $(UPGRADE),--upgrade)
+lock: export CUSTOM_COMPILE_COMMAND = make lock
 lock: $(STAMP)
-	$(PY) tests/test_deploy.py --lock > requirements.lock.tmp && mv requirements.lock.tmp requirements.lock
+	$(VENV)/bin/pip-compile $(LOCK_FLAGS) -o requirements.lock pyproject.toml
+	$(VENV)/bin/pip-compile $(LOCK_FLAGS) --extra dev --extra otel -c requirements.lock \
+		-o requirements-dev.lock pyproject.toml
 
 validate-deploy: $(STAMP)
 	$(PY) -m pip install --quiet 'kubernetes-validate>=1.29'

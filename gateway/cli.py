@@ -16,6 +16,8 @@ from dataclasses import replace
 from types import FrameType
 from typing import Any
 
+import yaml
+
 from gateway import logs
 from gateway.config.parse import ConfigError, check
 from gateway.settings import (
@@ -72,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     new.add_argument("--tenant", required=True)
     new.add_argument("--id", required=True)
     new.add_argument("--role", default="user", choices=["user", "admin", "reviewer"])
+    new.add_argument("--budgets", help="budgets.yaml to check the tenant against (env GATEWAY_BUDGETS)")
 
     args = parser.parse_args(argv)
     if args.command == "serve":
@@ -80,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         return _check(_settings(args))
     if args.command == "explain":
         return _explain(_settings(args), args.model, args.task, args.key_id)
-    return _keys_new(args.tenant, args.id, args.role)
+    return _keys_new(args.tenant, args.id, args.role, _settings(args).budgets_path)
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
@@ -90,7 +93,7 @@ def _config_args(p: argparse.ArgumentParser) -> None:
 
 def _settings(args: argparse.Namespace) -> Settings:
     s = Settings.from_env()
-    if args.routes:
+    if getattr(args, "routes", None):
         s = replace(s, routes_path=args.routes)
     if args.budgets:
         s = replace(s, budgets_path=args.budgets)
@@ -121,7 +124,7 @@ def _check(settings: Settings) -> int:
 
 
 def _explain(settings: Settings, model: str, task: str | None, key_id: str | None) -> int:
-    from gateway.explain import explain
+    from gateway.explain import explain, refused
     from gateway.pipeline.auth import Principal
     from gateway.reload import load
 
@@ -137,12 +140,17 @@ def _explain(settings: Settings, model: str, task: str | None, key_id: str | Non
             print(f"unknown key id {key_id!r}", file=sys.stderr)
             return 1
         tenant, key = found[0]
-        principal = Principal(tenant=tenant.name, key_id=key.id, role=key.role, models=tenant.models)
-    print("\n".join(explain(routes, model, task, principal)))
-    return 0
+        principal = Principal(
+            tenant=tenant.name, key_id=key.id, role=key.role, models=tenant.models, key_models=key.models
+        )
+    lines = explain(routes, model, task, principal)
+    print("\n".join(lines))
+    return 1 if refused(lines) else 0  # scripts can tell a plan the gateway would refuse
 
 
-def _keys_new(tenant: str, key_id: str, role: str) -> int:
+def _keys_new(tenant: str, key_id: str, role: str, budgets_path: str) -> int:
+    if (problem := _unknown_tenant(tenant, budgets_path)) is not None:
+        print(f"warning: {problem}", file=sys.stderr)
     secret = "sk-gw-" + secrets.token_urlsafe(32)
     digest = hashlib.sha256(secret.encode()).hexdigest()
     print(f"secret: {secret}")
@@ -151,6 +159,23 @@ def _keys_new(tenant: str, key_id: str, role: str) -> int:
     print(f'        sha256: "{digest}"')
     print(f"        role: {role}")
     return 0
+
+
+def _unknown_tenant(tenant: str, budgets_path: str) -> str | None:
+    """Why the key would not work as printed (its tenant is not in budgets.yaml), or None. A warning
+    only: the tenant may be added in the same edit as the key."""
+    try:
+        with open(budgets_path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except (OSError, yaml.YAMLError) as exc:
+        return f"cannot read {budgets_path} to check tenant {tenant!r}: {exc}"
+    tenants = data.get("tenants") if isinstance(data, dict) else None
+    if not isinstance(tenants, dict) or tenant not in tenants:
+        return (
+            f"tenant {tenant!r} is not in {budgets_path}: add it under tenants: too, "
+            "or the key is refused (401)"
+        )
+    return None
 
 
 def _exit_after_graceful_shutdown(signum: int, frame: FrameType | None) -> None:

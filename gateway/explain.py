@@ -16,6 +16,7 @@ def explain(routes: RoutesConfig, model: str, task: str | None, principal: Princ
             return [
                 *lines,
                 f"route: none matches and no deployment is named {model!r} -> 404 model_not_found",
+                "result: 404 model_not_found",
             ]
         lines.append(f"route: {DEFAULT_ROUTE} (no rule matched; the deployment named by the request)")
         entries = [(model, "requested")]
@@ -42,6 +43,11 @@ def explain(routes: RoutesConfig, model: str, task: str | None, principal: Princ
     if route is not None:
         lines.extend(plugin_lines(route, routes))
     return lines
+
+
+def refused(lines: list[str]) -> bool:
+    """Whether ``explain``'s plan is one the gateway would refuse (404 or 403)."""
+    return any(line.startswith("result: ") for line in lines)
 
 
 def route_plugins(route: Route, routes: RoutesConfig) -> list[dict[str, object]]:

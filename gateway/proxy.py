@@ -195,12 +195,13 @@ class Pipeline:
                 if hooks.post:
                     # A hit would skip the post hooks, and what they do may be this request's alone
                     # (guard's mask puts back this caller's values): such routes are not cached.
-                    ex.cache = "skip"
+                    ex.cache = "off"
                 else:
                     cache_key, lookup = self._start_lookup(ex, headers, operation, parsed, forwarded)
             # 6 cache: exact-match lookup, tenant-scoped
             if lookup is None:
-                self._cache.count(ex.cache)  # skip or refresh, counted once admitted like a lookup
+                if ex.cache != "off":  # the cache does not apply: nothing to count
+                    self._cache.count(ex.cache)  # skip (asked) or refresh, counted once admitted
                 cached = None
             else:
                 cached = await self._finish_lookup(ex, cache_key, lookup)
@@ -343,12 +344,16 @@ class Pipeline:
         """Stage 6, begun: the key to store this answer under (None: do not store) and the lookup.
 
         ``x-gateway-cache`` says ``hit`` or ``miss`` when a lookup happened, ``refresh`` when the client
-        asked to replace the entry (no lookup, the fresh answer is stored), and ``skip`` when the client
-        opted out or the request is not cacheable: then the store is not called at all.
+        asked to replace the entry (no lookup, the fresh answer is stored), ``skip`` when the client
+        opted out, and ``off`` when the cache does not apply (the route has none, or the request is not
+        cacheable): in those two the store is not called at all.
         """
         plan = ex.plan
         asked = headers.get("x-gateway-cache")
-        if plan is None or asked == "skip" or not is_cacheable(plan.cache, operation, parsed.body):
+        if plan is None or not is_cacheable(plan.cache, operation, parsed.body):
+            ex.cache = "off"
+            return None, None
+        if asked == "skip":
             ex.cache = "skip"
             return None, None
         key = canonical_key(ex.tenant, operation, parsed.body, route=plan.route, headers=forwarded)

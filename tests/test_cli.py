@@ -117,3 +117,39 @@ def test_serve_refuses_an_admin_port_equal_to_the_main_one() -> None:
     result = run("serve", "--port", "18080", "--admin-port", "18080")
     assert result.returncode == 1
     assert "GATEWAY_ADMIN_PORT must differ from the main port" in result.stderr
+
+
+def test_explain_exits_1_when_the_plan_is_refused(tmp_path: Path) -> None:
+    unknown = run("explain", "--model", "no-such-model")
+    assert "404 model_not_found" in unknown.stdout
+    assert unknown.returncode == 1
+    budgets = tmp_path / "budgets.yaml"
+    budgets.write_text(
+        "tenants:\n  acme:\n    models: ['nothing-*']\n    keys:\n"
+        "      - {id: k, sha256: '" + "a" * 64 + "'}\n"
+    )
+    denied = run("explain", "--model", "gpt-4o-mini", "--key-id", "k", "--budgets", str(budgets))
+    assert "result: 403" in denied.stdout, denied.stdout + denied.stderr
+    assert denied.returncode == 1
+    assert run("explain", "--model", "gpt-4o-mini").returncode == 0
+
+
+def test_keys_new_warns_when_the_tenant_is_not_in_budgets(tmp_path: Path) -> None:
+    budgets = tmp_path / "budgets.yaml"
+    budgets.write_text("tenants:\n  acme:\n    keys: []\n")
+    known = run("keys", "new", "--tenant", "acme", "--id", "a1", "--budgets", str(budgets))
+    assert known.returncode == 0
+    assert known.stderr == ""
+    unknown = run("keys", "new", "--tenant", "acmee", "--id", "a2", "--budgets", str(budgets))
+    assert unknown.returncode == 0  # a warning: the tenant may be added in the same edit
+    assert "warning: tenant 'acmee' is not in" in unknown.stderr
+    assert "secret: sk-gw-" in unknown.stdout
+    env_only = subprocess.run(
+        [sys.executable, "-m", "gateway", "keys", "new", "--tenant", "nobody", "--id", "x"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "GATEWAY_BUDGETS": str(budgets)},
+    )
+    assert "tenant 'nobody' is not in" in env_only.stderr

@@ -26,6 +26,7 @@ from gateway.config.model import Budget, Defaults, Limits, ModelConfig
 from gateway.errors import BudgetExceeded, RateLimited, StoreUnavailable, retry_headers
 from gateway.memo import Memo
 from gateway.pipeline.auth import Principal
+from gateway.pipeline.budget_refusal import budget_refusal
 from gateway.pipeline.open_mode import LastKnown, local_ask, refused_by_allowance
 from gateway.pipeline.parse import ParsedRequest
 from gateway.pipeline.route import Plan
@@ -225,10 +226,15 @@ class Admitter:
             now=now,
             lease_s=max(2 * plan.timeout_s, plan.timeout_s + 10.0),
         )
-        return self._reserved(self._store.admit(ask), ask, scopes)
+        return self._reserved(self._store.admit(ask), ask, scopes, est, plan)
 
     async def _reserved(
-        self, admitting: Awaitable[Admission], ask: Ask, scopes: tuple[ScopeLimits, ...]
+        self,
+        admitting: Awaitable[Admission],
+        ask: Ask,
+        scopes: tuple[ScopeLimits, ...],
+        est: Estimate,
+        plan: Plan,
     ) -> Reservation:
         try:
             admission = await admitting
@@ -240,7 +246,7 @@ class Admitter:
                 if sent:
                     self._release(ask)
                 raise StoreUnavailable("The gateway's store is unreachable; try again shortly.") from exc
-            return await self._admit_locally(ask, scopes, sent)
+            return await self._admit_locally(ask, scopes, sent, est, plan)
         except BaseException:  # an error reply, a bug, a cancelled request: it may have run all the same
             self._release(ask)
             raise
@@ -249,10 +255,12 @@ class Admitter:
             if self._releases is not None:
                 self._releases.store_answered()
         if not admission.admitted:
-            raise refusal(admission, scopes)
+            raise refusal(admission, scopes, ask, est, plan)
         return Reservation(ask, admission)
 
-    async def _admit_locally(self, ask: Ask, scopes: tuple[ScopeLimits, ...], sent: bool) -> Reservation:
+    async def _admit_locally(
+        self, ask: Ask, scopes: tuple[ScopeLimits, ...], sent: bool, est: Estimate, plan: Plan
+    ) -> Reservation:
         """``store_failure: open``: admitted by the fallback store, within ``open_mode``'s bounds. The
         shared store's admission may have run too (``sent``): the settlement (or the release) frees it."""
         local = local_ask(ask, self._open_spend_nano, self._known)
@@ -268,7 +276,7 @@ class Admitter:
                 "The gateway's store is unreachable and this replica's allowance for serving without "
                 "it (open_spend_usd) is spent; try again shortly."
             )
-        raise refusal(admission, scopes)
+        raise refusal(admission, scopes, ask, est, plan)
 
     def _release(self, ask: Ask) -> None:
         if self._releases is not None:
@@ -279,10 +287,21 @@ async def _nothing() -> None:
     return None
 
 
-def refusal(admission: Admission, scopes: tuple[ScopeLimits, ...]) -> RateLimited | BudgetExceeded:
+def refusal(
+    admission: Admission, scopes: tuple[ScopeLimits, ...], ask: Ask, est: Estimate, plan: Plan
+) -> RateLimited | BudgetExceeded:
     who = "tenant" if admission.refused_scope == "t" else "key"
     if admission.refused_by == "budget":
-        return BudgetExceeded(f"The {who}'s budget for this period is spent.")
+        return budget_refusal(
+            who,
+            admission.budget_left_nano,
+            ask.cost_nano,
+            prompt_tokens=est.prompt_tokens,
+            output_tokens=est.output_tokens,
+            choices=est.choices,
+            bound_added=est.output_bound_added,
+            candidates=plan.candidates,
+        )
     kind = "requests" if admission.refused_by == "rpm" else "tokens"
     err = RateLimited(
         f"Rate limit reached for this {who}: too many {kind} per minute. "

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 import orjson
 
 from gateway.errors import BadRequest, PayloadTooLarge
+from gateway.logs import clip
 from gateway.providers.base import Operation
 
 
@@ -199,17 +200,160 @@ def _num(x: float) -> str:
 
 
 def _chat_fields(body: dict[str, Any]) -> None:
-    messages = _require(body, "messages", (list,))
+    messages = body.get("messages")
+    if messages is None:
+        raise _field("messages", "", missing=True)
+    if not isinstance(messages, list):
+        raise _type("messages", "an array", messages)
     if not messages:
-        raise _field("messages", "must contain at least one message")
+        raise BadRequest(
+            "Invalid 'messages': empty array. Expected an array with minimum length 1, but got an empty "
+            "array instead.",
+            param="messages",
+            code="empty_array",
+        )
     for i, message in enumerate(messages):
-        if not isinstance(message, dict):
-            raise _field(f"messages[{i}]", "must be an object")
-        if not isinstance(message.get("role"), str):
-            raise _field(f"messages[{i}].role", "is required and must be a string")
+        # the usual message, {"role": ..., "content": "..."} and nothing else, costs a few checks
+        if (
+            type(message) is dict
+            and len(message) == 2
+            and type(message.get("content")) is str
+            and message.get("role") in _PLAIN_ROLES
+        ):
+            continue
+        _check_message(i, message)
     tools = body.get("tools")
     if tools is not None and not isinstance(tools, list):
         raise _field("tools", "must be an array")
+
+
+# What OpenAI's chat endpoint checks of a message, with its codes and ``param`` paths; fields it does
+# not define still pass through (a provider may read them).
+_ROLES = ("system", "assistant", "user", "function", "tool", "developer")
+_PLAIN_ROLES = ("user", "assistant", "system", "developer")
+"""Roles for which a string ``content`` is all a message needs (a tuple: ``in`` must not hash a role
+that is not a string)."""
+_PART_TYPES: dict[str, tuple[str, ...]] = {
+    "system": ("text",),
+    "developer": ("text",),
+    "user": ("text", "image_url", "input_audio", "file"),
+    "assistant": ("text", "refusal"),
+    "tool": ("text",),
+    "function": ("text",),
+}
+_PART_PAYLOAD = {t: t for t in ("text", "image_url", "input_audio", "file", "refusal")}
+"""The field each content part type carries its payload in: the type's own name."""
+
+
+def _check_message(i: int, message: Any) -> None:
+    at = f"messages[{i}]"
+    if not isinstance(message, dict):
+        raise _type(at, "an object", message)
+    role = message.get("role")
+    if role is None:
+        raise _field(f"{at}.role", "", missing=True)
+    if role not in _ROLES:
+        raise _choice(f"{at}.role", role, _ROLES)
+    content = message.get("content")
+    if role == "assistant":
+        calls = message.get("tool_calls")
+        if calls is not None:
+            _check_tool_calls(at, calls)
+        if content is None and calls is None and message.get("function_call") is None:
+            if message.get("refusal") is None:
+                raise _field(f"{at}.content", "", missing=True)
+            return
+    elif content is None:
+        raise _field(f"{at}.content", "", missing=True)
+    if role == "tool" and message.get("tool_call_id") is None:
+        raise _field(f"{at}.tool_call_id", "", missing=True)
+    if role == "function" and message.get("name") is None:
+        raise _field(f"{at}.name", "", missing=True)
+    if content is None or isinstance(content, str):
+        return
+    if not isinstance(content, list):
+        raise _type(f"{at}.content", "one of a string or array of objects", content)
+    if not content and role != "assistant":
+        raise BadRequest(
+            f"Invalid '{at}.content': empty array. Expected an array with minimum length 1, but got an "
+            "empty array instead.",
+            param=f"{at}.content",
+            code="empty_array",
+        )
+    allowed = _PART_TYPES[role]
+    for j, part in enumerate(content):
+        where = f"{at}.content[{j}]"
+        if not isinstance(part, dict):
+            raise _type(where, "an object", part)
+        kind = part.get("type")
+        if kind is None:
+            raise _field(f"{where}.type", "", missing=True)
+        if kind not in allowed:
+            raise _choice(f"{where}.type", kind, allowed)
+        payload = _PART_PAYLOAD[kind]
+        if part.get(payload) is None:
+            raise _field(f"{where}.{payload}", "", missing=True)
+        if kind == "text" and not isinstance(part["text"], str):
+            raise _type(f"{where}.text", "a string", part["text"])
+
+
+def _check_tool_calls(at: str, calls: Any) -> None:
+    if not isinstance(calls, list):
+        raise _type(f"{at}.tool_calls", "an array", calls)
+    for k, call in enumerate(calls):
+        where = f"{at}.tool_calls[{k}]"
+        if not isinstance(call, dict):
+            raise _type(where, "an object", call)
+        for name in ("id", "type"):
+            if call.get(name) is None:
+                raise _field(f"{where}.{name}", "", missing=True)
+        kind = call["type"]
+        if kind not in ("function", "custom"):
+            raise _choice(f"{where}.type", kind, ("function", "custom"))
+        spec = call.get(kind)
+        if spec is None:
+            raise _field(f"{where}.{kind}", "", missing=True)
+        if not isinstance(spec, dict):
+            raise _type(f"{where}.{kind}", "an object", spec)
+        for name in ("name", "arguments") if kind == "function" else ("name",):
+            if spec.get(name) is None:
+                raise _field(f"{where}.{kind}.{name}", "", missing=True)
+            if not isinstance(spec[name], str):
+                raise _type(f"{where}.{kind}.{name}", "a string", spec[name])
+
+
+def _type(param: str, expected: str, value: Any) -> BadRequest:
+    return BadRequest(
+        f"Invalid type for '{param}': expected {expected}, but got {_kind(value)} instead.",
+        param=param,
+        code="invalid_type",
+    )
+
+
+def _choice(param: str, value: Any, allowed: tuple[str, ...]) -> BadRequest:
+    quoted = [f"'{a}'" for a in allowed]
+    listed = quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + f", and {quoted[-1]}"
+    shown = f"'{clip(value)}'" if isinstance(value, str) else repr(value)[:64]
+    return BadRequest(
+        f"Invalid value: {shown}. Supported values are: {listed}.", param=param, code="invalid_value"
+    )
+
+
+def _kind(value: Any) -> str:
+    """OpenAI's wording for what it got: ``a string``, ``an integer``, ``an object``..."""
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a decimal"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return "null" if value is None else f"'{type(value).__name__}'"
 
 
 def _require(body: dict[str, Any], name: str, types: tuple[type, ...]) -> Any:

@@ -88,9 +88,7 @@ class Router:
             seen.add(n)
             candidates.append(self._config.models[n])
         if not candidates:
-            raise PermissionDenied(
-                f"This key is not allowed to use the model '{clip(model)}'.", param="model"
-            )
+            raise _denied(model, names, route)
         plan = Plan(name, tuple(candidates), timeout, retry, cache, hooks, log_content)
         if route is None or len(route.targets) == 1:  # no draw: the same plan every time
             self._plans.put(key, principal, plan)
@@ -107,19 +105,41 @@ class Router:
         return ordered
 
     def reachable(self, principal: Principal) -> dict[str, list[str]]:
-        """Client-visible model names → the deployments they lead to, for ``/v1/models``."""
-        out: dict[str, list[str]] = {}
-        for name in self._config.models:
-            if principal.may_use(name):
-                out[name] = [name]
+        """Client-visible model names → the allowed deployments they lead to, for ``/v1/models``.
+
+        A name is listed only if a request for it (without a task header) would be served: it goes
+        through the route that would match it, exactly as ``plan`` does, so a deployment the key may
+        use is not listed when a route sends its name elsewhere (to a deployment the key may not use).
+        """
+        named = list(self._config.models)
         for route in self._config.routes:
             m = route.match
-            if m.model is None or any(ch in m.model for ch in "*?[") or m.task is not None:
+            if m.model is not None and not any(ch in m.model for ch in "*?[") and m.task is None:
+                named.append(m.model)
+        out: dict[str, list[str]] = {}
+        for name in named:
+            if name in out:
                 continue
-            if m.tenant is not None and m.tenant != principal.tenant:
-                continue
-            targets = [t.model for t in route.targets] + list(route.fallbacks)
-            allowed = [t for t in targets if principal.may_use(t)]
-            if allowed and m.model not in out:
-                out[m.model] = allowed
+            matched = self.match(name, None, principal.tenant)
+            if matched is None:
+                targets = [name] if name in self._config.models else []
+            else:
+                targets = [t.model for t in matched.targets] + list(matched.fallbacks)
+            allowed = [t for t in dict.fromkeys(targets) if principal.may_use(t)]
+            if allowed:
+                out[name] = allowed
         return out
+
+
+def _denied(model: str, names: list[str], route: Route | None) -> PermissionDenied:
+    """The 403 for a request whose every deployment the key may not use, naming them: the model asked
+    for may be allowed itself and still be routed to one that is not."""
+    blocked = ", ".join(f"'{n}'" for n in dict.fromkeys(names))
+    if route is None:
+        why = f"the key's allowed models do not include {blocked}"
+    else:
+        plural = "s" if len(set(names)) > 1 else ""
+        why = f"route '{route.name}' sends it to deployment{plural} {blocked}, which the key may not use"
+    return PermissionDenied(
+        f"This key is not allowed to use the model '{clip(model)}': {why}.", param="model"
+    )

@@ -4,7 +4,9 @@
 -- ARGV: now_ms, lease_expiry_ms, lease_ttl_s (lease + margin), request_id, tokens, cost_nano,
 --       then per scope: name, rpm, tpm, budget_nano  (-1 = no such limit)
 -- Returns {1, 0, 0, 0, states...} admitted, or {0, kind (1 rpm, 2 tpm, 3 budget), scope index, retry_ms,
--- states...} refused; states are 4 integers per scope: rpm_used, tpm_used, rpm_reset_ms, tpm_reset_ms.
+-- states...} refused; for a budget refusal the 4th integer is instead what the scope's budget has left
+-- (budget - spent - reserved, nano-USD; <= 0 when it is spent), so the client can be told why.
+-- states are 4 integers per scope: rpm_used, tpm_used, rpm_reset_ms, tpm_reset_ms.
 -- Returns {0, 4} when the request was already settled or released (its marker exists): an admission
 -- that arrives late (sent on a stalled connection, run after its caller gave up and released it)
 -- records nothing, so it cannot hold budget nobody will ever release.
@@ -46,7 +48,7 @@ reap(res, lease, now_ms)
 
 -- Check everything before writing anything.
 local used = {}
-local refused_kind, refused_at, retry, budget_at = 0, 0, 0, 0
+local refused_kind, refused_at, retry, budget_at, budget_left = 0, 0, 0, 0, 0
 for i = 1, n do
   local a, k = 6 + (i - 1) * 4, 3 + (i - 1) * 3
   local rpm, tpm, budget = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])
@@ -73,7 +75,7 @@ for i = 1, n do
     local spent = tonumber(redis.call('GET', KEYS[k + 3]) or '0')
     local reserved = tonumber(redis.call('HGET', res, 's:' .. ARGV[a + 1]) or '0')
     if spent + reserved + cost > budget then
-      budget_at = i
+      budget_at, budget_left = i, budget - spent - reserved
     end
   end
   used[i] = s
@@ -81,7 +83,7 @@ end
 
 -- A spent budget wins over a rate limit: retrying later cannot help it, so the client should not.
 if budget_at > 0 then
-  refused_kind, refused_at, retry = 3, budget_at, 0
+  refused_kind, refused_at, retry = 3, budget_at, budget_left
 end
 if refused_kind > 0 then
   local out = { 0, refused_kind, refused_at, retry }

@@ -83,6 +83,9 @@ class Admission:
     refused_scope: str | None = None
     retry_after_s: float = 0.0
     """For rpm/tpm refusals: when enough of the window expires."""
+    budget_left_nano: int = 0
+    """For budget refusals: what the refused scope's budget has left for this period (budget − spent −
+    reserved); ≤ 0 when it is spent, else the request's worst case was more than this."""
     states: tuple[ScopeState, ...] = field(default_factory=tuple)
 
 

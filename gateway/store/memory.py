@@ -156,7 +156,7 @@ class MemoryStore:
 
         used: list[list[int]] = []
         oldest: list[list[int | None]] = []
-        refused, refused_at, retry, budget_at = 0, 0, 0, 0
+        refused, refused_at, retry, budget_at, budget_left = 0, 0, 0, 0, 0
         for i, scope in enumerate(ask.scopes, start=1):
             u: list[int] = [0, 0]
             o: list[int | None] = [None, None]
@@ -170,9 +170,10 @@ class MemoryStore:
                     if wait > retry:
                         refused, refused_at, retry = kind + 1, i, wait
             if scope.budget_nano is not None and budget_at == 0:
-                spent = tenant.spent.get((scope.scope, scope.period_start), 0)
-                if spent + tenant.reserved.get(scope.scope, 0) + ask.cost_nano > scope.budget_nano:
-                    budget_at = i
+                held = tenant.spent.get((scope.scope, scope.period_start), 0)
+                held += tenant.reserved.get(scope.scope, 0)
+                if held + ask.cost_nano > scope.budget_nano:
+                    budget_at, budget_left = i, scope.budget_nano - held
             used.append(u)
             oldest.append(o)
 
@@ -185,6 +186,7 @@ class MemoryStore:
                 refused_by=_KINDS[refused - 1],
                 refused_scope=ask.scopes[refused_at - 1].scope,
                 retry_after_s=retry / 1000,
+                budget_left_nano=budget_left,
                 states=tuple(
                     _state(s.scope, u, o, now_ms) for s, u, o in zip(ask.scopes, used, oldest, strict=True)
                 ),

@@ -291,11 +291,13 @@ class RedisStore:
         )
         if raw[0] == 1:
             return Admission(admitted=True, states=states)
+        budget = raw[1] == 3  # then the 4th integer is what the budget has left, not a wait
         return Admission(
             admitted=False,
             refused_by=_KINDS[raw[1] - 1],
             refused_scope=ask.scopes[raw[2] - 1].scope,
-            retry_after_s=raw[3] / 1000,
+            retry_after_s=0.0 if budget else raw[3] / 1000,
+            budget_left_nano=raw[3] if budget else 0,
             states=states,
         )
 

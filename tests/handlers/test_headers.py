@@ -28,7 +28,7 @@ def test_gateway_headers_and_client_auth_are_not_forwarded(gateway_factory: Gate
     assert not [h for h in sent if h.lower().startswith("x-stainless")]
     assert raw.headers["x-request-id"] and raw.headers["x-gateway-route"] == "default"
     assert raw.headers["x-gateway-model"] == "gpt-4o-mini"
-    assert raw.headers["x-gateway-cache"] == "skip"
+    assert raw.headers["x-gateway-cache"] == "off"  # the default route has no cache: off, asked or not
     stream_raw = c.chat.completions.with_raw_response.create(
         model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], stream=True, extra_headers=extra
     )

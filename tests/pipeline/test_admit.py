@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import math
+import re
 from datetime import UTC, datetime
 
 import httpx
 import openai
 import pytest
+import yaml
 from conftest import KEY_ACME, ROUTES, GatewayFactory, sha
 from upstreams import FakeOpenAI
 
 from gateway import tokens
 from gateway.config.model import Budget, Defaults, Limits
+from gateway.config.parse import parse_routes
 from gateway.pipeline.admit import Admitter, go_duration, period_start
 from gateway.pipeline.auth import Principal
+from gateway.pipeline.budget_refusal import budget_refusal, largest_output
 from gateway.store.memory import MemoryStore
 
 
@@ -92,6 +96,54 @@ def test_budget_exhaustion_is_429_insufficient_quota_not_retried_by_sdk(
     assert err.response.headers["x-should-retry"] == "false"
     assert hits(gw, "429") - before == 1, "the SDK did not retry a budget refusal"
     assert len(upstream.requests) == 1
+
+
+def test_a_budget_refusal_says_the_worst_case_what_is_left_and_the_max_tokens_that_fits(
+    gateway_factory: GatewayFactory,
+) -> None:
+    # The case: a $0.0001 budget, nothing spent, and the first request is refused because
+    # its worst case (no max_tokens: the model's maximum output) does not fit. "Spent" would be false.
+    upstream = FakeOpenAI()
+    gw = gateway_factory(
+        routes=ROUTES, budgets=budgets("budget: {usd: 0.0001, period: daily}"), transport=upstream.transport
+    )
+    c = openai.OpenAI(base_url=gw.base_url, api_key=KEY_ACME, max_retries=0)
+    with pytest.raises(openai.RateLimitError) as info:
+        chat(c)
+    message = info.value.message
+    assert "spent" not in message, message
+    assert "max_tokens was not set" in message and "remaining budget for this period ($0.0001)" in message
+    found = re.search(r"A smaller max_tokens would fit: at most (\d+)\.", message)
+    assert found, message
+    fits = int(found.group(1))
+    print(f"\nrefusal: {message}")
+    assert 100 < fits < 170  # ~(100,000 - prompt) nano-USD / 600 nano-USD per output token
+    with pytest.raises(openai.RateLimitError) as info:
+        chat(c, max_tokens=fits + 1)  # the bound given is exact: one more does not fit
+    assert f"max_tokens {fits + 1})" in info.value.message
+    assert chat(c, max_tokens=fits).status_code == 200
+    assert len(upstream.requests) == 1
+
+
+def test_a_spent_budget_and_a_prompt_too_large_say_so() -> None:
+    mini = parse_routes(yaml.safe_load(ROUTES))[0].models["gpt-4o-mini"]
+    spent = budget_refusal(
+        "key", 0, 5_000, prompt_tokens=10, output_tokens=5, choices=1, bound_added=False, candidates=[mini]
+    )
+    assert spent.message.startswith("The key's budget for this period is spent")
+    # 1000 prompt tokens at $0.15/Mtok = 150,000 nano-USD, with 100,000 left: no output bound helps
+    big = budget_refusal(
+        "tenant",
+        100_000,
+        200_000,
+        prompt_tokens=1000,
+        output_tokens=100,
+        choices=2,
+        bound_added=False,
+        candidates=[mini],
+    )
+    assert "No max_tokens fits" in big.message and "for each of 2 choices" in big.message
+    assert largest_output(100_000, 10, 2, [mini]) == (100_000 - 1_500) // 1_200
 
 
 def test_missing_max_tokens_gets_the_reserved_bound_upstream(gateway_factory: GatewayFactory) -> None:

@@ -196,17 +196,25 @@ def test_a_hit_never_crosses_tenants(gw: Any, fake: FakeOpenAI) -> None:
     assert len(fake.requests) == 2
 
 
-def test_sampling_requests_are_skipped_unless_the_route_says_always(gw: Any, fake: FakeOpenAI) -> None:
+def test_the_cache_is_off_for_sampling_requests_unless_the_route_says_always(
+    gw: Any, fake: FakeOpenAI
+) -> None:
+    # ``off``, not ``skip``: the cache does not apply, and the client asked nothing; no lookup is
+    # counted, so the dashboard's hit rate (hit / (hit + miss)) is not diluted by such requests
     c = _client(gw)
     for _ in range(2):
-        assert _chat(c, temperature=0.7).headers["x-gateway-cache"] == "skip"
+        assert _chat(c, temperature=0.7).headers["x-gateway-cache"] == "off"
     assert len(fake.requests) == 2
-    # no cache policy on the route: skipped too
-    assert _chat(c, model="plain").headers["x-gateway-cache"] == "skip"
+    # no cache policy on the route: off too, even when the client asks to skip
+    assert _chat(c, model="plain").headers["x-gateway-cache"] == "off"
+    assert _chat(c, {"x-gateway-cache": "skip"}, model="plain").headers["x-gateway-cache"] == "off"
     always = [_chat(c, model="always", temperature=0.7).headers["x-gateway-cache"] for _ in range(2)]
     assert always == ["miss", "hit"]
-    assert len(fake.requests) == 4
-    assert _metric(gw, "skip") == 3
+    assert len(fake.requests) == 5
+    assert (_metric(gw, "skip"), _metric(gw, "off"), _metric(gw, "miss"), _metric(gw, "hit")) == (0, 0, 1, 1)
+    # only a client's own opt-out on a cached route says (and counts) skip
+    assert _chat(c, {"x-gateway-cache": "skip"}).headers["x-gateway-cache"] == "skip"
+    assert _metric(gw, "skip") == 1
 
 
 def test_skip_bypasses_and_refresh_replaces(gw: Any, fake: FakeOpenAI) -> None:

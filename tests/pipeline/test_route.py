@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import random
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import yaml
@@ -103,3 +105,79 @@ def test_a_plan_without_a_draw_is_worked_out_once_per_key() -> None:
     # a weighted route is drawn again for every request, never kept
     plans = {tuple(names(r.plan("x", "summarize", acme))) for _ in range(200)}
     assert len(plans) == 2
+
+
+REROUTED = """
+providers:
+  a: {type: mock}
+models:
+  gpt-4o-mini: {provider: a}
+  claude-haiku: {provider: a}
+  echo: {provider: a}
+routes:
+  - name: mini-to-haiku
+    match: {model: "gpt-4o-mini"}
+    targets: [{model: claude-haiku}]
+    fallbacks: [echo]
+"""
+
+
+def test_models_listing_agrees_with_routing_and_the_403_names_the_blocked_deployments() -> None:
+    # The issue's case: a route sends gpt-4o-mini to claude-haiku, and the tenant may use gpt-4o-mini
+    # only. The name must not be listed (a request for it is refused), and the 403 says why.
+    config, _ = parse_routes(yaml.safe_load(REROUTED))
+    r = Router(config, random.Random(1))
+    tenant_only_mini = who(models=("gpt-4o-mini",))
+    assert sorted(r.reachable(tenant_only_mini)) == []
+    with pytest.raises(PermissionDenied) as info:
+        r.plan("gpt-4o-mini", None, tenant_only_mini)
+    message = info.value.message
+    assert "route 'mini-to-haiku'" in message and "'claude-haiku', 'echo'" in message, message
+    # every listed name is one a request for succeeds, and every name that plans is listed
+    for principal in (who(), who(models=("echo",)), who(models=("claude-*",)), tenant_only_mini):
+        listed = r.reachable(principal)
+        for name in ("gpt-4o-mini", "claude-haiku", "echo", "nothing"):
+            try:
+                plan = r.plan(name, None, principal)
+            except (PermissionDenied, NotFound):
+                assert name not in listed, (principal.models, name)
+            else:
+                assert listed[name] == names(plan) or sorted(listed[name]) == sorted(names(plan))
+    assert sorted(r.reachable(who(models=("echo",)))) == ["echo", "gpt-4o-mini"]
+    # a key's own model list counts the same way (Principal.may_use)
+    key_only_haiku = Principal(
+        tenant="acme", key_id="k2", role="user", models=None, key_models=("claude-haiku",)
+    )
+    assert sorted(r.reachable(key_only_haiku)) == ["claude-haiku", "gpt-4o-mini"]
+    # with no route in the way, the 403 names the deployment too
+    with pytest.raises(PermissionDenied) as info:
+        r.plan("echo", None, who(models=("claude-*",)))
+    assert "do not include 'echo'" in info.value.message
+
+
+def test_models_endpoint_lists_only_what_routing_serves(tmp_path: Path) -> None:
+    from starlette.testclient import TestClient
+
+    from gateway.app import create_app
+    from gateway.settings import Settings
+
+    routes = tmp_path / "routes.yaml"
+    routes.write_text(REROUTED)
+    digest = hashlib.sha256(b"sk-test-mini").hexdigest()
+    budgets = tmp_path / "budgets.yaml"
+    budgets.write_text(
+        f"tenants:\n  acme:\n    models: [gpt-4o-mini]\n    keys:\n      - {{id: k1, sha256: '{digest}'}}\n"
+    )
+    settings = Settings(routes_path=str(routes), budgets_path=str(budgets))
+    with TestClient(create_app(settings)) as client:
+        auth = {"authorization": "Bearer sk-test-mini"}
+        listed = client.get("/v1/models", headers=auth).json()
+        assert [m["id"] for m in listed["data"]] == []
+        refused = client.post(
+            "/v1/chat/completions",
+            headers=auth,
+            json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]},
+        )
+        assert refused.status_code == 403
+        assert "claude-haiku" in refused.json()["error"]["message"]
+        assert client.get("/v1/models/gpt-4o-mini", headers=auth).status_code == 404

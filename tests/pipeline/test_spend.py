@@ -13,12 +13,13 @@ from decimal import Decimal
 import pytest
 from redis_server import RedisServer
 
-from gateway.config.model import Defaults
+from gateway.config.model import Defaults, ModelConfig, RetryPolicy
 from gateway.context import Exchange
 from gateway.errors import BudgetExceeded, StoreUnavailable
 from gateway.metrics import Metrics
-from gateway.pipeline.admit import Admitter, Reservation
+from gateway.pipeline.admit import Admitter, Estimate, Reservation
 from gateway.pipeline.open_mode import LastKnown, local_ask
+from gateway.pipeline.route import Plan
 from gateway.pipeline.spend import Settler
 from gateway.providers.base import Usage
 from gateway.store.base import NANO, Admission, AlreadySettledError, Ask, ScopeLimits
@@ -148,15 +149,18 @@ async def test_open_mode_serves_up_to_the_allowance_then_503_or_429() -> None:
     admitter = Admitter(down, MemoryStore(), Defaults(store_failure="open", open_spend_usd=0.5), known=known)
     try:
         tenant = (ScopeLimits("t", budget_nano=10 * NANO),)
+        # what the reservation was worked out from: the refusal's message is made from it
+        est = Estimate(1, 0, 300_000_000, False)
+        plan = Plan("r", (ModelConfig("m", "p", "m"),), 30.0, RetryPolicy(), None, None)
         ask = Ask("r1", "acme", tenant, 1, 300_000_000, time.time(), 60)
-        first = await admitter._reserved(down.admit(ask), ask, tenant)
+        first = await admitter._reserved(down.admit(ask), ask, tenant, est, plan)
         assert first.local is not None and first.local.scopes[0].budget_nano == NANO // 2
         second = Ask("r2", "acme", tenant, 1, 300_000_000, time.time(), 60)
         with pytest.raises(StoreUnavailable, match="open_spend_usd"):  # 0.3 + 0.3 > 0.5
-            await admitter._reserved(down.admit(second), second, tenant)
+            await admitter._reserved(down.admit(second), second, tenant, est, plan)
         known.note("other", tenant[0], 9_900_000_000)  # 0.1 left, as last reported
         third = Ask("r3", "other", tenant, 1, 300_000_000, time.time(), 60)
         with pytest.raises(BudgetExceeded):
-            await admitter._reserved(down.admit(third), third, tenant)
+            await admitter._reserved(down.admit(third), third, tenant, est, plan)
     finally:
         await down.close()

@@ -163,6 +163,33 @@ async def test_budget_reserves_the_worst_case_and_settles_the_actual(store: Gate
     assert (await store.admit(ask(t, cost=1))).refused_by == "budget"
 
 
+async def test_a_budget_refusal_says_what_the_budget_has_left(store: GatewayStore) -> None:
+    # The client is told why: a worst case larger than what is left (a smaller max_tokens would fit)
+    # is not the same as a spent budget. What is left counts spent and reserved alike.
+    t = ScopeLimits("t", budget_nano=10_000)
+    key = ScopeLimits("k:one", budget_nano=2_000)
+    refused = await store.admit(ask(t, key, cost=12_000))  # nothing spent yet
+    assert (refused.refused_by, refused.refused_scope, refused.budget_left_nano) == ("budget", "t", 10_000)
+    assert refused.retry_after_s == 0.0
+    first = ask(t, cost=2_500)
+    assert (await store.admit(first)).admitted
+    await store.settle(settle_of(first, cost=2_000))
+    assert (await store.admit(ask(t, cost=5_000))).admitted  # held, not spent
+    refused = await store.admit(ask(t, key, cost=2_500))  # the tenant has 3000 left, the key 2000
+    assert (refused.refused_scope, refused.budget_left_nano) == ("k:one", 2_000)
+    refused = await store.admit(ask(t, cost=3_001))  # 10000 - 2000 spent - 5000 held
+    assert (refused.refused_scope, refused.budget_left_nano) == ("t", 3_000)
+    assert (await store.admit(ask(t, cost=3_000))).admitted
+    spent = await store.admit(ask(ScopeLimits("t", rpm=0, budget_nano=10_000), cost=1))
+    assert (spent.refused_by, spent.budget_left_nano, spent.retry_after_s) == ("budget", 0, 0.0)
+    # a settlement over the reservation can leave less than nothing: said as it is
+    over = ScopeLimits("t", budget_nano=1_000)
+    a = ask(over, cost=1_000, tenant="globex")
+    assert (await store.admit(a)).admitted
+    await store.settle(settle_of(a, cost=1_500))
+    assert (await store.admit(ask(over, cost=1, tenant="globex"))).budget_left_nano == -500
+
+
 async def test_key_budget_inside_the_tenant_budget(store: GatewayStore) -> None:
     tenant = ScopeLimits("t", budget_nano=10_000)
     key1 = ScopeLimits("k:one", budget_nano=3_000)
