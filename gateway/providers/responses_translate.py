@@ -65,8 +65,8 @@ def _items(message: dict[str, Any]) -> list[dict[str, Any]]:
     if role == "assistant":
         text = _text(content)
         if text:
-            part = {"type": "output_text", "text": text, "annotations": []}
-            items.append({"type": "message", "role": "assistant", "content": [part]})
+            # an easy input message: an output-message item would need the upstream's own id and status
+            items.append({"type": "message", "role": "assistant", "content": text})
         for call in message.get("tool_calls") or []:
             fn = call.get("function") or {}
             items.append(
