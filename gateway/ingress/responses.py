@@ -8,8 +8,10 @@ out, and errors are ``BadRequest`` whose ``param`` names the offending field (``
 Lossy on purpose, because chat has no slot for them: ``reasoning`` items in the input are skipped
 (model-internal, meaningful only to the model that made them); ``developer`` messages become
 ``system`` ones (every chat-speaking provider, Anthropic's translation included, takes that);
-top-level fields the chat form has no place for (``include``, ``reasoning``, ``service_tier`` …) are
-read past. ``previous_response_id`` and ``truncation`` belong to the stored side
+top-level fields chat takes with the same meaning (``service_tier``, ``prompt_cache_key``,
+``safety_identifier``) go into the chat body; the others (``include``, ``reasoning``, unknown ones) ride
+under ``RESPONSES_EXTRA``, which a native-Responses upstream gets back unchanged and any other drops.
+``previous_response_id`` and ``truncation`` belong to the stored side
 (``gateway.responses_api``) and are only validated and echoed here.
 """
 
@@ -19,11 +21,22 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.errors import BadRequest, UpstreamUnavailable
+from gateway.providers.base import RESPONSES_EXTRA
 
 _ROLES = {"user": "user", "system": "system", "developer": "system", "assistant": "assistant"}
 _TOOL_CHOICES = frozenset({"auto", "none", "required"})
 _SKIPPED_ITEMS = frozenset({"reasoning"})
 MAX_METADATA_PAIRS = 16
+# The Responses fields this module reads; any other top-level field is passed on (see module doc).
+_READ = frozenset(
+    {
+        "model", "input", "instructions", "max_output_tokens", "temperature", "top_p", "stream", "user",
+        "store", "parallel_tool_calls", "previous_response_id", "truncation", "metadata", "text",
+        "tools", "tool_choice",
+    }
+)  # fmt: skip
+# Unread fields a chat server takes under the same name and meaning.
+_CHAT_TOO = frozenset({"service_tier", "prompt_cache_key", "safety_identifier"})
 
 
 def _bad(path: str, problem: str) -> BadRequest:
@@ -128,6 +141,12 @@ def to_chat_request(body: dict[str, Any]) -> tuple[dict[str, Any], Echo, list[di
             out["tool_choice"] = _chat_tool_choice(choice)
         if parallel is False:
             out["parallel_tool_calls"] = False
+    unread = body.keys() - _READ
+    if unread:
+        extra = {k: body[k] for k in unread - _CHAT_TOO}
+        out.update((k, body[k]) for k in unread & _CHAT_TOO)
+        if extra:
+            out[RESPONSES_EXTRA] = extra
     echo = Echo(
         model=model,
         instructions=instructions,

@@ -18,6 +18,11 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+# A chat body's private key: the top-level fields of a ``/v1/responses`` request that chat has no slot
+# for (``reasoning``, ``include``, unknown ones …), as the client sent them. A provider that speaks
+# Responses natively sends them on unchanged; every other one drops the key before the wire.
+RESPONSES_EXTRA = "_responses_extra"
+
 
 class Operation(enum.Enum):
     CHAT = "chat"

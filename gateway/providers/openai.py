@@ -19,7 +19,7 @@ import orjson
 from gateway.config.model import ProviderConfig
 from gateway.errors import UpstreamStatusError, UpstreamUnavailable
 from gateway.providers import http
-from gateway.providers.base import Operation, UpstreamRequest, UpstreamResponse, Usage
+from gateway.providers.base import RESPONSES_EXTRA, Operation, UpstreamRequest, UpstreamResponse, Usage
 from gateway.sse import LimitExceeded, SSEParser, data_frame
 
 PATHS = {
@@ -51,6 +51,8 @@ class OpenAIProvider:
 
     def upstream_body(self, request: UpstreamRequest) -> dict[str, Any]:
         body = request.body
+        if RESPONSES_EXTRA in body:  # Responses-only fields: a chat server would refuse them
+            body = {k: v for k, v in body.items() if k != RESPONSES_EXTRA}
         if "max_tokens" in body and request.operation is Operation.CHAT:
             body = _completion_tokens(body)
         if request.stream and request.operation is not Operation.EMBEDDINGS:

@@ -12,10 +12,13 @@ from typing import Any
 
 import orjson
 
-from gateway.providers.base import Usage
+from gateway.providers.base import RESPONSES_EXTRA, Usage
 
 # Chat fields with the same name and meaning in a Responses request.
-_SAME = ("model", "temperature", "top_p", "user", "parallel_tool_calls", "metadata", "stream")
+_SAME = (
+    "model", "temperature", "top_p", "user", "parallel_tool_calls", "metadata", "stream",
+    "service_tier", "prompt_cache_key", "safety_identifier",
+)  # fmt: skip
 
 
 def to_responses_request(body: dict[str, Any]) -> dict[str, Any]:
@@ -44,6 +47,9 @@ def to_responses_request(body: dict[str, Any]) -> dict[str, Any]:
         out["text"] = {"format": {"type": "json_schema", **fmt["json_schema"]}}
     elif isinstance(fmt, dict) and fmt.get("type") == "json_object":
         out["text"] = {"format": {"type": "json_object"}}
+    extra = body.get(RESPONSES_EXTRA)
+    if isinstance(extra, dict):  # what a /v1/responses client sent that chat has no slot for
+        out.update((k, v) for k, v in extra.items() if k not in out)
     return out
 
 

@@ -246,3 +246,37 @@ def test_retrieve_input_items_and_delete(api: openai.OpenAI, model: str) -> None
         api.responses.retrieve(created.id)
     with pytest.raises(openai.NotFoundError):
         api.responses.input_items.list(created.id)
+
+
+UNREAD = {
+    "reasoning": {"effort": "low", "summary": "auto"},
+    "include": ["reasoning.encrypted_content"],
+    "x_custom": {"nested": [1, "two"]},
+}
+CHAT_TOO = {"service_tier": "flex", "prompt_cache_key": "pck-1", "safety_identifier": "user-hash"}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_unread_fields_reach_a_native_upstream_and_never_a_chat_one(
+    api: openai.OpenAI, ups: Upstreams, stream: bool
+) -> None:
+    extra = {**UNREAD, **CHAT_TOO}
+    for model in MODELS:
+        got = api.responses.create(model=model, input="Salut", stream=stream, extra_body=extra)
+        if stream:
+            assert isinstance(list(got)[-1], ResponseCompletedEvent)  # type: ignore[arg-type]
+        else:
+            assert got.status == "completed"  # type: ignore[union-attr]
+    native = ups.native.bodies[-1]
+    assert {k: native[k] for k in extra} == extra  # unchanged, the known ones still translated
+    assert native["store"] is False and native["input"][0]["content"][0]["text"] == "Salut"
+    chat = ups.chat.bodies[-1]
+    assert not UNREAD.keys() & chat.keys() and not any(k.startswith("_") for k in chat)
+    assert {k: chat[k] for k in CHAT_TOO} == CHAT_TOO  # chat takes these under the same names
+    messages = ups.anthropic.bodies[-1]
+    assert not UNREAD.keys() & messages.keys() and not any(k.startswith("_") for k in messages)
+    # on /v1/chat/completions nothing changes: unknown chat fields still pass through as they did
+    api.chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], extra_body={"x_custom": 1}
+    )
+    assert ups.chat.bodies[-1]["x_custom"] == 1
