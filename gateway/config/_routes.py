@@ -33,7 +33,7 @@ from gateway.config.model import (
 )
 from gateway.egress import tls_context
 
-PROVIDER_TYPES = ("openai", "openai_responses", "azure", "anthropic", "mock")
+PROVIDER_TYPES = ("openai", "openai_responses", "azure", "azure_responses", "anthropic", "mock")
 MOCK_FAULTS = ("none", "429", "500", "503", "timeout", "disconnect")
 AZURE_API_VERSION = "2024-10-21"
 ANTHROPIC_BASE_URL = "https://api.anthropic.com"
@@ -45,7 +45,8 @@ _LIMITS = tuple(UpstreamLimits.__dataclass_fields__)
 _MIN_LIMIT = 1024  # below a kilobyte no real answer fits: surely a slip
 _AZURE_ONLY = ("api_version",)
 _MOCK_ONLY = ("latency_ms", "fault", "fault_rate")
-_NEEDS_BASE_URL = ("openai", "openai_responses", "azure")
+_NEEDS_BASE_URL = ("openai", "openai_responses", "azure", "azure_responses")
+_AZURE_TYPES = ("azure", "azure_responses")
 _STORE_FAILURE: tuple[Literal["closed", "open"], ...] = ("closed", "open")
 _ON_ERROR: tuple[Literal["open", "closed"], ...] = ("open", "closed")
 _HOOKS: tuple[HookName, ...] = ("pre", "post", "tool")
@@ -87,9 +88,9 @@ def _provider(name: str, value: object, path: str, c: Checker) -> ProviderConfig
     if kind:
         # Type-specific fields on another type are almost always a copy-paste slip (fault injection left on
         # a real provider), so they are errors rather than silently ignored.
-        for key in _AZURE_ONLY if kind != "azure" else ():
+        for key in _AZURE_ONLY if kind not in _AZURE_TYPES else ():
             if key in d:
-                c.error(key_path(path, key), "only valid for type azure")
+                c.error(key_path(path, key), "only valid for type azure or azure_responses")
         for key in _MOCK_ONLY if kind != "mock" else ():
             if key in d:
                 c.error(key_path(path, key), "only valid for type mock")
@@ -98,7 +99,8 @@ def _provider(name: str, value: object, path: str, c: Checker) -> ProviderConfig
         c.error(key_path(path, "base_url"), f"is required for type {kind}")
     if kind == "anthropic" and not base_url:
         base_url = ANTHROPIC_BASE_URL
-    api_version = c.text(d, path, "api_version", AZURE_API_VERSION, nonempty=True) if kind == "azure" else ""
+    azure = kind in _AZURE_TYPES
+    api_version = c.text(d, path, "api_version", AZURE_API_VERSION, nonempty=True) if azure else ""
     return ProviderConfig(
         name=name,
         type=kind,

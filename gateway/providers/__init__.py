@@ -15,6 +15,7 @@ ADAPTERS: dict[str, tuple[str, str]] = {
     "openai": ("gateway.providers.openai", "OpenAIProvider"),
     "openai_responses": ("gateway.providers.openai_responses", "OpenAIResponsesProvider"),
     "azure": ("gateway.providers.azure", "AzureProvider"),
+    "azure_responses": ("gateway.providers.azure", "AzureResponsesProvider"),
     "anthropic": ("gateway.providers.anthropic", "AnthropicProvider"),
     "mock": ("gateway.providers.mock", "MockProvider"),
 }

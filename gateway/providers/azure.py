@@ -1,6 +1,11 @@
 """Azure OpenAI: deployment URLs, ``api-key`` header, ``api-version`` query parameter.
 
 Each model's ``upstream`` in routes.yaml is the Azure deployment name.
+
+``type: azure_responses`` is a deployment reached through Azure's native Responses API, which Azure
+serves only on its OpenAI-compatible v1 surface: ``POST {base_url}/openai/v1/responses`` with the
+deployment in the body's ``model`` and no ``api-version``. Its other operations (embeddings) keep the
+deployment URLs above.
 """
 
 from __future__ import annotations
@@ -8,8 +13,9 @@ from __future__ import annotations
 import httpx
 
 from gateway.config.model import ProviderConfig
-from gateway.providers.base import UpstreamRequest
+from gateway.providers.base import Operation, UpstreamRequest
 from gateway.providers.openai import PATHS, OpenAIProvider
+from gateway.providers.openai_responses import OpenAIResponsesProvider
 
 
 class AzureProvider(OpenAIProvider):
@@ -21,6 +27,24 @@ class AzureProvider(OpenAIProvider):
         return {"api-key": config.api_key} if config.api_key else {}
 
     def url(self, request: UpstreamRequest) -> str:
-        deployment = str(request.body.get("model", ""))
-        path = PATHS[request.operation]
-        return f"{self._base}/openai/deployments/{deployment}{path}?api-version={self._api_version}"
+        return _deployment_url(self._base, self._api_version, request)
+
+
+class AzureResponsesProvider(OpenAIResponsesProvider):
+    def __init__(self, config: ProviderConfig, transport: httpx.AsyncBaseTransport) -> None:
+        super().__init__(config, transport)
+        self._api_version = config.api_version or "2024-10-21"
+
+    def _auth_headers(self, config: ProviderConfig) -> dict[str, str]:
+        return {"api-key": config.api_key} if config.api_key else {}
+
+    def url(self, request: UpstreamRequest) -> str:
+        if request.operation is Operation.CHAT:
+            return self._base + "/openai/v1/responses"
+        return _deployment_url(self._base, self._api_version, request)
+
+
+def _deployment_url(base: str, api_version: str, request: UpstreamRequest) -> str:
+    deployment = str(request.body.get("model", ""))
+    path = PATHS[request.operation]
+    return f"{base}/openai/deployments/{deployment}{path}?api-version={api_version}"

@@ -91,7 +91,8 @@ def test_every_error_is_reported_at_once() -> None:
         """
     )
     assert errors == [
-        "routes.yaml: providers.o.type: must be one of openai, openai_responses, azure, anthropic, mock",
+        "routes.yaml: providers.o.type: must be one of openai, openai_responses, azure, azure_responses,"
+        " anthropic, mock",
         "routes.yaml: models.a.provider: unknown provider 'nope'",
         "routes.yaml: models.b.context_window: must be >= 1",
         "routes.yaml: routes[0].targets[0].model: unknown model 'gpt-5'",

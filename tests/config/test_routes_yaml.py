@@ -24,7 +24,8 @@ class TestProviders:
     def test_type_is_required_and_listed(self) -> None:
         assert provider_errors("{api_key: k}") == ["routes.yaml: providers.x.type: is required"]
         assert provider_errors("{type: bedrock}") == [
-            "routes.yaml: providers.x.type: must be one of openai, openai_responses, azure, anthropic, mock"
+            "routes.yaml: providers.x.type: must be one of openai, openai_responses, azure, azure_responses,"
+            " anthropic, mock"
         ]
 
     @pytest.mark.parametrize("kind", ["openai", "azure"])
@@ -68,10 +69,12 @@ class TestProviders:
         config, _ = routes_ok(text % ", api_version: 2025-01-01")  # YAML reads this as a date
         assert config.providers["x"].api_version == "2025-01-01"
         assert load("v: 2025-01-01") == {"v": datetime.date(2025, 1, 1)}  # why the parser converts dates
+        config, _ = routes_ok(text.replace("azure", "azure_responses", 1) % ", api_version: 2025-01-01")
+        assert config.providers["x"].api_version == "2025-01-01"
 
     def test_type_specific_fields_on_another_type(self) -> None:
         assert provider_errors("{type: openai, base_url: 'http://h', fault: 500, api_version: v}") == [
-            "routes.yaml: providers.x.api_version: only valid for type azure",
+            "routes.yaml: providers.x.api_version: only valid for type azure or azure_responses",
             "routes.yaml: providers.x.fault: only valid for type mock",
         ]
 
@@ -109,7 +112,8 @@ class TestModels:
 
     def test_a_broken_provider_is_not_also_unknown(self) -> None:
         assert routes_errors("providers: {p: {type: x}}\nmodels: {m: {provider: p}}") == [
-            "routes.yaml: providers.p.type: must be one of openai, openai_responses, azure, anthropic, mock"
+            "routes.yaml: providers.p.type: must be one of openai, openai_responses, azure, azure_responses,"
+            " anthropic, mock"
         ]
 
     def test_price_warning_and_defaults(self) -> None:

@@ -50,12 +50,15 @@ def response(body: dict[str, Any], output: list[dict[str, Any]], status: str = "
 class FakeResponses:
     """Speaks only `/v1/responses`: a request the SDK's types reject fails the test."""
 
+    path = "/v1/responses"
+    auth = ("authorization", "Bearer sk-native")
+
     def __init__(self) -> None:
         self.bodies: list[dict[str, Any]] = []
 
     async def handle(self, request: httpx.Request) -> httpx.Response:
-        assert request.url.path == "/v1/responses", request.url.path
-        assert request.headers["authorization"] == "Bearer sk-native"
+        assert request.url.path == self.path, request.url.path
+        assert request.headers[self.auth[0]] == self.auth[1]
         body = json.loads(request.content)
         stream = body.pop("stream", False)
         CREATE.validate_python(body)  # what the upstream would refuse

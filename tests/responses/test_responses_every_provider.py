@@ -1,5 +1,6 @@
 """Issue 15's acceptance list, run against every provider kind: `mock`, an OpenAI-type upstream that
-speaks Responses (`openai_responses`), one that only speaks chat (`openai`) and `anthropic`.
+speaks Responses (`openai_responses`, and Azure's `azure_responses`), one that only speaks chat
+(`openai`) and `anthropic`.
 
 The openai SDK, unchanged, drives `responses.create` (text, items, images, instructions),
 `responses.parse` with a Pydantic model, a function tool round trip through `previous_response_id`,
@@ -31,15 +32,18 @@ ROUTES_EVERY = ROUTES.replace(
     "  local: {type: mock}",
     "  local: {type: mock}\n"
     "  anth: {type: anthropic, base_url: 'http://anthropic.test', api_key: sk-ant-upstream}\n"
-    "  native: {type: openai_responses, base_url: 'http://native.test/v1', api_key: sk-native}",
+    "  native: {type: openai_responses, base_url: 'http://native.test/v1', api_key: sk-native}\n"
+    "  az: {type: azure_responses, base_url: 'https://res.azure.test', api_key: az-key}",
 ).replace(
     "models:\n",
     "models:\n"
     "  claude-haiku: {provider: anth, upstream: claude-3-5-haiku-latest,"
     " price: {input_per_mtok: 1, output_per_mtok: 5}}\n"
-    "  gpt-native: {provider: native, upstream: gpt-4.1, price: {input_per_mtok: 1, output_per_mtok: 2}}\n",
+    "  gpt-native: {provider: native, upstream: gpt-4.1, price: {input_per_mtok: 1, output_per_mtok: 2}}\n"
+    "  gpt-azure: {provider: az, upstream: my-deploy, price: {input_per_mtok: 1, output_per_mtok: 2}}\n",
 )
-MODELS = ["mock-chat", "gpt-native", "gpt-4o-mini", "claude-haiku"]
+MODELS = ["mock-chat", "gpt-native", "gpt-azure", "gpt-4o-mini", "claude-haiku"]
+NATIVE = ("gpt-native", "gpt-azure")
 IMAGE = "data:image/png;base64,iVBORw0KGgo="
 
 
@@ -109,13 +113,25 @@ class Native(FakeResponses):
         return httpx.Response(200, json=native_response(body, [_message(json.dumps(sample(fmt["schema"])))]))
 
 
+class Azure(Native):
+    """Azure's v1 surface: `/openai/v1/responses`, `api-key`, the deployment as `model`, no api-version."""
+
+    path = "/openai/v1/responses"
+    auth = ("api-key", "az-key")
+
+    async def handle(self, request: httpx.Request) -> httpx.Response:
+        assert "authorization" not in request.headers and not request.url.query
+        assert json.loads(request.content)["model"] == "my-deploy"
+        return await super().handle(request)
+
+
 class Upstreams:
     def __init__(self) -> None:
-        self.chat, self.anthropic, self.native = Chat(), Anthropic(), Native()
+        self.chat, self.anthropic, self.native, self.azure = Chat(), Anthropic(), Native(), Azure()
 
     def last(self, model: str) -> dict[str, Any] | None:
         bodies = {"gpt-4o-mini": self.chat.bodies, "claude-haiku": self.anthropic.bodies}
-        bodies["gpt-native"] = self.native.bodies
+        bodies.update({"gpt-native": self.native.bodies, "gpt-azure": self.azure.bodies})
         found = bodies.get(model)
         return found[-1] if found else None
 
@@ -128,7 +144,10 @@ def ups() -> Upstreams:
 @pytest.fixture
 def api(gateway_factory: GatewayFactory, ups: Upstreams) -> openai.OpenAI:
     transport = HostRouter(
-        upstream_test=ups.chat.handle, anthropic_test=ups.anthropic.handle, native_test=ups.native.handle
+        upstream_test=ups.chat.handle,
+        anthropic_test=ups.anthropic.handle,
+        native_test=ups.native.handle,
+        **{"res.azure.test": ups.azure.handle},
     )
     gw = gateway_factory(routes=ROUTES_EVERY, budgets=BUDGETS, transport=transport)
     return openai.OpenAI(base_url=gw.base_url, api_key=KEY_ACME, max_retries=0)
@@ -163,7 +182,7 @@ def test_create_text_items_images_and_instructions(api: openai.OpenAI, ups: Upst
     if model == "gpt-4o-mini":
         assert sent is not None and sent["messages"][0] == {"role": "system", "content": "Answer in French."}
         assert sent["messages"][3]["content"][1]["image_url"] == {"url": IMAGE, "detail": "low"}
-    if model == "gpt-native":
+    if model in NATIVE:
         assert sent is not None and sent["input"][0]["role"] == "system"
         assert sent["input"][3]["content"][1] == {"type": "input_image", "image_url": IMAGE, "detail": "low"}
     if model == "claude-haiku":
@@ -184,7 +203,7 @@ def test_parse_with_a_pydantic_model(api: openai.OpenAI, ups: Upstreams, model: 
     assert isinstance(parsed.output_parsed, Forecast), parsed.output_text
     assert parsed.text.format.type == "json_schema"
     sent = ups.last(model)
-    if model == "gpt-native":
+    if model in NATIVE:
         assert sent is not None
         assert sent["text"]["format"]["schema"]["required"] == list(Forecast.model_fields)
 
@@ -205,7 +224,7 @@ def test_tool_round_trip_through_previous_response_id(api: openai.OpenAI, ups: U
     sent = ups.last(model)
     if model == "gpt-4o-mini":
         assert sent is not None and [m["role"] for m in sent["messages"]] == ["user", "assistant", "tool"]
-    if model == "gpt-native":
+    if model in NATIVE:
         assert sent is not None
         assert [i.get("type") for i in sent["input"]] == ["message", "function_call", "function_call_output"]
     if model == "claude-haiku":
@@ -267,9 +286,9 @@ def test_unread_fields_reach_a_native_upstream_and_never_a_chat_one(
             assert isinstance(list(got)[-1], ResponseCompletedEvent)  # type: ignore[arg-type]
         else:
             assert got.status == "completed"  # type: ignore[union-attr]
-    native = ups.native.bodies[-1]
-    assert {k: native[k] for k in extra} == extra  # unchanged, the known ones still translated
-    assert native["store"] is False and native["input"][0]["content"][0]["text"] == "Salut"
+    for native in (ups.native.bodies[-1], ups.azure.bodies[-1]):
+        assert {k: native[k] for k in extra} == extra  # unchanged, the known ones still translated
+        assert native["store"] is False and native["input"][0]["content"][0]["text"] == "Salut"
     chat = ups.chat.bodies[-1]
     assert not UNREAD.keys() & chat.keys() and not any(k.startswith("_") for k in chat)
     assert {k: chat[k] for k in CHAT_TOO} == CHAT_TOO  # chat takes these under the same names
@@ -280,3 +299,21 @@ def test_unread_fields_reach_a_native_upstream_and_never_a_chat_one(
         model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], extra_body={"x_custom": 1}
     )
     assert ups.chat.bodies[-1]["x_custom"] == 1
+
+
+def test_azure_responses_keeps_deployment_urls_for_other_operations() -> None:
+    from gateway.config.model import ProviderConfig
+    from gateway.providers import build_provider
+    from gateway.providers.base import Operation, UpstreamRequest
+
+    config = ProviderConfig(
+        name="az", type="azure_responses", base_url="https://r.azure.test/", api_key="k", api_version="v9"
+    )
+    provider = build_provider(config, httpx.MockTransport(lambda r: httpx.Response(500)))
+    chat = UpstreamRequest(Operation.CHAT, {"model": "dep"}, 5.0)
+    embed = UpstreamRequest(Operation.EMBEDDINGS, {"model": "dep"}, 5.0)
+    assert provider.url(chat) == "https://r.azure.test/openai/v1/responses"  # type: ignore[attr-defined]
+    assert (
+        provider.url(embed)  # type: ignore[attr-defined]
+        == "https://r.azure.test/openai/deployments/dep/embeddings?api-version=v9"
+    )
