@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from datetime import UTC, date, datetime, timedelta
 
@@ -98,13 +99,14 @@ def _group_by(text: str) -> tuple[str, ...]:
     return names
 
 
+_UNIX_SECONDS = re.compile(r"[0-9]+(?:\.[0-9]+)?")
+
+
 def _when(text: str | None, param: str, *, end: bool) -> float | None:
     if text is None or text == "":
         return None
-    try:
+    if _UNIX_SECONDS.fullmatch(text):
         return float(text)
-    except ValueError:
-        pass
     try:
         if len(text) == 10:  # a date: from its midnight; as ``to``, through its end
             day = date.fromisoformat(text)
