@@ -71,6 +71,14 @@ class OpenAIProvider:
         return request.content if request.content is not None else self.upstream_body(request)
 
     async def send(self, request: UpstreamRequest) -> UpstreamResponse:
+        raw, data = await self._post(request)
+        return UpstreamResponse(raw, Usage.from_openai(data.get("usage")))
+
+    async def open_stream(self, request: UpstreamRequest) -> OpenAIStream:
+        return OpenAIStream(self.name, await self._open(request), self._parser())
+
+    async def _post(self, request: UpstreamRequest) -> tuple[bytes, dict[str, Any]]:
+        """The upstream's JSON answer to ``request`` (raw and decoded); a non-object is a 502."""
         raw, data = await http.post_json(
             self._transport,
             self.name,
@@ -82,10 +90,10 @@ class OpenAIProvider:
         )
         if not isinstance(data, dict):
             raise UpstreamUnavailable(f"upstream '{self.name}' sent a malformed body")
-        return UpstreamResponse(raw, Usage.from_openai(data.get("usage")))
+        return raw, data
 
-    async def open_stream(self, request: UpstreamRequest) -> OpenAIStream:
-        response = await http.open_stream(
+    async def _open(self, request: UpstreamRequest) -> http.OpenResponse:
+        return await http.open_stream(
             self._transport,
             self.name,
             self.url(request),
@@ -94,9 +102,9 @@ class OpenAIProvider:
             timeout_s=request.timeout_s,
             limits=self._limits,
         )
-        return OpenAIStream(
-            self.name, response, SSEParser(self._limits.max_event_bytes, self._limits.max_stream_bytes)
-        )
+
+    def _parser(self) -> SSEParser:
+        return SSEParser(self._limits.max_event_bytes, self._limits.max_stream_bytes)
 
 
 def _completion_tokens(body: dict[str, Any]) -> dict[str, Any]:

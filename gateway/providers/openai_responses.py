@@ -36,34 +36,15 @@ class OpenAIResponsesProvider(OpenAIProvider):
     async def send(self, request: UpstreamRequest) -> UpstreamResponse:
         if request.operation is not Operation.CHAT:
             return await super().send(request)
-        _, data = await http.post_json(
-            self._transport,
-            self.name,
-            self.url(request),
-            body=self._payload(request),
-            headers=self._headers,
-            timeout_s=request.timeout_s,
-            limits=self._limits,
-        )
-        if not isinstance(data, dict):
-            raise UpstreamUnavailable(f"upstream '{self.name}' sent a malformed body")
+        _, data = await self._post(request)
         answer, usage = to_chat_answer(data, str(request.body.get("model", "")))
         return UpstreamResponse(orjson.dumps(answer), usage)
 
     async def open_stream(self, request: UpstreamRequest) -> Any:
         if request.operation is not Operation.CHAT:
             return await super().open_stream(request)
-        response = await http.open_stream(
-            self._transport,
-            self.name,
-            self.url(request),
-            body=self._payload(request),
-            headers=self._headers,
-            timeout_s=request.timeout_s,
-            limits=self._limits,
-        )
-        parser = SSEParser(self._limits.max_event_bytes, self._limits.max_stream_bytes)
-        return ResponsesStream(self.name, response, parser, str(request.body.get("model", "")))
+        model = str(request.body.get("model", ""))
+        return ResponsesStream(self.name, await self._open(request), self._parser(), model)
 
 
 class ResponsesStream:
