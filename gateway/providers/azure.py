@@ -18,7 +18,9 @@ from gateway.providers.openai import PATHS, OpenAIProvider
 from gateway.providers.openai_responses import OpenAIResponsesProvider
 
 
-class AzureProvider(OpenAIProvider):
+class _Azure(OpenAIProvider):
+    """What both Azure types share: the ``api-key`` header and the ``api-version`` of deployment URLs."""
+
     def __init__(self, config: ProviderConfig, transport: httpx.AsyncBaseTransport) -> None:
         super().__init__(config, transport)
         self._api_version = config.api_version or "2024-10-21"
@@ -26,18 +28,13 @@ class AzureProvider(OpenAIProvider):
     def _auth_headers(self, config: ProviderConfig) -> dict[str, str]:
         return {"api-key": config.api_key} if config.api_key else {}
 
+
+class AzureProvider(_Azure):
     def url(self, request: UpstreamRequest) -> str:
         return _deployment_url(self._base, self._api_version, request)
 
 
-class AzureResponsesProvider(OpenAIResponsesProvider):
-    def __init__(self, config: ProviderConfig, transport: httpx.AsyncBaseTransport) -> None:
-        super().__init__(config, transport)
-        self._api_version = config.api_version or "2024-10-21"
-
-    def _auth_headers(self, config: ProviderConfig) -> dict[str, str]:
-        return {"api-key": config.api_key} if config.api_key else {}
-
+class AzureResponsesProvider(_Azure, OpenAIResponsesProvider):
     def url(self, request: UpstreamRequest) -> str:
         if request.operation is Operation.CHAT:
             return self._base + "/openai/v1/responses"
