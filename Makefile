@@ -9,7 +9,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run run-plugins test replicas install redis lint typecheck bench bench-quick check clean
+.PHONY: run run-plugins test replicas install redis chromium lint typecheck bench bench-quick check clean
 
 # The venv is built from requirements-dev.lock: the image's runtime pins (requirements.lock) plus the
 # dev tools, every file checked against its hash, so the tests run on exactly what the image ships.
@@ -42,7 +42,15 @@ redis:
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server >/dev/null; }
 
-test: $(STAMP) redis
+# The reviewer page's tests drive Debian's chromium through Playwright (its own browser download cannot
+# run offline); installed with apt like redis-server.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+		echo "installing chromium with apt"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
+
+test: $(STAMP) redis chromium
 	$(PY) -m pytest -q
 
 # The multi-replica proof: gateway processes on loopback sharing one redis-server behave as one gateway
