@@ -1,0 +1,82 @@
+"""The ``vertex`` provider: Gemini models on Vertex AI, with Google Cloud credentials.
+
+The bodies and answers are the Gemini API's (``gemini``); what differs is where they go and how
+they are authorised. Chat goes to
+``{base_url}/projects/{project}/locations/{location}/publishers/google/models/{model}:generateContent``
+(``:streamGenerateContent?alt=sse``), with ``base_url`` ``https://{location}-aiplatform.googleapis.com/v1``
+(``https://aiplatform.googleapis.com/v1`` for the ``global`` location); an ``upstream`` that starts
+with ``projects/`` (a tuned model's endpoint) is used as the whole path. Embeddings use the
+text-embedding models' ``:predict``, which reports token counts. Calls carry an OAuth2 bearer
+token from ``vertex_auth`` (``credentials_file`` or Application Default Credentials).
+
+Options: ``project`` (else the credentials' own project), ``location`` (default ``us-central1``),
+``credentials_file``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import httpx
+import orjson
+
+from gateway.config.model import ProviderConfig
+from gateway.errors import UpstreamUnavailable
+from gateway.providers.base import UpstreamRequest, UpstreamResponse, Usage
+from gateway.providers.gemini import GeminiProvider
+from gateway.providers.gemini_response import embeddings_response, predict_vectors
+from gateway.providers.gemini_translate import embedding_inputs, to_predict_request
+from gateway.providers.vertex_auth import TokenSource
+
+DEFAULT_LOCATION = "us-central1"
+
+
+class VertexProvider(GeminiProvider):
+    """One ``type: vertex`` provider entry."""
+
+    def __init__(self, config: ProviderConfig, transport: httpx.AsyncBaseTransport) -> None:
+        options = config.options
+        self._location = str(options.get("location") or DEFAULT_LOCATION)
+        self._project = str(options.get("project") or "")
+        super().__init__(config, transport)
+        self.tokens = TokenSource(config.name, transport, str(options.get("credentials_file") or ""))
+        self._static = dict(self._headers)
+        self._merged: tuple[Mapping[str, str], dict[str, str]] | None = None
+
+    def default_base_url(self) -> str:
+        if self._location == "global":
+            return "https://aiplatform.googleapis.com/v1"
+        return f"https://{self._location}-aiplatform.googleapis.com/v1"
+
+    async def headers(self) -> Mapping[str, str]:
+        auth = await self.tokens.authorization()
+        merged = self._merged
+        if merged is None or merged[0] is not auth:
+            # A new dict only when the token changes: the transport encodes a provider's headers once
+            # per dict object, so a reused token costs no re-encoding.
+            merged = self._merged = (auth, {**self._static, **auth})
+        return merged[1]
+
+    async def model_url(self, model: str, method: str) -> str:
+        if model.startswith("projects/"):
+            return f"{self._base}/{model}:{method}"
+        await self.tokens.authorization()  # the project may come with the credentials
+        project = self._project or self.tokens.project
+        if not project:
+            raise UpstreamUnavailable(
+                f"upstream '{self.name}' has no Google Cloud project: set the provider's 'project' option",
+                code="upstream_config_error",
+            )
+        return (
+            f"{self._base}/projects/{project}/locations/{self._location}/publishers/google/models/"
+            f"{model}:{method}"
+        )
+
+    async def embed(self, request: UpstreamRequest) -> UpstreamResponse:
+        body = to_predict_request(request.body)
+        data = await self._post(request, "predict", orjson.dumps(body))
+        vectors, tokens = predict_vectors(data, len(embedding_inputs(request.body)))
+        model = request.body["model"]
+        answer = embeddings_response(vectors, model, tokens or 0)
+        usage = Usage(prompt_tokens=tokens) if tokens is not None else None
+        return UpstreamResponse(body=orjson.dumps(answer), usage=usage)
