@@ -29,10 +29,11 @@ from gateway.providers.gemini_response import (
     to_openai_response,
 )
 from gateway.providers.gemini_translate import embedding_inputs, to_batch_embed_request, to_gemini_request
+from gateway.providers.registry import GEMINI_BASE_URL
 from gateway.sse import Event, LimitExceeded, SSEParser
 from gateway.tokens import TokenizerUnavailable, count_text
 
-DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com/v1beta"
+DEFAULT_BASE_URL = GEMINI_BASE_URL
 
 
 class GeminiProvider:

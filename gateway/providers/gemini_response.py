@@ -135,10 +135,16 @@ def to_openai_response(
             calls.append(_tool_call(part, seed, len(calls)))
         elif isinstance(part.get("text"), str) and not part.get("thought"):
             texts.append(part["text"])
-    message: dict[str, Any] = {"role": "assistant", "content": "".join(texts) if texts else None, "refusal": None}
+    message: dict[str, Any] = {
+        "role": "assistant",
+        "content": "".join(texts) if texts else None,
+        "refusal": None,
+    }
     if calls:
         message["tool_calls"] = calls
-    reason = "content_filter" if candidate is None else finish_reason(candidate.get("finishReason"), bool(calls))
+    reason = (
+        "content_filter" if candidate is None else finish_reason(candidate.get("finishReason"), bool(calls))
+    )
     usage = usage_from_gemini(data.get("usageMetadata"))
     completion = {
         "id": _completion_id(data.get("responseId")),
@@ -218,7 +224,12 @@ class StreamTranslator:
         self.usage_frame = data_frame(orjson.dumps(chunk))
 
     def _envelope(self) -> dict[str, Any]:
-        return {"id": self._id, "object": "chat.completion.chunk", "created": self.created, "model": self.model}
+        return {
+            "id": self._id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+        }
 
     def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> bytes:
         choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
@@ -294,7 +305,8 @@ def status_error(status: Any, error: Mapping[str, Any], headers: Mapping[str, st
     message = error.get("message") if isinstance(error.get("message"), str) else ""
     message = message or f"upstream answered HTTP {code}"
     google_status = error.get("status") if isinstance(error.get("status"), str) else None
-    details = error.get("details") if isinstance(error.get("details"), list) else []
+    raw_details = error.get("details")
+    details: list[Any] = raw_details if isinstance(raw_details, list) else []
     reasons = {d.get("reason") for d in details if isinstance(d, dict)}
     if code == 400 and "API_KEY_INVALID" in reasons:
         code = 401  # Google says 400 for a bad key; it is the operator's credential that failed

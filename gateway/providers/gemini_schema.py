@@ -67,7 +67,9 @@ def _convert(
     ref = schema.get("$ref")
     if isinstance(ref, str):
         if ref in seen:
-            raise BadRequest(f"{path}: recursive $ref {ref!r} cannot be expressed for Gemini models", param=path)
+            raise BadRequest(
+                f"{path}: recursive $ref {ref!r} cannot be expressed for Gemini models", param=path
+            )
         target = defs.get(ref)
         if target is None:
             raise BadRequest(f"{path}: $ref {ref!r} does not name a local $defs entry", param=path)

@@ -47,7 +47,9 @@ def to_gemini_request(body: Mapping[str, Any]) -> dict[str, Any]:
         raise BadRequest("model: must be a non-empty string", param="model")
     n = body.get("n")
     if n is not None and n != 1:
-        raise BadRequest("n: Gemini models are served one choice per request; only n=1 is supported", param="n")
+        raise BadRequest(
+            "n: Gemini models are served one choice per request; only n=1 is supported", param="n"
+        )
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise BadRequest("messages: must be a non-empty array", param="messages")
@@ -338,7 +340,10 @@ def _response_format(fmt: Any) -> dict[str, Any]:
         if not isinstance(schema, dict):
             raise _bad("response_format.json_schema.schema", "must be an object")
         path = "response_format.json_schema.schema"
-        return {"responseMimeType": "application/json", "responseSchema": to_gemini_schema(schema, path, ordered=True)}
+        return {
+            "responseMimeType": "application/json",
+            "responseSchema": to_gemini_schema(schema, path, ordered=True),
+        }
     raise _bad("response_format.type", "must be 'text', 'json_object' or 'json_schema'")
 
 
@@ -363,7 +368,9 @@ def to_batch_embed_request(body: Mapping[str, Any], model_path: str) -> dict[str
     task = body.get("task_type", body.get("taskType"))
     if isinstance(task, str):
         extra["taskType"] = task
-    requests = [{"model": model_path, "content": {"parts": [{"text": t}]}, **extra} for t in embedding_inputs(body)]
+    requests = [
+        {"model": model_path, "content": {"parts": [{"text": t}]}, **extra} for t in embedding_inputs(body)
+    ]
     return {"requests": requests}
 
 
@@ -371,7 +378,8 @@ def to_predict_request(body: Mapping[str, Any]) -> dict[str, Any]:
     """OpenAI embeddings → Vertex ``predict`` for text-embedding models: one instance per input."""
     task = body.get("task_type", body.get("taskType"))
     instances = [
-        {"content": t, **({"task_type": task} if isinstance(task, str) else {})} for t in embedding_inputs(body)
+        {"content": t, **({"task_type": task} if isinstance(task, str) else {})}
+        for t in embedding_inputs(body)
     ]
     out: dict[str, Any] = {"instances": instances}
     if body.get("dimensions") is not None:

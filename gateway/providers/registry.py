@@ -22,11 +22,13 @@ The options common to every type (``type``, ``base_url``, ``api_key``, ``headers
 from __future__ import annotations
 
 import datetime
+import json
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from gateway.config._validate import Checker
+from gateway.config._validate import Checker, key_path
 
 OptionParser = Callable[[Checker, dict[str, object], str], object]
 """``(checker, entry, path) -> value``: the option's value from a provider entry (``entry[name]``
@@ -98,12 +100,42 @@ def choice(name: str, values: tuple[str, ...], default: str) -> Option:
     return Option(name, parse)
 
 
+def google_credentials(name: str) -> Option:
+    """A Google credentials file (``vertex``): readable now and a JSON object with a ``type``, so a
+    wrong path or a pasted key fails ``check`` rather than the first request. With ``api_key`` (Vertex
+    AI express mode) there are no credentials to load, so both at once is a slip."""
+
+    def parse(c: Checker, d: dict[str, object], path: str) -> object:
+        if "api_key" in d and name in d:
+            c.error(key_path(path, name), "set api_key (express mode) or credentials_file, not both")
+        value = c.text(d, path, name, "", nonempty=True)
+        if not value:
+            return ""
+        where = key_path(path, name)
+        if not os.access(value, os.R_OK):
+            c.error(where, f"cannot read {value!r}")
+            return value
+        try:
+            with open(value, encoding="utf-8") as f:
+                info = json.load(f)
+        except (OSError, ValueError) as exc:
+            c.error(where, f"{value!r} is not a JSON credentials file: {exc}")
+            return value
+        if not isinstance(info, dict) or not isinstance(info.get("type"), str):
+            c.error(where, f"{value!r} is not a Google credentials file (no 'type' field)")
+        return value
+
+    return Option(name, parse)
+
+
 # -- the registry -----------------------------------------------------------------------------------------
 
 MOCK_FAULTS = ("none", "429", "500", "503", "timeout", "disconnect")
 AZURE_API_VERSION = "2024-10-21"
 ANTHROPIC_BASE_URL = "https://api.anthropic.com"
 ANTHROPIC_MAX_TOKENS = 4096
+GEMINI_BASE_URL = "https://generativelanguage.googleapis.com/v1beta"
+VERTEX_LOCATION = "us-central1"
 
 _AZURE_OPTIONS = (date_text("api_version", AZURE_API_VERSION),)
 
@@ -123,6 +155,17 @@ PROVIDERS: Mapping[str, ProviderType] = {
         (integer("default_max_tokens", ANTHROPIC_MAX_TOKENS, ge=1),),
         default_base_url=ANTHROPIC_BASE_URL,
         native=("anthropic",),
+    ),
+    "gemini": ProviderType("gateway.providers.gemini", "GeminiProvider", default_base_url=GEMINI_BASE_URL),
+    "vertex": ProviderType(
+        "gateway.providers.vertex",
+        "VertexProvider",
+        (
+            text("project"),  # else the credentials' own project
+            text("location", VERTEX_LOCATION, nonempty=True),
+            google_credentials("credentials_file"),  # else Application Default Credentials
+        ),
+        # default: https://{location}-aiplatform.googleapis.com/v1 (the adapter builds it)
     ),
     "mock": ProviderType(
         "gateway.providers.mock",

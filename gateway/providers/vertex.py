@@ -10,7 +10,8 @@ text-embedding models' ``:predict``, which reports token counts. Calls carry an 
 token from ``vertex_auth`` (``credentials_file`` or Application Default Credentials).
 
 Options: ``project`` (else the credentials' own project), ``location`` (default ``us-central1``),
-``credentials_file``.
+``credentials_file``. With ``api_key`` instead, the provider uses Vertex AI express mode: the key in
+``x-goog-api-key``, no project or location in the path, ``https://aiplatform.googleapis.com/v1``.
 """
 
 from __future__ import annotations
@@ -26,9 +27,10 @@ from gateway.providers.base import UpstreamRequest, UpstreamResponse, Usage
 from gateway.providers.gemini import GeminiProvider
 from gateway.providers.gemini_response import embeddings_response, predict_vectors
 from gateway.providers.gemini_translate import embedding_inputs, to_predict_request
+from gateway.providers.registry import VERTEX_LOCATION
 from gateway.providers.vertex_auth import TokenSource
 
-DEFAULT_LOCATION = "us-central1"
+DEFAULT_LOCATION = VERTEX_LOCATION
 
 
 class VertexProvider(GeminiProvider):
@@ -38,17 +40,20 @@ class VertexProvider(GeminiProvider):
         options = config.options
         self._location = str(options.get("location") or DEFAULT_LOCATION)
         self._project = str(options.get("project") or "")
+        self._express = bool(config.api_key)
         super().__init__(config, transport)
         self.tokens = TokenSource(config.name, transport, str(options.get("credentials_file") or ""))
         self._static = dict(self._headers)
         self._merged: tuple[Mapping[str, str], dict[str, str]] | None = None
 
     def default_base_url(self) -> str:
-        if self._location == "global":
+        if self._location == "global" or self._express:
             return "https://aiplatform.googleapis.com/v1"
         return f"https://{self._location}-aiplatform.googleapis.com/v1"
 
     async def headers(self) -> Mapping[str, str]:
+        if self._express:
+            return self._headers
         auth = await self.tokens.authorization()
         merged = self._merged
         if merged is None or merged[0] is not auth:
@@ -60,6 +65,8 @@ class VertexProvider(GeminiProvider):
     async def model_url(self, model: str, method: str) -> str:
         if model.startswith("projects/"):
             return f"{self._base}/{model}:{method}"
+        if self._express:
+            return f"{self._base}/publishers/google/models/{model}:{method}"
         await self.tokens.authorization()  # the project may come with the credentials
         project = self._project or self.tokens.project
         if not project:

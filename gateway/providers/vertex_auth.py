@@ -72,12 +72,16 @@ class LoopRequest(google.auth.transport.Request):
     ) -> google.auth.transport.Response:
         wait = float(timeout) if timeout else _TOKEN_TIMEOUT_S
         content = body.encode() if isinstance(body, str) else body
-        future = asyncio.run_coroutine_threadsafe(self._fetch(url, method, content, headers or {}, wait), self._loop)
+        future = asyncio.run_coroutine_threadsafe(
+            self._fetch(url, method, content, headers or {}, wait), self._loop
+        )
         try:
             return future.result(wait + 1)
         except Exception as exc:  # google-auth expects its own error type for a failed exchange
             future.cancel()
-            raise google.auth.exceptions.TransportError(f"{type(exc).__name__}: {exc}") from exc
+            raise google.auth.exceptions.TransportError(  # type: ignore[no-untyped-call]
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
 
     async def _fetch(
         self, url: str, method: str, body: bytes | None, headers: Mapping[str, str], wait: float
@@ -135,7 +139,9 @@ class TokenSource:
             token, expiry = await asyncio.to_thread(self._refresh_sync, request)
         except google.auth.exceptions.RefreshError as exc:
             # The token endpoint refused the credentials: the operator's configuration, like a 401.
-            raise UpstreamStatusError(401, f"Google token refresh failed: {exc}", code="token_refresh_failed") from exc
+            raise UpstreamStatusError(
+                401, f"Google token refresh failed: {exc}", code="token_refresh_failed"
+            ) from exc
         except (google.auth.exceptions.GoogleAuthError, OSError, ValueError) as exc:
             raise UpstreamUnavailable(
                 f"upstream '{self._provider}' failed: cannot get a Google access token: {exc}",
@@ -150,7 +156,8 @@ class TokenSource:
         """In the worker thread: load the credentials once, then refresh them."""
         if self._credentials is None:
             if self._file:
-                credentials, project = google.auth.load_credentials_from_file(self._file, scopes=SCOPES)
+                load = google.auth.load_credentials_from_file
+                credentials, project = load(self._file, scopes=SCOPES)  # type: ignore[no-untyped-call]
             else:
                 credentials, project = google.auth.default(scopes=SCOPES, request=request)
             self._credentials, self.project = credentials, project or ""

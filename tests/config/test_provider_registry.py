@@ -18,6 +18,8 @@ from config_snippets import provider_errors, routes_ok
 
 from gateway.providers import registry
 
+CREDENTIALS = str(Path(__file__).parent / "fixtures" / "google-credentials.json")
+
 # type -> (an entry with every documented option, the options the adapter then gets)
 DOCUMENTED: dict[str, tuple[dict[str, Any], dict[str, object]]] = {
     "openai": ({"base_url": "http://h/v1"}, {}),
@@ -31,6 +33,11 @@ DOCUMENTED: dict[str, tuple[dict[str, Any], dict[str, object]]] = {
         {"api_version": "2025-04-01-preview"},
     ),
     "anthropic": ({"default_max_tokens": 1024}, {"default_max_tokens": 1024}),
+    "gemini": ({}, {}),
+    "vertex": (
+        {"project": "acme-ml", "location": "europe-west4", "credentials_file": CREDENTIALS},
+        {"project": "acme-ml", "location": "europe-west4", "credentials_file": CREDENTIALS},
+    ),
     "mock": (
         {"latency_ms": 5, "fault": "503", "fault_rate": 0.25},
         {"latency_ms": 5.0, "fault": "503", "fault_rate": 0.25},
@@ -38,6 +45,9 @@ DOCUMENTED: dict[str, tuple[dict[str, Any], dict[str, object]]] = {
 }
 # The fields every type takes (parsed by the config parser itself, not by the registry).
 COMMON = {"api_key": "k", "headers": {"x-org": "acme"}, "timeout_s": 5, "limits": {"max_body_bytes": 1 << 20}}
+# Common fields a type's documented row cannot take with its other options (vertex: api_key is express
+# mode, credentials_file the alternative; test_vertex_config covers api_key alone).
+NOT_WITH: dict[str, set[str]] = {"vertex": {"api_key"}}
 
 # type -> (a misspelled field, the error gateway check prints for it)
 MISSPELLED: dict[str, tuple[str, str]] = {
@@ -49,6 +59,8 @@ MISSPELLED: dict[str, tuple[str, str]] = {
         "default_max_token",
         "unknown field 'default_max_token' (did you mean 'default_max_tokens'?)",
     ),
+    "gemini": ("base_ulr", "unknown field 'base_ulr' (did you mean 'base_url'?)"),
+    "vertex": ("credential_file", "unknown field 'credential_file' (did you mean 'credentials_file'?)"),
     "mock": ("fault_rat", "unknown field 'fault_rat' (did you mean 'fault_rate'?)"),
 }
 
@@ -64,12 +76,13 @@ def test_every_registered_type_is_covered() -> None:
 @pytest.mark.parametrize("kind", sorted(DOCUMENTED))
 def test_documented_options_are_accepted(kind: str) -> None:
     fields, expected = DOCUMENTED[kind]
-    text = f"providers:\n  x: {_entry(kind, {**COMMON, **fields})}\nmodels:\n  m: {{provider: x}}\n"
+    common = {k: v for k, v in COMMON.items() if k not in NOT_WITH.get(kind, set())}
+    text = f"providers:\n  x: {_entry(kind, {**common, **fields})}\nmodels:\n  m: {{provider: x}}\n"
     config, _ = routes_ok(text)
     provider = config.providers["x"]
     assert provider.type == kind
     assert dict(provider.options) == expected
-    assert provider.api_key == "k" and provider.timeout_s == 5
+    assert provider.api_key == common.get("api_key", "") and provider.timeout_s == 5
 
 
 @pytest.mark.parametrize("kind", sorted(MISSPELLED))
