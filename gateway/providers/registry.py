@@ -121,8 +121,13 @@ def google_credentials(name: str) -> Option:
         except (OSError, ValueError) as exc:
             c.error(where, f"{value!r} is not a JSON credentials file: {exc}")
             return value
-        if not isinstance(info, dict) or not isinstance(info.get("type"), str):
-            c.error(where, f"{value!r} is not a Google credentials file (no 'type' field)")
+        kind = info.get("type") if isinstance(info, dict) else None
+        if kind not in GOOGLE_CREDENTIAL_TYPES:
+            c.error(
+                where,
+                f"{value!r}: credentials of type {kind!r} are not supported "
+                f"(use {' or '.join(GOOGLE_CREDENTIAL_TYPES)})",
+            )
         return value
 
     return Option(name, parse)
@@ -136,6 +141,7 @@ ANTHROPIC_BASE_URL = "https://api.anthropic.com"
 ANTHROPIC_MAX_TOKENS = 4096
 GEMINI_BASE_URL = "https://generativelanguage.googleapis.com/v1beta"
 VERTEX_LOCATION = "us-central1"
+GOOGLE_CREDENTIAL_TYPES = ("service_account", "authorized_user")
 
 _AZURE_OPTIONS = (date_text("api_version", AZURE_API_VERSION),)
 

@@ -67,7 +67,8 @@ class VertexProvider(GeminiProvider):
             return f"{self._base}/{model}:{method}"
         if self._express:
             return f"{self._base}/publishers/google/models/{model}:{method}"
-        await self.tokens.authorization()  # the project may come with the credentials
+        if not self._project and not self.tokens.project:
+            await self.tokens.authorization()  # the credentials name the project: load them first
         project = self._project or self.tokens.project
         if not project:
             raise UpstreamUnavailable(

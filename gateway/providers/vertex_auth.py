@@ -7,8 +7,9 @@ goes through ``LoopRequest``: google-auth's transport interface, served by the p
 as the API calls. One refresh at a time (an ``asyncio.Lock``): requests that find the token stale
 wait for that refresh instead of each starting one. Between refreshes a call costs a clock read.
 
-Credentials come from ``credentials_file`` (any file ``google.auth.load_credentials_from_file``
-reads: service account, authorized user, external account) or, without one, from Application
+Credentials come from ``credentials_file`` (a service account key, or an authorized user's file as
+``gcloud auth application-default login`` writes it: the two types loaded here, each by its own
+loader, so a file of another type is refused rather than trusted) or, without one, from Application
 Default Credentials (``GOOGLE_APPLICATION_CREDENTIALS``, gcloud's file, the metadata server),
 resolved at the first call, in the worker thread, since discovery may probe the network.
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import json
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -25,9 +27,12 @@ import google.auth
 import google.auth.credentials
 import google.auth.exceptions
 import google.auth.transport
+import google.oauth2.credentials
 import httpx
+from google.oauth2 import service_account
 
 from gateway.errors import UpstreamStatusError, UpstreamUnavailable
+from gateway.providers.registry import GOOGLE_CREDENTIAL_TYPES
 
 SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
 REFRESH_MARGIN_S = 300.0
@@ -150,19 +155,20 @@ class TokenSource:
         self.refreshes += 1
         self._headers = {"authorization": f"Bearer {token}"}
         lifetime = expiry - time.time() if expiry is not None else 3600.0
-        self._fresh_until = self._clock() + max(lifetime - REFRESH_MARGIN_S, 0.0)
+        # A short-lived token (under 10 minutes) is replaced at half its life rather than at once.
+        self._fresh_until = self._clock() + max(lifetime - min(REFRESH_MARGIN_S, lifetime / 2), 0.0)
 
     def _refresh_sync(self, request: LoopRequest) -> tuple[str, float | None]:
         """In the worker thread: load the credentials once, then refresh them."""
         if self._credentials is None:
+            found: str | None
             if self._file:
-                load = google.auth.load_credentials_from_file
-                credentials, project = load(self._file, scopes=SCOPES)  # type: ignore[no-untyped-call]
+                credentials, found = load_file(self._file)
             else:
-                credentials, project = google.auth.default(scopes=SCOPES, request=request)
-            self._credentials, self.project = credentials, project or ""
+                credentials, found = google.auth.default(scopes=SCOPES, request=request)
+            self._credentials, self.project = credentials, found or ""
         credentials = self._credentials
-        credentials.refresh(request)
+        credentials.refresh(request)  # type: ignore[no-untyped-call]
         token = credentials.token
         if not isinstance(token, str) or not token:
             raise ValueError("the credentials returned no access token")
@@ -170,3 +176,22 @@ class TokenSource:
         if isinstance(expiry, datetime.datetime):  # google-auth keeps naive UTC datetimes
             return token, expiry.replace(tzinfo=datetime.UTC).timestamp()
         return token, None
+
+
+CREDENTIAL_TYPES = GOOGLE_CREDENTIAL_TYPES
+
+
+def load_file(path: str) -> tuple[google.auth.credentials.Credentials, str]:
+    """A ``credentials_file``'s credentials and the project it names (a service account's own)."""
+    with open(path, encoding="utf-8") as f:
+        info = json.load(f)
+    kind = info.get("type") if isinstance(info, dict) else None
+    if kind == "service_account":
+        sa = service_account.Credentials.from_service_account_info(info, scopes=SCOPES)  # type: ignore[no-untyped-call]
+        return sa, str(info.get("project_id") or "")
+    if kind == "authorized_user":
+        user = google.oauth2.credentials.Credentials.from_authorized_user_info(info, scopes=SCOPES)  # type: ignore[no-untyped-call]
+        return user, str(info.get("quota_project_id") or "")
+    raise ValueError(
+        f"{path}: credentials of type {kind!r} are not supported (use {' or '.join(CREDENTIAL_TYPES)})"
+    )
