@@ -18,7 +18,7 @@ import httpx
 import orjson
 
 from gateway.config.model import ProviderConfig
-from gateway.errors import BadRequest, UpstreamUnavailable
+from gateway.errors import BadRequest, UpstreamStatusError, UpstreamUnavailable
 from gateway.providers import http
 from gateway.providers.base import Operation, UpstreamRequest, UpstreamResponse, Usage
 from gateway.providers.gemini_response import (
@@ -82,6 +82,12 @@ class GeminiProvider:
         usage = Usage(prompt_tokens=tokens, estimated=True) if tokens is not None else None
         return UpstreamResponse(body=orjson.dumps(answer), usage=usage)
 
+    def error_from_response(
+        self, status: int, body: bytes, headers: Mapping[str, str]
+    ) -> UpstreamStatusError:
+        """A non-2xx answer as the gateway's error (``gemini_response.error_from_response``)."""
+        return error_from_response(status, body, headers)
+
     # -- the Provider protocol -----------------------------------------------------------------------
 
     def prepare(self, request: UpstreamRequest) -> None:
@@ -112,7 +118,7 @@ class GeminiProvider:
             body=self._chat_payload(request),
             headers=await self.headers(),
             timeout_s=request.timeout_s,
-            on_error=error_from_response,
+            on_error=self.error_from_response,
             limits=self._limits,
         )
         translator = StreamTranslator(model=request.body["model"], created=int(time.time()))
@@ -132,7 +138,7 @@ class GeminiProvider:
             body=body,
             headers=await self.headers(),
             timeout_s=request.timeout_s,
-            on_error=error_from_response,
+            on_error=self.error_from_response,
             limits=self._limits,
         )
         if not isinstance(data, dict):

@@ -22,7 +22,7 @@ import httpx
 import orjson
 
 from gateway.config.model import ProviderConfig
-from gateway.errors import UpstreamUnavailable
+from gateway.errors import UpstreamStatusError, UpstreamUnavailable
 from gateway.providers.base import UpstreamRequest, UpstreamResponse, Usage
 from gateway.providers.gemini import GeminiProvider
 from gateway.providers.gemini_response import embeddings_response, predict_vectors
@@ -79,6 +79,15 @@ class VertexProvider(GeminiProvider):
             f"{self._base}/projects/{project}/locations/{self._location}/publishers/google/models/"
             f"{model}:{method}"
         )
+
+    def error_from_response(
+        self, status: int, body: bytes, headers: Mapping[str, str]
+    ) -> UpstreamStatusError:
+        """As Gemini's; a 401 also drops the cached token (revoked, or the clock was off), so the next
+        attempt fetches a new one instead of failing with it until it would have expired."""
+        if status == 401 and not self._express:
+            self.tokens.invalidate()
+        return super().error_from_response(status, body, headers)
 
     async def embed(self, request: UpstreamRequest) -> UpstreamResponse:
         body = to_predict_request(request.body)

@@ -138,6 +138,10 @@ class TokenSource:
                 await self._refresh()
         return self._headers
 
+    def invalidate(self) -> None:
+        """Forget the token: the next call fetches a new one."""
+        self._fresh_until = 0.0
+
     async def _refresh(self) -> None:
         request = LoopRequest(asyncio.get_running_loop(), self._transport)
         try:

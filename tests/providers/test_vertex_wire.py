@@ -50,6 +50,7 @@ class VertexFake:
         self.tokens_issued: list[str] = []
         self.expires_in = 3600
         self.refuse_tokens = False
+        self.revoked: set[str] = set()
         self.bearers: list[str] = []
         self.url = ""
 
@@ -71,7 +72,10 @@ class VertexFake:
     async def model(self, request: Request) -> Response:
         bearer = request.headers.get("authorization", "")
         self.bearers.append(bearer)
-        if not self.tokens_issued or bearer != f"Bearer {self.tokens_issued[-1]}":
+        if (
+            bearer.removeprefix("Bearer ") not in self.tokens_issued
+            or bearer.removeprefix("Bearer ") in self.revoked
+        ):
             body = google_error(401, "UNAUTHENTICATED", "Request had invalid authentication credentials.")
             return JSONResponse(body, 401)
         self.gemini.auth = ("authorization", bearer)
@@ -200,6 +204,21 @@ def test_an_expired_token_is_fetched_again(
         api.chat.completions.create(model="gemini-pro", messages=[{"role": "user", "content": "Hi"}])
     assert vertex.tokens_issued == ["ya29.test-1", "ya29.test-2"]
     assert vertex.bearers == ["Bearer ya29.test-1", "Bearer ya29.test-2"]
+
+
+def test_a_token_vertex_refuses_is_dropped_and_the_next_request_fetches_another(
+    gw: Any, vertex: VertexFake
+) -> None:
+    api = client(gw)
+    api.chat.completions.create(model="gemini-pro", messages=[{"role": "user", "content": "Hi"}])
+    vertex.revoked.add("ya29.test-1")  # revoked upstream while still within its lifetime
+    with pytest.raises(openai.InternalServerError) as caught:
+        api.chat.completions.create(model="gemini-pro", messages=[{"role": "user", "content": "Hi"}])
+    assert caught.value.status_code == 502
+    answer = api.chat.completions.create(model="gemini-pro", messages=[{"role": "user", "content": "Hi"}])
+    assert answer.choices[0].message.content == "Bonjour !"
+    assert vertex.tokens_issued == ["ya29.test-1", "ya29.test-2"]
+    assert vertex.bearers == ["Bearer ya29.test-1", "Bearer ya29.test-1", "Bearer ya29.test-2"]
 
 
 def test_refused_credentials_are_the_operators_problem(gw: Any, vertex: VertexFake) -> None:
