@@ -292,3 +292,18 @@ models:
         "https://aiplatform.googleapis.com/v1/publishers/google/models/gemini-2.5-flash:generateContent"
     )
     assert "authorization" not in fake.requests[0].headers
+
+
+async def test_application_default_credentials(
+    vertex: VertexFake, credentials: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without credentials_file, google-auth's ADC chain is used (here: GOOGLE_APPLICATION_CREDENTIALS),
+    and the project comes with it."""
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(credentials))
+    transport = FastTransport()
+    tokens = TokenSource("vx", transport)
+    try:
+        assert await tokens.authorization() == {"authorization": "Bearer ya29.test-1"}
+        assert tokens.project == "demo-project"
+    finally:
+        await transport.aclose()
