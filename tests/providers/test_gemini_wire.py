@@ -169,6 +169,12 @@ def test_an_error_event_inside_the_stream_ends_it_with_an_error(
     assert "The model is overloaded." in caught.value.message
 
 
+def test_responses_api_over_gemini(client: openai.OpenAI, fake: FakeGemini) -> None:
+    response = client.responses.create(model="gemini-flash", input="Hello", instructions="Be brief.")
+    assert response.output_text == "Bonjour !" and response.status == "completed"
+    assert fake.json()["systemInstruction"] == {"parts": [{"text": "Be brief."}]}
+
+
 # --- tools ------------------------------------------------------------------------------------------
 
 

@@ -31,7 +31,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from upstreams import HostRouter
 
+from gateway.config.model import ProviderConfig
 from gateway.errors import UpstreamStatusError
+from gateway.providers.vertex import VertexProvider
 from gateway.providers.vertex_auth import REFRESH_MARGIN_S, TokenSource
 from gateway.transport import FastTransport
 
@@ -307,3 +309,33 @@ async def test_application_default_credentials(
         assert tokens.project == "demo-project"
     finally:
         await transport.aclose()
+
+
+@pytest.mark.parametrize(
+    ("location", "model", "url"),
+    [
+        (
+            "europe-west4",
+            "gemini-2.5-pro",
+            "https://europe-west4-aiplatform.googleapis.com/v1/projects/p1/locations/europe-west4"
+            "/publishers/google/models/gemini-2.5-pro:generateContent",
+        ),
+        (
+            "global",
+            "gemini-2.5-pro",
+            "https://aiplatform.googleapis.com/v1/projects/p1/locations/global"
+            "/publishers/google/models/gemini-2.5-pro:generateContent",
+        ),
+        (  # a tuned model's endpoint, named whole
+            "us-central1",
+            "projects/p1/locations/us-central1/endpoints/123",
+            "https://us-central1-aiplatform.googleapis.com/v1/projects/p1/locations/us-central1/endpoints/123"
+            ":generateContent",
+        ),
+    ],
+)
+async def test_vertex_urls(location: str, model: str, url: str) -> None:
+    options = {"project": "p1", "location": location, "credentials_file": ""}
+    provider = VertexProvider(ProviderConfig(name="vx", type="vertex", options=options), FastTransport())
+    assert await provider.model_url(model, "generateContent") == url
+    assert provider.tokens.refreshes == 0  # the project was named: no credentials were needed for the URL
