@@ -218,10 +218,13 @@ def _function_call(call: Any, path: str) -> dict[str, Any]:
         raise _bad(f"{path}.function.arguments", "must encode a JSON object")
     part: dict[str, Any] = {"functionCall": {"name": name, "args": args}}
     extra = call.get(GOOGLE_EXTRA)
-    google = extra.get("google") if isinstance(extra, dict) else None
-    signature = google.get("thought_signature") if isinstance(google, dict) else None
-    if isinstance(signature, str) and signature:
-        part["thoughtSignature"] = signature
+    # "google" as the Gemini API's OpenAI endpoint writes it, "vertex" as Vertex AI's does
+    for key in ("google", "vertex"):
+        found = extra.get(key) if isinstance(extra, dict) else None
+        signature = found.get("thought_signature") if isinstance(found, dict) else None
+        if isinstance(signature, str) and signature:
+            part["thoughtSignature"] = signature
+            break
     return part
 
 

@@ -170,6 +170,22 @@ def test_untranslatable_requests_name_the_field(fields: dict[str, Any], param: s
     assert caught.value.param == param
 
 
+def test_thought_signatures_from_either_openai_endpoint_convention() -> None:
+    def call(extra: dict[str, Any]) -> dict[str, Any]:
+        fn = {"name": "f", "arguments": "{}"}
+        return {"id": "c1", "type": "function", "function": fn, "extra_content": extra}
+
+    for key in ("google", "vertex"):
+        history = [
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "tool_calls": [call({key: {"thought_signature": "c2ln"}})]},
+        ]
+        out = to_gemini_request(chat(messages=history))
+        assert out["contents"][1]["parts"] == [
+            {"functionCall": {"name": "f", "args": {}}, "thoughtSignature": "c2ln"}
+        ]
+
+
 # --- answers ----------------------------------------------------------------------------------------
 
 
