@@ -184,6 +184,10 @@ class GeminiStream:
                 for event in parser.feed(chunk):
                     for frame in self._feed(event):
                         yield frame
+                if self._translator.done:
+                    # The event with the finish reason (and the final usage) is Gemini's last: don't
+                    # wait for the server, or a proxy in front of it, to close the body.
+                    return
             for event in parser.flush():
                 try:
                     frames = self._feed(event)

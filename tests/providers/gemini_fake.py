@@ -71,6 +71,7 @@ class FakeGemini:
         self.answer: Answer = lambda body: httpx.Response(200, json=generate([{"text": "Bonjour !"}]))
         self.stream_body = text_stream(["Bon", "jour", " !"])
         self.fail_with: httpx.Response | None = None
+        self.answer_stream: Answer | None = None
 
     def json(self, n: int = -1) -> dict[str, Any]:
         return dict(json.loads(self.requests[n].content))
@@ -87,6 +88,8 @@ class FakeGemini:
         body = json.loads(request.content)
         if method == "streamGenerateContent":
             assert request.url.params["alt"] == "sse"
+            if self.answer_stream is not None:
+                return self.answer_stream(body)
             return httpx.Response(
                 200, headers={"content-type": "text/event-stream"}, content=self.stream_body
             )

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 import struct
+import threading
 from decimal import Decimal
 from typing import Any
 
@@ -17,7 +18,7 @@ import pytest
 from conftest import BUDGETS, KEY_ACME, GatewayFactory
 from gemini_fake import USAGE, FakeGemini, generate, google_error, sse, text_stream
 from pydantic import BaseModel
-from upstreams import HostRouter
+from upstreams import GatedStream, HostRouter
 
 ROUTES = """
 providers:
@@ -141,6 +142,27 @@ def test_text_stream_in_gemini_sse_framing(client: openai.OpenAI, fake: FakeGemi
     usage = chunks[-1].usage
     assert not chunks[-1].choices and usage is not None
     assert (usage.prompt_tokens, usage.completion_tokens) == (21, 23)
+
+
+def test_the_stream_ends_with_the_finish_reason_even_if_the_upstream_keeps_the_body_open(
+    gw: Any, fake: FakeGemini
+) -> None:
+    gate = threading.Event()  # never set before the client is done: the body stays open till then
+    held = GatedStream(text_stream(["Bon", "jour", " !"]), b"", gate)
+    fake.answer_stream = lambda body: httpx.Response(
+        200, headers={"content-type": "text/event-stream"}, stream=held
+    )
+    api = openai.OpenAI(base_url=gw.base_url, api_key=KEY_ACME, max_retries=0, timeout=10)
+    try:
+        chunks = list(
+            api.chat.completions.create(
+                model="gemini-flash", messages=[{"role": "user", "content": "Hi"}], stream=True
+            )
+        )
+    finally:
+        gate.set()
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Bonjour !"
+    assert held.closed  # released at once, not left to the server
 
 
 def test_a_stream_cut_mid_way_ends_with_an_error_event(client: openai.OpenAI, fake: FakeGemini) -> None:
