@@ -89,7 +89,8 @@ def _provider(name: str, value: object, path: str, c: Checker) -> ProviderConfig
     if row is not None and row.base_url == registry.REQUIRED and "base_url" not in d:
         c.error(key_path(path, "base_url"), f"is required for type {kind}")
     if row is not None and not base_url:
-        base_url = row.default_base_url
+        default = row.default_base_url
+        base_url = default if isinstance(default, str) else default(d, options)
     return ProviderConfig(
         name=name,
         type=kind,

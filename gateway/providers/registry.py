@@ -34,6 +34,9 @@ OptionParser = Callable[[Checker, dict[str, object], str], object]
 """``(checker, entry, path) -> value``: the option's value from a provider entry (``entry[name]``
 may be absent: then its default), errors recorded on the checker with their path."""
 
+DefaultUrl = Callable[[Mapping[str, object], Mapping[str, object]], str]
+"""``(entry, options) -> base_url`` for a type whose default URL depends on its options."""
+
 BaseUrl = Literal["required", "optional"]
 REQUIRED: BaseUrl = "required"
 OPTIONAL: BaseUrl = "optional"
@@ -54,8 +57,10 @@ class ProviderType:
     options: tuple[Option, ...] = ()
     """Options of this type beyond the common ones; anything else in its entry is an error."""
     base_url: BaseUrl = OPTIONAL
-    default_base_url: str = ""
-    """The ``base_url`` used when the entry gives none (empty: the adapter has no default)."""
+    default_base_url: str | DefaultUrl = ""
+    """The ``base_url`` used when the entry gives none (empty: the adapter has no default), or a
+    function of the entry and its parsed options when the URL depends on them (vertex's location):
+    the URL is known at check time either way, so egress picks the proxy for the host really used."""
     native: tuple[str, ...] = ()
     """Client wire formats the upstream speaks as they are (``anthropic``: a ``/v1/messages`` body goes
     upstream as the client sent it); every other format is translated through OpenAI chat."""
@@ -133,6 +138,13 @@ def google_credentials(name: str) -> Option:
     return Option(name, parse)
 
 
+def vertex_base_url(location: str, express: bool) -> str:
+    """Vertex AI's regional endpoint; the global one for ``location: global`` and express mode (api_key)."""
+    if location == "global" or express:
+        return "https://aiplatform.googleapis.com/v1"
+    return f"https://{location}-aiplatform.googleapis.com/v1"
+
+
 # -- the registry -----------------------------------------------------------------------------------------
 
 MOCK_FAULTS = ("none", "429", "500", "503", "timeout", "disconnect")
@@ -171,7 +183,7 @@ PROVIDERS: Mapping[str, ProviderType] = {
             text("location", VERTEX_LOCATION, nonempty=True),
             google_credentials("credentials_file"),  # else Application Default Credentials
         ),
-        # default: https://{location}-aiplatform.googleapis.com/v1 (the adapter builds it)
+        default_base_url=lambda entry, options: vertex_base_url(str(options["location"]), "api_key" in entry),
     ),
     "mock": ProviderType(
         "gateway.providers.mock",

@@ -27,7 +27,7 @@ from gateway.providers.base import UpstreamRequest, UpstreamResponse, Usage
 from gateway.providers.gemini import GeminiProvider
 from gateway.providers.gemini_response import embeddings_response, predict_vectors
 from gateway.providers.gemini_translate import embedding_inputs, to_predict_request
-from gateway.providers.registry import VERTEX_LOCATION
+from gateway.providers.registry import VERTEX_LOCATION, vertex_base_url
 from gateway.providers.vertex_auth import TokenSource
 
 DEFAULT_LOCATION = VERTEX_LOCATION
@@ -47,9 +47,7 @@ class VertexProvider(GeminiProvider):
         self._merged: tuple[Mapping[str, str], dict[str, str]] | None = None
 
     def default_base_url(self) -> str:
-        if self._location == "global" or self._express:
-            return "https://aiplatform.googleapis.com/v1"
-        return f"https://{self._location}-aiplatform.googleapis.com/v1"
+        return vertex_base_url(self._location, self._express)
 
     async def headers(self) -> Mapping[str, str]:
         if self._express:
