@@ -16,7 +16,9 @@ Options: ``project`` (else the credentials' own project), ``location`` (default 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
+from typing import Any
 
 import httpx
 import orjson
@@ -31,6 +33,8 @@ from gateway.providers.registry import VERTEX_LOCATION, vertex_base_url
 from gateway.providers.vertex_auth import TokenSource
 
 DEFAULT_LOCATION = VERTEX_LOCATION
+ONE_INPUT_MODELS = ("gemini-embedding-",)
+"""Embedding models whose ``predict`` takes a single instance (Vertex AI answers 400 to more)."""
 
 
 class VertexProvider(GeminiProvider):
@@ -88,10 +92,23 @@ class VertexProvider(GeminiProvider):
         return super().error_from_response(status, body, headers)
 
     async def embed(self, request: UpstreamRequest) -> UpstreamResponse:
-        body = to_predict_request(request.body)
-        data = await self._post(request, "predict", orjson.dumps(body))
-        vectors, tokens = predict_vectors(data, len(embedding_inputs(request.body)))
         model = request.body["model"]
+        inputs = embedding_inputs(request.body)
+        if model.startswith(ONE_INPUT_MODELS) and len(inputs) > 1:
+            # These models take one instance per predict call: one call per input, sent together.
+            singles = [{**request.body, "input": text} for text in inputs]
+            answers = await asyncio.gather(*(self._predict(request, one, 1) for one in singles))
+            vectors = [v for found, _ in answers for v in found]
+            counts = [count for _, count in answers]
+            tokens = None if None in counts else sum(c for c in counts if c is not None)
+        else:
+            vectors, tokens = await self._predict(request, request.body, len(inputs))
         answer = embeddings_response(vectors, model, tokens or 0)
         usage = Usage(prompt_tokens=tokens) if tokens is not None else None
         return UpstreamResponse(body=orjson.dumps(answer), usage=usage)
+
+    async def _predict(
+        self, request: UpstreamRequest, body: Mapping[str, Any], expected: int
+    ) -> tuple[list[Any], int | None]:
+        data = await self._post(request, "predict", orjson.dumps(to_predict_request(body)))
+        return predict_vectors(data, expected)

@@ -101,14 +101,18 @@ class FakeGemini:
             ]
             return httpx.Response(200, json={"embeddings": vectors})
         if method == "predict":
+            if model.startswith("gemini-embedding-") and len(body["instances"]) > 1:
+                # Vertex AI: "gemini-embedding-001 ... only supports one instance per request"
+                error = google_error(400, "INVALID_ARGUMENT", "Only one instance per request is supported.")
+                return httpx.Response(400, json=error)
             predictions = [
                 {
                     "embeddings": {
-                        "values": [0.5, -0.25, 1.0],
+                        "values": [0.5, -0.25, float(len(instance["content"]))],
                         "statistics": {"token_count": 3, "truncated": False},
                     }
                 }
-                for _ in body["instances"]
+                for instance in body["instances"]
             ]
             return httpx.Response(200, json={"predictions": predictions})
         assert method == "generateContent", method

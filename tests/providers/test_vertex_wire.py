@@ -149,6 +149,10 @@ models:
     provider: vx
     upstream: gemini-2.5-pro
     price: {{input_per_mtok: 1.25, output_per_mtok: 10}}
+  vertex-gemini-embed:
+    provider: vx
+    upstream: gemini-embedding-001
+    price: {{input_per_mtok: 0.15, output_per_mtok: 0}}
   vertex-embed:
     provider: vx
     upstream: text-embedding-005
@@ -195,6 +199,15 @@ def test_chat_stream_and_embeddings_share_one_token(gw: Any, vertex: VertexFake)
         "systemInstruction": {"parts": [{"text": "Be brief."}]},
     }
     assert vertex.gemini.json(2) == {"instances": [{"content": "a"}, {"content": "b"}]}
+
+
+def test_one_instance_embedding_models_get_one_predict_per_input(gw: Any, vertex: VertexFake) -> None:
+    vectors = client(gw).embeddings.create(model="vertex-gemini-embed", input=["a", "bbb", "cc"])
+    assert [d.embedding for d in vectors.data] == [[0.5, -0.25, 1.0], [0.5, -0.25, 3.0], [0.5, -0.25, 2.0]]
+    assert vectors.usage.prompt_tokens == 9
+    bodies = sorted((vertex.gemini.json(i) for i in range(3)), key=lambda b: b["instances"][0]["content"])
+    assert bodies == [{"instances": [{"content": text}]} for text in ("a", "bbb", "cc")]
+    assert vertex.tokens_issued == ["ya29.test-1"]  # one token for the three calls
 
 
 def test_an_expired_token_is_fetched_again(
