@@ -370,6 +370,37 @@ def test_json_schema_output(client: openai.OpenAI, fake: FakeGemini) -> None:
     }
 
 
+class Place(BaseModel):
+    name: str
+
+
+class Trip(BaseModel):
+    start: Place
+    stops: list[Place]
+
+
+def test_nested_models_refs_are_inlined(client: openai.OpenAI, fake: FakeGemini) -> None:
+    """The SDK sends nested models as $defs/$ref, which Gemini refuses: they arrive inlined."""
+    reply = {"start": {"name": "Paris"}, "stops": [{"name": "Lyon"}]}
+    fake.answer = lambda body: httpx.Response(200, json=generate([{"text": json.dumps(reply)}]))
+    parsed = client.chat.completions.parse(
+        model="gemini-flash", messages=[{"role": "user", "content": "Trip"}], response_format=Trip
+    )
+    assert parsed.choices[0].message.parsed == Trip(**reply)
+    schema = fake.json()["generationConfig"]["responseSchema"]
+    place = {
+        "type": "OBJECT",
+        "title": "Place",
+        "properties": {"name": {"type": "STRING", "title": "Name"}},
+        "required": ["name"],
+    }
+    assert schema["properties"] == {
+        "start": place,
+        "stops": {"type": "ARRAY", "title": "Stops", "items": place},
+    }
+    assert "$ref" not in json.dumps(schema) and "$defs" not in json.dumps(schema)
+
+
 def test_json_object_output(client: openai.OpenAI, fake: FakeGemini) -> None:
     client.chat.completions.create(
         model="gemini-flash",
