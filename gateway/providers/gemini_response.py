@@ -166,8 +166,10 @@ class StreamTranslator:
     Each event is a whole ``GenerateContentResponse`` holding the next parts; a function call
     arrives whole in one part, so it becomes one tool-call delta (id, name and all arguments).
     ``done`` turns true with the first ``finishReason`` (or a blocked prompt); Gemini then closes
-    the stream, so a stream that closes before it was cut. ``usageMetadata`` may come on any
-    event: the latest wins, and ``usage``/``usage_frame`` follow it.
+    the stream, so a stream that closes before it was cut. ``usageMetadata`` comes on every event,
+    with the output counted so far; ``usage``/``usage_frame`` are set from the latest once the
+    stream is done, so a cut stream reports none and is billed on the gateway's count of the text
+    it did pass on, not on an early event's zero output.
     """
 
     def __init__(self, *, model: str, created: int) -> None:
@@ -179,6 +181,7 @@ class StreamTranslator:
         self._id: str | None = None
         self._seed = ""
         self._calls = 0
+        self._raw_usage: Mapping[str, Any] | None = None
 
     def feed(self, event: Event) -> list[bytes]:
         """Translate one event; an ``error`` object raises ``UpstreamStatusError``."""
@@ -197,8 +200,11 @@ class StreamTranslator:
             self._id = _completion_id(data.get("responseId"))
             self._seed = str(data.get("responseId") or "")
             frames.append(self._chunk({"role": "assistant", "content": ""}))
+        raw_usage = data.get("usageMetadata")
+        if isinstance(raw_usage, Mapping):
+            self._raw_usage = raw_usage
         if self.done:
-            self._usage(data.get("usageMetadata"))
+            self._publish_usage()
             return frames
         candidate = _candidate(data)
         for part in _parts(candidate):
@@ -208,16 +214,17 @@ class StreamTranslator:
                 frames.append(self._chunk({"tool_calls": [call]}))
             elif isinstance(part.get("text"), str) and part["text"] and not part.get("thought"):
                 frames.append(self._chunk({"content": part["text"]}))
-        self._usage(data.get("usageMetadata"))
         reason = candidate.get("finishReason") if candidate is not None else None
         if reason or (candidate is None and _blocked(data)):
             self.done = True
             finish = finish_reason(reason, self._calls > 0) if reason else "content_filter"
             frames.append(self._chunk({}, finish))
+            self._publish_usage()
         return frames
 
-    def _usage(self, raw: Any) -> None:
-        if not isinstance(raw, Mapping):
+    def _publish_usage(self) -> None:
+        raw = self._raw_usage
+        if raw is None:
             return
         self.usage = usage_from_gemini(raw)
         chunk = {**self._envelope(), "choices": [], "usage": self.usage.to_openai()}

@@ -260,6 +260,15 @@ def test_usage_arriving_after_the_finish_reason_is_kept() -> None:
     assert translator.usage_frame is not None and b'"choices":[]' in translator.usage_frame
 
 
+def test_a_cut_stream_reports_no_usage_so_the_gateway_counts_what_was_sent() -> None:
+    translator = StreamTranslator(model="m", created=1)
+    partial = {"promptTokenCount": 21, "totalTokenCount": 21}  # what Gemini puts on every event
+    frames_of(
+        translator, {"candidates": [{"content": {"parts": [{"text": "Hi"}]}}], "usageMetadata": partial}
+    )
+    assert not translator.done and translator.usage is None and translator.usage_frame is None
+
+
 def test_stream_errors_and_blocked_prompts() -> None:
     translator = StreamTranslator(model="m", created=1)
     chunks = frames_of(translator, [{"promptFeedback": {"blockReason": "OTHER"}}])  # array-wrapped

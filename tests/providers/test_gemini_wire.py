@@ -8,6 +8,7 @@ import base64
 import json
 import struct
 import threading
+import time
 from decimal import Decimal
 from typing import Any
 
@@ -165,7 +166,9 @@ def test_the_stream_ends_with_the_finish_reason_even_if_the_upstream_keeps_the_b
     assert held.closed  # released at once, not left to the server
 
 
-def test_a_stream_cut_mid_way_ends_with_an_error_event(client: openai.OpenAI, fake: FakeGemini) -> None:
+def test_a_stream_cut_mid_way_ends_with_an_error_event(
+    client: openai.OpenAI, gw: Any, fake: FakeGemini
+) -> None:
     fake.stream_body = text_stream(["Bon", "jour"], finish=False)  # closed before any finishReason
     stream = client.chat.completions.create(
         model="gemini-flash", messages=[{"role": "user", "content": "Hello"}], stream=True
@@ -176,6 +179,24 @@ def test_a_stream_cut_mid_way_ends_with_an_error_event(client: openai.OpenAI, fa
             seen.append(chunk.choices[0].delta.content or "")
     assert "".join(seen) == "Bonjour"
     assert "ended early" in caught.value.message
+    # billed on the gateway's count of the text that went out, not on an early event's zero output
+    assert output_tokens(gw) > 0
+
+
+def output_tokens(gw: Any) -> float:
+    """gemini-flash's ``gateway_tokens_total{kind="output"}`` once settlement (after the answer) set it."""
+    deadline = time.monotonic() + 5
+    while True:
+        for line in httpx.get(gw.url + "/metrics").text.splitlines():
+            if (
+                line.startswith("gateway_tokens_total{")
+                and 'model="gemini-flash"' in line
+                and 'kind="output"' in line
+            ):
+                return float(line.split()[-1])
+        if time.monotonic() > deadline:
+            return 0.0
+        time.sleep(0.02)
 
 
 def test_an_error_event_inside_the_stream_ends_it_with_an_error(
