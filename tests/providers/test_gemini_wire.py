@@ -622,3 +622,44 @@ def test_messages_errors_use_anthropics_envelope(gw: Any, fake: FakeGemini) -> N
         )
     assert caught.value.response.headers["retry-after"] == "7"
     assert "Quota." in str(caught.value)
+
+
+def test_messages_image_input(gw: Any, fake: FakeGemini) -> None:
+    image: Any = {
+        "type": "image",
+        "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="},
+    }
+    content: Any = [{"type": "text", "text": "What is this?"}, image]
+    messages_client(gw).messages.create(
+        model="gemini-flash", max_tokens=64, messages=[{"role": "user", "content": content}]
+    )
+    assert fake.json()["contents"][0]["parts"] == [
+        {"text": "What is this?"},
+        {"inlineData": {"mimeType": "image/png", "data": "iVBORw0KGgo="}},
+    ]
+
+
+@pytest.mark.parametrize(
+    ("up", "google", "kind", "status"),
+    [
+        (400, "INVALID_ARGUMENT", anthropic.BadRequestError, 400),
+        (404, "NOT_FOUND", anthropic.NotFoundError, 404),
+        (401, "UNAUTHENTICATED", anthropic.InternalServerError, 502),
+        (403, "PERMISSION_DENIED", anthropic.InternalServerError, 502),
+        (500, "INTERNAL", anthropic.InternalServerError, 502),
+        (503, "UNAVAILABLE", anthropic.InternalServerError, 502),
+    ],
+)
+def test_messages_documented_errors(
+    gw: Any, fake: FakeGemini, up: int, google: str, kind: type[anthropic.APIStatusError], status: int
+) -> None:
+    fake.fail_with = httpx.Response(up, json=google_error(up, google, f"Gemini says {google}."))
+    with pytest.raises(kind) as caught:
+        messages_client(gw).messages.create(
+            model="gemini-flash", max_tokens=64, messages=[{"role": "user", "content": "Hello"}]
+        )
+    assert caught.value.status_code == status
+    body = caught.value.body
+    assert isinstance(body, dict) and body["type"] == "error"
+    if status < 500:
+        assert f"Gemini says {google}." in body["error"]["message"]
