@@ -285,6 +285,16 @@ def test_a_stream_cut_mid_way_is_billed_what_it_reported(gw: Any, upstream: Reco
     assert 0 < counted["output"] < 42  # "Capital is Paris." counted, not the 42 never reported
 
 
+def test_an_error_event_mid_stream_is_passed_on_as_the_upstream_sent_it(
+    gw: Any, upstream: RecordingAnthropic
+) -> None:
+    error = ("error", {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})
+    upstream.script(Answer(events=[*THINKING_STREAM[:4], error]))
+    body = {"model": "claude-sonnet-4-5", "max_tokens": 64, "stream": True, "messages": MESSAGES[:1]}
+    response = httpx.post(gw.url + "/v1/messages", json=body, headers={"x-api-key": KEY_ACME}, timeout=20)
+    assert response.content == Answer(events=[*THINKING_STREAM[:4], error]).sse()  # one error event: its own
+
+
 # -- errors and fallbacks ---------------------------------------------------------------------------------
 
 
