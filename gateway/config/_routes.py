@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import os
 import ssl
 from typing import Literal
@@ -32,21 +31,13 @@ from gateway.config.model import (
     UpstreamLimits,
 )
 from gateway.egress import tls_context
-
-PROVIDER_TYPES = ("openai", "openai_responses", "azure", "azure_responses", "anthropic", "mock")
-MOCK_FAULTS = ("none", "429", "500", "503", "timeout", "disconnect")
-AZURE_API_VERSION = "2024-10-21"
-ANTHROPIC_BASE_URL = "https://api.anthropic.com"
+from gateway.providers import registry
 
 _TOP = ("providers", "defaults", "models", "routes", "plugins")
 _COMMON = ("type", "base_url", "api_key", "headers", "timeout_s", "limits", "tls")
 _TLS = ("ca_file", "cert_file", "key_file", "verify")
 _LIMITS = tuple(UpstreamLimits.__dataclass_fields__)
 _MIN_LIMIT = 1024  # below a kilobyte no real answer fits: surely a slip
-_AZURE_ONLY = ("api_version",)
-_MOCK_ONLY = ("latency_ms", "fault", "fault_rate")
-_NEEDS_BASE_URL = ("openai", "openai_responses", "azure", "azure_responses")
-_AZURE_TYPES = ("azure", "azure_responses")
 _STORE_FAILURE: tuple[Literal["closed", "open"], ...] = ("closed", "open")
 _ON_ERROR: tuple[Literal["open", "closed"], ...] = ("open", "closed")
 _HOOKS: tuple[HookName, ...] = ("pre", "post", "tool")
@@ -78,29 +69,27 @@ def _providers(value: object, c: Checker) -> dict[str, ProviderConfig]:
 
 
 def _provider(name: str, value: object, path: str, c: Checker) -> ProviderConfig:
-    d = c.record(value, path, _COMMON + _AZURE_ONLY + _MOCK_ONLY, required=("type",))
+    """One ``providers:`` entry: the common fields here, the type's own options as its registry row
+    (``gateway/providers/registry.py``) says."""
+    d = c.record(value, path, _COMMON + registry.all_options(), required=("type",))
     if d is None:
         return ProviderConfig(name=name, type="")
-    kind = c.choice(d, path, "type", PROVIDER_TYPES, "")
-    version = d.get("api_version")
-    if isinstance(version, datetime.date):
-        d["api_version"] = version.isoformat()  # YAML reads a bare 2024-10-21 as a date
-    if kind:
-        # Type-specific fields on another type are almost always a copy-paste slip (fault injection left on
-        # a real provider), so they are errors rather than silently ignored.
-        for key in _AZURE_ONLY if kind not in _AZURE_TYPES else ():
-            if key in d:
-                c.error(key_path(path, key), "only valid for type azure or azure_responses")
-        for key in _MOCK_ONLY if kind != "mock" else ():
-            if key in d:
-                c.error(key_path(path, key), "only valid for type mock")
+    kind = c.choice(d, path, "type", registry.PROVIDER_TYPES, "")
+    row = registry.PROVIDERS.get(kind)
+    options: dict[str, object] = {}
+    if row is not None:
+        own = {o.name for o in row.options}
+        # Another type's option is almost always a copy-paste slip (fault injection left on a real
+        # provider), so it is an error rather than silently ignored.
+        for key in registry.all_options():
+            if key in d and key not in own:
+                c.error(key_path(path, key), "only valid for type " + " or ".join(registry.types_with(key)))
+        options = {o.name: o.parse(c, d, path) for o in row.options}
     base_url = c.url(d, path, "base_url")
-    if kind in _NEEDS_BASE_URL and "base_url" not in d:
+    if row is not None and row.base_url == registry.REQUIRED and "base_url" not in d:
         c.error(key_path(path, "base_url"), f"is required for type {kind}")
-    if kind == "anthropic" and not base_url:
-        base_url = ANTHROPIC_BASE_URL
-    azure = kind in _AZURE_TYPES
-    api_version = c.text(d, path, "api_version", AZURE_API_VERSION, nonempty=True) if azure else ""
+    if row is not None and not base_url:
+        base_url = row.default_base_url
     return ProviderConfig(
         name=name,
         type=kind,
@@ -108,8 +97,7 @@ def _provider(name: str, value: object, path: str, c: Checker) -> ProviderConfig
         api_key=c.text(d, path, "api_key"),
         headers=_headers(d.get("headers"), key_path(path, "headers"), c),
         timeout_s=c.opt_number(d, path, "timeout_s", gt=0),
-        api_version=api_version,
-        options=_mock_options(d, path, c) if kind == "mock" else {},
+        options=options,
         tls=_tls(d.get("tls"), key_path(path, "tls"), c) if "tls" in d else None,
     )
 
@@ -180,16 +168,6 @@ def _headers(value: object, path: str, c: Checker) -> dict[str, str]:
         if text is not None:
             out[key] = text
     return out
-
-
-def _mock_options(d: dict[str, object], path: str, c: Checker) -> dict[str, object]:
-    if isinstance(d.get("fault"), int) and not isinstance(d.get("fault"), bool):
-        d = {**d, "fault": str(d["fault"])}  # `fault: 429` is how anyone would write it
-    return {
-        "latency_ms": c.number(d, path, "latency_ms", 0.0, ge=0),
-        "fault": c.choice(d, path, "fault", MOCK_FAULTS, "none"),
-        "fault_rate": c.number(d, path, "fault_rate", 1.0, ge=0, le=1),
-    }
 
 
 # -- models ---------------------------------------------------------------------------------------------

@@ -57,10 +57,8 @@ class ProviderConfig:
     api_key: str = ""
     headers: Mapping[str, str] = field(default_factory=dict)
     timeout_s: float | None = None
-    api_version: str = ""
-    """Azure's api-version query parameter."""
     options: Mapping[str, object] = field(default_factory=dict)
-    """Type-specific settings (the mock's latency_ms, fault, fault_rate)."""
+    """The type's own options (``gateway/providers/registry.py``), parsed, defaults filled in."""
     limits: UpstreamLimits = field(default_factory=UpstreamLimits)
     """``defaults.upstream_limits`` with this provider's ``limits`` laid over them."""
     tls: TlsConfig | None = None

@@ -1,28 +1,23 @@
-"""Provider adapters, one module each, chosen by ``type`` in routes.yaml."""
+"""Provider adapters, one module each, chosen by ``type`` in routes.yaml (``registry.PROVIDERS``)."""
 
 from __future__ import annotations
 
 import importlib
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
-import httpx
+from gateway.providers.registry import PROVIDER_TYPES, PROVIDERS
 
-from gateway.config.model import ProviderConfig
-from gateway.providers.base import Provider
+if TYPE_CHECKING:
+    import httpx
 
-# type -> (module, class). Adding a provider is adding a module and a line here.
-ADAPTERS: dict[str, tuple[str, str]] = {
-    "openai": ("gateway.providers.openai", "OpenAIProvider"),
-    "openai_responses": ("gateway.providers.openai_responses", "OpenAIResponsesProvider"),
-    "azure": ("gateway.providers.azure", "AzureProvider"),
-    "azure_responses": ("gateway.providers.azure", "AzureResponsesProvider"),
-    "anthropic": ("gateway.providers.anthropic", "AnthropicProvider"),
-    "mock": ("gateway.providers.mock", "MockProvider"),
-}
-PROVIDER_TYPES = tuple(ADAPTERS)
+    from gateway.config.model import ProviderConfig
+    from gateway.providers.base import Provider
+
+__all__ = ["PROVIDER_TYPES", "build_provider"]
 
 
 def build_provider(config: ProviderConfig, transport: httpx.AsyncBaseTransport) -> Provider:
-    module, name = ADAPTERS[config.type]
-    adapter = getattr(importlib.import_module(module), name)
-    return cast(Provider, adapter(config, transport))
+    """The adapter for one providers: entry; its module is imported now, not when the config is read."""
+    row = PROVIDERS[config.type]
+    adapter = getattr(importlib.import_module(row.module), row.cls)
+    return cast("Provider", adapter(config, transport))

@@ -16,6 +16,7 @@ from gateway.config.model import ProviderConfig
 from gateway.providers.base import Operation, UpstreamRequest
 from gateway.providers.openai import PATHS, OpenAIProvider
 from gateway.providers.openai_responses import OpenAIResponsesProvider
+from gateway.providers.registry import AZURE_API_VERSION
 
 
 class _Azure(OpenAIProvider):
@@ -23,7 +24,7 @@ class _Azure(OpenAIProvider):
 
     def __init__(self, config: ProviderConfig, transport: httpx.AsyncBaseTransport) -> None:
         super().__init__(config, transport)
-        self._api_version = config.api_version or "2024-10-21"
+        self._api_version = str(config.options.get("api_version") or AZURE_API_VERSION)
 
     def _auth_headers(self, config: ProviderConfig) -> dict[str, str]:
         return {"api-key": config.api_key} if config.api_key else {}

@@ -23,7 +23,7 @@ from gateway.config.model import RoutePlugin, RoutesConfig
 class TestProviders:
     def test_type_is_required_and_listed(self) -> None:
         assert provider_errors("{api_key: k}") == ["routes.yaml: providers.x.type: is required"]
-        assert provider_errors("{type: bedrock}") == [
+        assert provider_errors("{type: nosuch}") == [
             "routes.yaml: providers.x.type: must be one of openai, openai_responses, azure, azure_responses,"
             " anthropic, mock"
         ]
@@ -65,12 +65,12 @@ class TestProviders:
     def test_azure_api_version_default_and_date(self) -> None:
         text = "providers: {x: {type: azure, base_url: 'https://n.azure.com'%s}}\nmodels: {m: {provider: x}}"
         config, _ = routes_ok(text % "")
-        assert config.providers["x"].api_version == "2024-10-21"
+        assert config.providers["x"].options["api_version"] == "2024-10-21"
         config, _ = routes_ok(text % ", api_version: 2025-01-01")  # YAML reads this as a date
-        assert config.providers["x"].api_version == "2025-01-01"
+        assert config.providers["x"].options["api_version"] == "2025-01-01"
         assert load("v: 2025-01-01") == {"v": datetime.date(2025, 1, 1)}  # why the parser converts dates
         config, _ = routes_ok(text.replace("azure", "azure_responses", 1) % ", api_version: 2025-01-01")
-        assert config.providers["x"].api_version == "2025-01-01"
+        assert config.providers["x"].options["api_version"] == "2025-01-01"
 
     def test_type_specific_fields_on_another_type(self) -> None:
         assert provider_errors("{type: openai, base_url: 'http://h', fault: 500, api_version: v}") == [

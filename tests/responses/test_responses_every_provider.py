@@ -307,7 +307,11 @@ def test_azure_responses_keeps_deployment_urls_for_other_operations() -> None:
     from gateway.providers.base import Operation, UpstreamRequest
 
     config = ProviderConfig(
-        name="az", type="azure_responses", base_url="https://r.azure.test/", api_key="k", api_version="v9"
+        name="az",
+        type="azure_responses",
+        base_url="https://r.azure.test/",
+        api_key="k",
+        options={"api_version": "v9"},
     )
     provider = build_provider(config, httpx.MockTransport(lambda r: httpx.Response(500)))
     chat = UpstreamRequest(Operation.CHAT, {"model": "dep"}, 5.0)
