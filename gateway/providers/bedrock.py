@@ -5,9 +5,9 @@ Translation lives in ``bedrock_translate`` and ``bedrock_response`` (pure); cred
 shared helpers of ``gateway.providers.http`` (same transport, proxies, TLS and limits as every
 provider), and reads ConverseStream's AWS event-stream framing with botocore's ``EventStreamBuffer``.
 
-Options (routes.yaml): ``region``; ``profile``; ``aws_access_key_id`` + ``aws_secret_access_key``
-(+ ``aws_session_token``) instead of the standard chain; ``api_key`` for a Bedrock API key (sent as a
-bearer token, no SigV4); ``base_url`` (default ``https://bedrock-runtime.{region}.amazonaws.com``).
+Options (routes.yaml, checked by ``registry.PROVIDERS["bedrock"]``): ``region``; ``profile``;
+``aws_access_key_id`` + ``aws_secret_access_key`` (+ ``aws_session_token``) instead of the standard
+chain; ``api_key`` for a Bedrock API key (sent as a bearer token, no SigV4); ``base_url`` (default ``https://bedrock-runtime.{region}.amazonaws.com``).
 """
 
 from __future__ import annotations
@@ -34,9 +34,6 @@ from gateway.providers.bedrock_response import (
     to_openai_response,
 )
 from gateway.providers.bedrock_translate import forces_json, to_converse_request
-
-OPTIONS = ("region", "profile", "aws_access_key_id", "aws_secret_access_key", "aws_session_token")
-"""The type's own routes.yaml keys, besides the common ones (``base_url``, ``api_key``, ``headers``…)."""
 
 _JSON = "application/json"
 _EVENT_STREAM = "application/vnd.amazon.eventstream"

@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from gateway.config._validate import Checker
+from gateway.config._validate import Checker, key_path
 
 OptionParser = Callable[[Checker, dict[str, object], str], object]
 """``(checker, entry, path) -> value``: the option's value from a provider entry (``entry[name]``
@@ -98,6 +98,20 @@ def choice(name: str, values: tuple[str, ...], default: str) -> Option:
     return Option(name, parse)
 
 
+def aws_key(name: str, *, needs: tuple[str, ...]) -> Option:
+    """One of a set of explicit AWS credentials: text, and an error unless the fields it needs are set
+    too (a key id without its secret would silently fall back to the machine's credential chain)."""
+
+    def parse(c: Checker, d: dict[str, object], path: str) -> object:
+        value = c.text(d, path, name)
+        for other in needs:
+            if value and not d.get(other):
+                c.error(key_path(path, name), f"needs {other} too")
+        return value
+
+    return Option(name, parse)
+
+
 # -- the registry -----------------------------------------------------------------------------------------
 
 MOCK_FAULTS = ("none", "429", "500", "503", "timeout", "disconnect")
@@ -123,6 +137,19 @@ PROVIDERS: Mapping[str, ProviderType] = {
         (integer("default_max_tokens", ANTHROPIC_MAX_TOKENS, ge=1),),
         default_base_url=ANTHROPIC_BASE_URL,
         native=("anthropic",),
+    ),
+    "bedrock": ProviderType(
+        "gateway.providers.bedrock",
+        "BedrockProvider",
+        # empty: the standard AWS chain (AWS_REGION, AWS_PROFILE, AWS_ACCESS_KEY_ID, files, metadata);
+        # base_url defaults to https://bedrock-runtime.{region}.amazonaws.com
+        (
+            text("region"),
+            text("profile"),
+            aws_key("aws_access_key_id", needs=("aws_secret_access_key",)),
+            aws_key("aws_secret_access_key", needs=("aws_access_key_id",)),
+            aws_key("aws_session_token", needs=("aws_access_key_id", "aws_secret_access_key")),
+        ),
     ),
     "mock": ProviderType(
         "gateway.providers.mock",
