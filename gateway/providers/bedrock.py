@@ -222,7 +222,10 @@ class BedrockStream:
                     raise http.too_large(self._provider, max_stream, "stream")
                 buffer.add_data(chunk)
                 for message in buffer:
-                    pending -= message.prelude.total_length
+                    size = message.prelude.total_length
+                    if size > max_event:
+                        raise http.too_large(self._provider, max_event, "stream event")
+                    pending -= size
                     for frame in self._feed(message):
                         yield frame
                     if translator.done:
