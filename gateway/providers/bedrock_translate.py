@@ -134,7 +134,7 @@ def _messages(messages: list[Any]) -> tuple[list[dict[str, Any]], list[dict[str,
     return system, turns, uses_tools
 
 
-def _blocks(content: Any, path: str, allowed: frozenset[str]) -> list[dict[str, Any]]:
+def _blocks(content: Any, path: str, allowed: frozenset[str], *, cache: bool = True) -> list[dict[str, Any]]:
     if content is None:
         return []
     if isinstance(content, str):
@@ -153,12 +153,17 @@ def _blocks(content: Any, path: str, allowed: frozenset[str]) -> list[dict[str, 
             text = part.get(kind)
             if not isinstance(text, str):
                 raise _bad(f"{part_path}.{kind}", "must be a string")
-            if text:  # Converse rejects a blank text block
-                blocks.append({"text": text})
+            if not text:
+                continue  # Converse rejects a blank text block
+            blocks.append({"text": text})
         elif kind == "image_url":
             blocks.append(_image(part.get("image_url"), f"{part_path}.image_url"))
         else:
             blocks.append(_document(part.get("file"), f"{part_path}.file", len(blocks)))
+        # Anthropic's cache breakpoint on a part (as the anthropic adapter keeps it) is Converse's
+        # cachePoint block right after it: prompt caching is most of a long conversation's cost.
+        if cache and isinstance(part.get("cache_control"), dict):
+            blocks.append({"cachePoint": {"type": "default"}})
     return blocks
 
 
@@ -241,7 +246,7 @@ def _tool_result(msg: dict[str, Any], path: str) -> dict[str, Any]:
     if not isinstance(call_id, str) or not call_id:
         raise _bad(f"{path}.tool_call_id", "must be a non-empty string")
     content = msg.get("content")
-    blocks = _blocks(content, f"{path}.content", _TEXT_PARTS)
+    blocks = _blocks(content, f"{path}.content", _TEXT_PARTS, cache=False)  # no cachePoint in a result
     # A tool that returned nothing still answered: Converse needs at least one block.
     return {"toolResult": {"toolUseId": call_id, "content": blocks or [{"text": ""}]}}
 

@@ -91,6 +91,31 @@ def test_parallel_tool_results_share_one_user_turn() -> None:
     assert "toolConfig" not in fresh
 
 
+def test_cache_breakpoints_become_cache_points() -> None:
+    """``cache_control`` on a part (Anthropic's breakpoint, sent through the OpenAI SDK's extra fields)
+    is a ``cachePoint`` block right after it, in the system prompt and in turns, not in tool results."""
+    mark = {"cache_control": {"type": "ephemeral"}}
+    body = converse(
+        messages=[
+            {"role": "system", "content": [{"type": "text", "text": "Long rules.", **mark}]},
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "Long document.", **mark},
+                    {"type": "text", "text": "Q?"},
+                ],
+            },
+            {"role": "assistant", "tool_calls": [{"id": "t", "function": {"name": "f", "arguments": "{}"}}]},
+            {"role": "tool", "tool_call_id": "t", "content": [{"type": "text", "text": "r", **mark}]},
+        ],
+        tools=[{"type": "function", "function": {"name": "f"}}],
+    )
+    point = {"cachePoint": {"type": "default"}}
+    assert body["system"] == [{"text": "Long rules."}, point]
+    assert body["messages"][0]["content"] == [{"text": "Long document."}, point, {"text": "Q?"}]
+    assert body["messages"][2]["content"] == [{"toolResult": {"toolUseId": "t", "content": [{"text": "r"}]}}]
+
+
 def test_inference_config_and_dropped_fields() -> None:
     body = converse(
         messages=[{"role": "user", "content": "x"}],

@@ -98,7 +98,14 @@ def test_text_round_trip_openai_sdk(gateway_factory: GatewayFactory, upstream: F
     gw = start(gateway_factory, upstream)
     raw = client(gw).chat.completions.with_raw_response.create(
         model="claude-bedrock",
-        messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello"}],
+        messages=[
+            # a cache breakpoint, as Anthropic-minded clients mark one through the SDK's extra fields
+            {
+                "role": "system",
+                "content": [{"type": "text", "text": "Be brief.", "cache_control": {"type": "ephemeral"}}],
+            },  # type: ignore[list-item]
+            {"role": "user", "content": "Hello"},
+        ],
         max_tokens=50,
         temperature=0.2,
         stop=["END"],
@@ -110,7 +117,7 @@ def test_text_round_trip_openai_sdk(gateway_factory: GatewayFactory, upstream: F
     assert got.headers["content-type"] == "application/json"
     assert got.json == {
         "messages": [{"role": "user", "content": [{"text": "Hello"}]}],
-        "system": [{"text": "Be brief."}],
+        "system": [{"text": "Be brief."}, {"cachePoint": {"type": "default"}}],
         "inferenceConfig": {"maxTokens": 50, "temperature": 0.2, "stopSequences": ["END"]},
     }
     assert completion.choices[0].message.content == "Hi there."
