@@ -80,7 +80,7 @@ class BedrockProvider:
             )
         if not isinstance(model, str) or not model:
             raise BadRequest("model: must be a non-empty string", param="model")
-        # As botocore renders the {modelId} label: "…-v1:0" becomes "…-v1%3A0", an ARN's "/" is kept in.
+        # As botocore renders the {modelId} label: "…-v1:0" becomes "…-v1%3A0", an ARN's "/" "%2F".
         return f"{self._base}/model/{percent_encode(model)}/{action}"
 
     async def headers(self, url: str, body: bytes, accept: str) -> http.OneOff:

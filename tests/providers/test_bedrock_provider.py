@@ -151,6 +151,26 @@ async def test_credentials_from_a_profile_in_the_shared_files(
     assert "x-amz-security-token" not in got.headers
 
 
+async def test_an_inference_profile_arn_is_one_escaped_path_segment(
+    fake: FakeBedrock, transport: FastTransport
+) -> None:
+    """The model id is a single URI label: an ARN's ':' and '/' are percent-encoded, and the signature
+    covers the path as sent (SigV4 encodes it once more in the canonical request)."""
+    arn = (
+        "arn:aws:bedrock:us-east-1:123456789012:inference-profile/us.anthropic.claude-3-5-haiku-20241022-v1:0"
+    )
+    keys = {"aws_access_key_id": ACCESS_KEY, "aws_secret_access_key": SECRET_KEY}
+    request = chat()
+    request.body["model"] = arn
+    await provider(fake, transport, **keys, aws_session_token=SESSION_TOKEN).send(request)
+    [got] = fake.received
+    assert got.signature_ok, got.problem
+    assert got.raw_path == (
+        "/model/arn%3Aaws%3Abedrock%3Aus-east-1%3A123456789012%3Ainference-profile%2F"
+        "us.anthropic.claude-3-5-haiku-20241022-v1%3A0/converse"
+    )
+
+
 async def test_explicit_keys_win_over_the_environment(
     fake: FakeBedrock, transport: FastTransport, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -167,6 +187,12 @@ async def test_no_credentials_is_an_operator_error_not_a_guess(
 ) -> None:
     with pytest.raises(UpstreamAuthError, match="no AWS credentials found"):
         await provider(fake, transport).send(chat())
+    assert fake.received == []
+
+
+async def test_a_missing_profile_is_named(fake: FakeBedrock, transport: FastTransport) -> None:
+    with pytest.raises(UpstreamAuthError, match=r"could not be loaded: .*no-such-team"):
+        await provider(fake, transport, profile="no-such-team").send(chat())
     assert fake.received == []
 
 
