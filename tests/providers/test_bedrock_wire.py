@@ -296,29 +296,62 @@ def test_streamed_tool_call_openai_sdk(gateway_factory: GatewayFactory, upstream
     signed(upstream)
 
 
-def test_anthropic_sdk_tool_use(gateway_factory: GatewayFactory, upstream: FakeBedrock) -> None:
+def test_anthropic_sdk_tool_round_trip(gateway_factory: GatewayFactory, upstream: FakeBedrock) -> None:
     upstream.script.append(tool_call_answer)
+    upstream.script.append(lambda got: JSONResponse(converse_answer([{"text": "21°C."}])))
     gw = start(gateway_factory, upstream)
     sdk = anthropic.Anthropic(base_url=gw.url, api_key=KEY_ACME, max_retries=0)
+    tools: Any = [
+        {
+            "name": "get_weather",
+            "description": "Weather in a city",
+            "input_schema": WEATHER["function"]["parameters"],
+        }
+    ]
+    question: Any = {"role": "user", "content": "Weather in Paris?"}
     message = sdk.messages.create(
         model="claude-bedrock",
         max_tokens=100,
-        tools=[
-            {
-                "name": "get_weather",
-                "description": "Weather in a city",
-                "input_schema": WEATHER["function"]["parameters"],
-            }
-        ],
+        tools=tools,
         tool_choice={"type": "tool", "name": "get_weather"},
-        messages=[{"role": "user", "content": "Weather in Paris?"}],
+        messages=[question],
     )
     assert message.stop_reason == "tool_use"
     tool = next(b for b in message.content if b.type == "tool_use")
     assert (tool.id, tool.name, tool.input) == ("tooluse_abc123", "get_weather", {"city": "Paris"})
-    [got] = signed(upstream)
-    assert got.json["toolConfig"]["toolChoice"] == {"tool": {"name": "get_weather"}}
-    assert got.json["toolConfig"]["tools"][0]["toolSpec"]["name"] == "get_weather"
+    result: Any = {
+        "role": "user",
+        "content": [{"type": "tool_result", "tool_use_id": tool.id, "content": "21°C"}],
+    }
+    answer = sdk.messages.create(
+        model="claude-bedrock",
+        max_tokens=100,
+        tools=tools,
+        messages=[question, {"role": "assistant", "content": message.content}, result],
+    )
+    assert answer.content[0].type == "text" and answer.content[0].text == "21°C."
+    first, second = signed(upstream)
+    assert first.json["toolConfig"]["toolChoice"] == {"tool": {"name": "get_weather"}}
+    assert first.json["toolConfig"]["tools"][0]["toolSpec"]["name"] == "get_weather"
+    assert second.json["messages"][1:] == [
+        {
+            "role": "assistant",
+            "content": [
+                {"text": "Let me check."},
+                {
+                    "toolUse": {
+                        "toolUseId": "tooluse_abc123",
+                        "name": "get_weather",
+                        "input": {"city": "Paris"},
+                    }
+                },
+            ],
+        },
+        {
+            "role": "user",
+            "content": [{"toolResult": {"toolUseId": "tooluse_abc123", "content": [{"text": "21°C"}]}}],
+        },
+    ]
 
 
 # --- images and JSON -----------------------------------------------------------------------------
