@@ -12,6 +12,7 @@ chain; ``api_key`` for a Bedrock API key (sent as a bearer token, no SigV4); ``b
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
@@ -35,6 +36,8 @@ from gateway.providers.bedrock_response import (
 )
 from gateway.providers.bedrock_translate import forces_json, to_converse_request
 
+log = logging.getLogger("gateway.providers")
+
 _JSON = "application/json"
 _EVENT_STREAM = "application/vnd.amazon.eventstream"
 
@@ -56,6 +59,9 @@ class BedrockProvider:
             f"https://bedrock-runtime.{self.region}.amazonaws.com" if self.region else ""
         )
         self._base = base.rstrip("/")
+        if not self.region and (not config.base_url or not config.api_key):  # URL or SigV4 needs one
+            # Said once at load, where the operator looks; each request then fails with the same words.
+            log.warning("bedrock provider %r has no AWS region: set region (or AWS_REGION)", self.name)
         self._bearer = f"Bearer {config.api_key}" if config.api_key else None
         key, secret = options.get("aws_access_key_id"), options.get("aws_secret_access_key")
         static = None
