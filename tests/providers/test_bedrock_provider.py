@@ -34,6 +34,7 @@ from starlette.responses import JSONResponse
 
 from gateway.config.model import ProviderConfig, UpstreamLimits
 from gateway.errors import UpstreamAuthError, UpstreamStatusError, UpstreamUnavailable
+from gateway.providers import http
 from gateway.providers.base import Operation, UpstreamRequest
 from gateway.providers.bedrock import BedrockProvider
 from gateway.providers.bedrock_auth import sign
@@ -355,3 +356,15 @@ async def test_an_error_message_frame_is_a_server_error(fake: FakeBedrock, trans
     with pytest.raises(UpstreamStatusError) as info:
         await collect(provider(fake, transport))
     assert (info.value.status, info.value.message, info.value.code) == (500, "boom", "InternalFailure")
+
+
+def test_signed_headers_are_not_kept_in_the_wire_memo() -> None:
+    """Each signed request has headers of its own: memoizing them would only push the long-lived
+    provider headers out of the memo (and hold the dead ones)."""
+    before = dict(http._wires._entries)
+    for i in range(100):
+        wire = http._wire(http.OneOff({"authorization": f"AWS4-HMAC-SHA256 Signature={i:064x}"}))
+        assert (b"authorization", f"AWS4-HMAC-SHA256 Signature={i:064x}".encode()) in wire
+    assert http._wires._entries == before
+    kept = {"authorization": "Bearer k"}
+    assert http._wire(kept) is http._wire(kept)  # a provider's own headers are still encoded once
