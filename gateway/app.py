@@ -22,6 +22,7 @@ from gateway.egress import Egress
 from gateway.errors import GatewayError, NotFound, ServerError, render_openai
 from gateway.handlers import admin, health, ledger_api, openai, plugin_api, responses_store
 from gateway.handlers.anthropic import messages
+from gateway.handlers.count_tokens import count_tokens
 from gateway.handlers.endpoint import ProxyEndpoint
 from gateway.handlers.responses import responses
 from gateway.keys import RuntimeKeys
@@ -168,6 +169,7 @@ def create_app(
     proxied = [openai.chat_completions, openai.completions, openai.embeddings, messages, responses]
     routes = [
         *(Route(endpoint.path, endpoint.asgi, methods=["POST"]) for endpoint in proxied),
+        Route("/v1/messages/count_tokens", count_tokens, methods=["POST"]),
         Route("/v1/models", openai.list_models, methods=["GET"]),
         Route("/v1/responses/{response_id}", responses_store.retrieve, methods=["GET"]),
         Route("/v1/responses/{response_id}", responses_store.delete, methods=["DELETE"]),

@@ -154,6 +154,9 @@ class UpstreamStatusError(ServerError):
             headers=retry_headers(retry_after),
         )
         self.retry_after = retry_after
+        self.native: tuple[str, bytes] | None = None
+        """(wire format, bytes): the upstream's own error body or stream event, for a client that speaks
+        that format (``/v1/messages`` gets an Anthropic upstream's error as Anthropic wrote it)."""
 
     @property
     def retryable(self) -> bool:

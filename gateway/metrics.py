@@ -197,9 +197,9 @@ class Metrics:
             found = self._children[key] = metric.labels(*labels)
         return found
 
-    def usage_children(self, tenant: str, model: str) -> tuple[Any, Any, Any, Any]:
-        """The input, cached and output token counters and the cost counter of one (tenant, model),
-        looked up once."""
+    def usage_children(self, tenant: str, model: str) -> tuple[Any, Any, Any, Any, Any]:
+        """The input, cached, cache-write and output token counters and the cost counter of one
+        (tenant, model), looked up once."""
         key = (0, (tenant, model))
         found = self._children.get(key)
         if found is None:
@@ -207,6 +207,7 @@ class Metrics:
             found = self._children[key] = (
                 tokens.labels(tenant, model, "input"),
                 tokens.labels(tenant, model, "cached"),
+                tokens.labels(tenant, model, "cache_write"),
                 tokens.labels(tenant, model, "output"),
                 self.cost.labels(tenant, model),
             )

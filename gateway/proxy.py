@@ -38,7 +38,7 @@ from gateway.pipeline.content_log import content_for_log
 from gateway.pipeline.dispatch import Dispatcher
 from gateway.pipeline.later import Later
 from gateway.pipeline.overload import Gate
-from gateway.pipeline.parse import Incoming, ParsedRequest, parse, read_json
+from gateway.pipeline.parse import Incoming, ParsedRequest, json_object, parse
 from gateway.pipeline.settle import format_usd, price_usage, settle
 from gateway.pipeline.spend import Settler, cost_nano
 from gateway.pipeline.usage import MeteredStream, UsageCounter, response_usage, with_cost
@@ -46,7 +46,7 @@ from gateway.plugins import flow
 from gateway.plugins.answers import annotate, keep_transport
 from gateway.plugins.hooks import Target
 from gateway.plugins.stage import Caller, HookStage
-from gateway.providers.base import Operation, UpstreamResponse, UpstreamStream
+from gateway.providers.base import NativeRequest, Operation, UpstreamResponse, UpstreamStream
 from gateway.responses import Reply
 from gateway.responses_api.turn import Turns
 from gateway.runtime import Runtime
@@ -66,7 +66,13 @@ class Ingress(Protocol):
     stateful: bool
     """True for ``/v1/responses`` (a ``StatefulIngress``): stored turns, ``previous_response_id``."""
 
-    def request(self, body: dict[str, Any]) -> dict[str, Any]: ...
+    native: NativeRequest | None
+    """The body in the client's own wire format, for deployments that speak it (set by ``request``);
+    None for OpenAI's endpoints, whose OpenAI form is the client's."""
+
+    def request(self, body: dict[str, Any], raw: bytes) -> dict[str, Any]:
+        """The OpenAI form of the client's body (``raw``: its bytes as sent)."""
+        ...
 
     def modified(self, request: dict[str, Any]) -> dict[str, Any]:
         """The body to go on with after a pre hook replaced ``request`` (OpenAI form)."""
@@ -131,7 +137,8 @@ class Pipeline:
         runtime = self._source.runtime
         try:
             # 1 parse
-            body = ingress.request(await read_json(request, runtime.routes.defaults.max_body_bytes))
+            raw = await request.body(runtime.routes.defaults.max_body_bytes)
+            body = ingress.request(json_object(raw), raw)
             parsed = parse(operation, body, headers)
             ex.model_requested, ex.stream = parsed.model, parsed.stream
             if self._ledger is not None:
@@ -149,13 +156,15 @@ class Pipeline:
             hooks = ex.plan.hooks
             if hooks is not None and operation is Operation.EMBEDDINGS:
                 hooks = None  # hooks speak chat and completions only
+            if hooks is not None and hooks.post and parsed.stream and ingress.native is not None:
+                ingress.native.enabled = False  # post hooks read a stream's OpenAI chunks: translated
             # The cache lookup (stage 6) is sent now, so that it shares admission's store round-trip
             # (the store writes commands of one event-loop turn together); its answer is used only
             # once the request is admitted. ``max_tokens`` that admission may add is not part of the key.
             # On a route with plugins it waits for the pre hooks, which may change the request.
             forwarded = ingress.forward_headers(headers)
             if hooks is None:
-                cache_key, lookup = self._start_lookup(ex, headers, operation, parsed, forwarded)
+                cache_key, lookup = self._start_lookup(ex, ingress, headers, operation, parsed, forwarded)
             else:
                 cache_key, lookup = None, None
             # 4 admit: rate limits and the budget reservation, one store round-trip; reserve() sends
@@ -174,6 +183,7 @@ class Pipeline:
                     attempts=ex.attempts,
                     resilience=runtime.resilience,
                     prompt_tokens=parsed.prompt_tokens,
+                    native=ingress.native,
                 )
                 dispatcher.prepare()
                 ex.reservation = await admitting
@@ -197,14 +207,14 @@ class Pipeline:
                     # (guard's mask puts back this caller's values): such routes are not cached.
                     ex.cache = "off"
                 else:
-                    cache_key, lookup = self._start_lookup(ex, headers, operation, parsed, forwarded)
+                    cache_key, lookup = self._start_lookup(ex, ingress, headers, operation, parsed, forwarded)
             # 6 cache: exact-match lookup, tenant-scoped
             if lookup is None:
                 if ex.cache != "off":  # the cache does not apply: nothing to count
                     self._cache.count(ex.cache)  # skip (asked) or refresh, counted once admitted
                 cached = None
             else:
-                cached = await self._finish_lookup(ex, cache_key, lookup)
+                cached = await self._finish_lookup(ex, cache_key, lookup, ingress.native)
             if cached is not None:
                 hit = self._hit(ex, ingress, cached, parsed.include_usage)
                 if ingress.stateful and hit.frames is None:
@@ -233,7 +243,9 @@ class Pipeline:
                 # it keeps the frames for the cache, and ``_end_stream`` stores them if it ran to its end.
                 store_as = None
                 if cache_key is not None and ex.plan.cache is not None:
-                    store_as = (cache_key, ex.plan.cache.ttl_s)
+                    native = ingress.native
+                    served = native.format if native is not None and native.served else None
+                    store_as = (cache_key, ex.plan.cache.ttl_s, served)
                 metered = MeteredStream(
                     upstream_stream, ex, UsageCounter(operation, parsed.body), keep=store_as is not None
                 )
@@ -281,8 +293,14 @@ class Pipeline:
             and ex.plan.cache is not None
             and upstream.status == 200
         ):
-            # the answer as the post hooks left it: a hit skips them, so it must be what they passed
-            answer = CachedAnswer(ex.model, billed.usage, body=upstream.body)
+            # the answer as the post hooks left it: a hit skips them, so it must be what they passed;
+            # a native answer is kept as the upstream sent it, for clients of its format only
+            if upstream.native is not None and ingress.native is not None:
+                answer = CachedAnswer(
+                    ex.model, billed.usage, body=upstream.native, native=ingress.native.format
+                )
+            else:
+                answer = CachedAnswer(ex.model, billed.usage, body=upstream.body)
             entry = (cache_key, answer, ex.plan.cache.ttl_s)
         return Reply(200, out, body_out, after=functools.partial(self._settle, ex, entry))
 
@@ -336,6 +354,7 @@ class Pipeline:
     def _start_lookup(
         self,
         ex: Exchange,
+        ingress: Ingress,
         headers: Mapping[str, str],
         operation: Operation,
         parsed: ParsedRequest,
@@ -356,17 +375,33 @@ class Pipeline:
         if asked == "skip":
             ex.cache = "skip"
             return None, None
-        key = canonical_key(ex.tenant, operation, parsed.body, route=plan.route, headers=forwarded)
+        native = ingress.native
+        key = canonical_key(
+            ex.tenant,
+            operation,
+            parsed.body,
+            route=plan.route,
+            headers=forwarded,
+            native=native.body if native is not None and native.enabled else None,
+        )
         if asked == "refresh":
             ex.cache = "refresh"
             return key, None
         return key, self._cache.lookup(key)
 
-    async def _finish_lookup(self, ex: Exchange, key: str | None, lookup: CacheLookup) -> CachedAnswer | None:
+    async def _finish_lookup(
+        self, ex: Exchange, key: str | None, lookup: CacheLookup, native: NativeRequest | None
+    ) -> CachedAnswer | None:
         """Stage 6, ended: the stored answer, if there is one this request may use."""
         assert key is not None
         answer = await self._cache.answer(lookup, key)
         assert ex.plan is not None
+        if answer is not None and answer.native is not None:
+            # an answer in a client wire format goes only to a client of that format
+            if native is None or native.format != answer.native:
+                answer = None
+            else:
+                native.served = True
         # the stored deployment must still be one this key may use on this route
         deployment = usable(answer, ex.plan.candidates) if answer is not None else None
         ex.cache = "miss" if deployment is None else "hit"
@@ -390,7 +425,8 @@ class Pipeline:
         headers["x-gateway-cost-usd"] = "0"
         if ex.traced is not None:
             ex.traced.finish_reasons = otel.finish_reasons(answer.body)
-        body = ingress.response(UpstreamResponse(answer.body, answer.usage))
+        native = answer.body if answer.native is not None else None
+        body = ingress.response(UpstreamResponse(answer.body, answer.usage, native=native))
         return Reply(200, headers, body, after=functools.partial(self._settle, ex))
 
     async def _settle(
@@ -426,7 +462,7 @@ class Pipeline:
         ingress: Ingress,
         upstream: UpstreamStream,
         include_usage: bool,
-        store_as: tuple[str, int] | None = None,
+        store_as: tuple[str, int, str | None] | None = None,
         deadline: float | None = None,
         after: Callable[[], Awaitable[None]] | None = None,
     ) -> AsyncGenerator[bytes, None]:
@@ -458,7 +494,7 @@ class Pipeline:
         self,
         ex: Exchange,
         upstream: UpstreamStream,
-        store_as: tuple[str, int] | None = None,
+        store_as: tuple[str, int, str | None] | None = None,
         after: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         """Close the upstream, free the slot, cache a complete answer (``store_as``: key and TTL),
@@ -480,7 +516,11 @@ class Pipeline:
             if store_as is not None and upstream.kept is not None and ex.status == 200:
                 inner = upstream.inner  # the upstream's own usage and usage chunk, not the priced ones
                 answer = CachedAnswer(
-                    ex.model, inner.usage, frames=upstream.kept, usage_frame=inner.usage_frame
+                    ex.model,
+                    inner.usage,
+                    frames=upstream.kept,
+                    usage_frame=inner.usage_frame,
+                    native=store_as[2],
                 )
                 self._put((store_as[0], answer, store_as[1]))
         ex.usage = upstream.usage

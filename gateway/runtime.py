@@ -23,6 +23,7 @@ from gateway.pipeline.route import Router
 from gateway.plugins import secret
 from gateway.providers import build_provider
 from gateway.providers.base import Provider
+from gateway.providers.registry import PROVIDERS
 from gateway.responses_api.store import ResponseStore
 from gateway.store import GatewayStore
 from gateway.store.base import Store
@@ -106,5 +107,8 @@ def build_runtime(routes: RoutesConfig, budgets: BudgetsConfig, shared: Shared) 
             breakers=shared.breakers,
             breaker_policy=routes.defaults.breaker,
             attempt_timeouts={n: p.timeout_s for n, p in routes.providers.items() if p.timeout_s},
+            native_formats={
+                n: PROVIDERS[p.type].native for n, p in routes.providers.items() if PROVIDERS[p.type].native
+            },
         ),
     )

@@ -208,7 +208,7 @@ def test_openai_body_with_cached_tokens(gateway_factory: GatewayFactory) -> None
     assert response.status_code == 200
     expected = _cost(GPT, fresh=2006 - 1920, cached=1920, output=300)
     assert Decimal(response.headers["x-gateway-cost-usd"]) == expected == Decimal("0.0003369")
-    _wait_tokens(gw, "gpt-4o-mini", {"input": 86, "cached": 1920, "output": 300})
+    _wait_tokens(gw, "gpt-4o-mini", {"input": 86, "cached": 1920, "cache_write": 0, "output": 300})
 
 
 def test_openai_stream_with_usage_chunk(gateway_factory: GatewayFactory) -> None:
@@ -224,7 +224,7 @@ def test_openai_stream_with_usage_chunk(gateway_factory: GatewayFactory) -> None
     assert chunk["usage"]["prompt_tokens_details"] == {"cached_tokens": 1920, "audio_tokens": 0}
     expected = _cost(GPT, fresh=86, cached=1920, output=7)
     assert Decimal(chunk["x_gateway"]["cost_usd"]) == expected == Decimal("0.0001611")
-    _wait_tokens(gw, "gpt-4o-mini", {"input": 86, "cached": 1920, "output": 7})
+    _wait_tokens(gw, "gpt-4o-mini", {"input": 86, "cached": 1920, "cache_write": 0, "output": 7})
 
 
 def test_anthropic_body_with_cache_read_and_creation(gateway_factory: GatewayFactory) -> None:
@@ -232,8 +232,8 @@ def test_anthropic_body_with_cache_read_and_creation(gateway_factory: GatewayFac
     response = _post(gw, {"model": "claude-haiku", "messages": MESSAGES})
     expected = _cost(CLAUDE, fresh=12, cached=1800, written=200, output=9)
     assert Decimal(response.headers["x-gateway-cost-usd"]) == expected == Decimal("0.0003896")
-    # "input" is every uncached prompt token: fresh plus cache-write
-    _wait_tokens(gw, "claude-haiku", {"input": 212, "cached": 1800, "output": 9})
+    # each part of the prompt under its own kind, as each has its own price
+    _wait_tokens(gw, "claude-haiku", {"input": 12, "cached": 1800, "cache_write": 200, "output": 9})
 
 
 def test_anthropic_stream_with_cache_read_and_creation(gateway_factory: GatewayFactory) -> None:
@@ -248,7 +248,7 @@ def test_anthropic_stream_with_cache_read_and_creation(gateway_factory: GatewayF
     assert chunk["usage"]["prompt_tokens"] == 2012 and chunk["usage"]["completion_tokens"] == 4
     expected = _cost(CLAUDE, fresh=12, cached=1800, written=200, output=4)
     assert Decimal(chunk["x_gateway"]["cost_usd"]) == expected == Decimal("0.0003696")
-    _wait_tokens(gw, "claude-haiku", {"input": 212, "cached": 1800, "output": 4})
+    _wait_tokens(gw, "claude-haiku", {"input": 12, "cached": 1800, "cache_write": 200, "output": 4})
 
 
 def test_sdk_exposes_the_cost_and_the_usage_chunk_only_when_asked(gateway_factory: GatewayFactory) -> None:
@@ -280,7 +280,7 @@ def test_body_without_usage_is_counted(gateway_factory: GatewayFactory) -> None:
     response = _post(gw, {"model": "plain-chat", "messages": MESSAGES})
     prompt, completion = _counted("Hello there!")
     assert Decimal(response.headers["x-gateway-cost-usd"]) == _cost(PLAIN, fresh=prompt, output=completion)
-    _wait_tokens(gw, "plain-chat", {"input": prompt, "cached": 0, "output": completion})
+    _wait_tokens(gw, "plain-chat", {"input": prompt, "cached": 0, "cache_write": 0, "output": completion})
 
 
 def test_stream_without_usage_is_counted_and_the_usage_chunk_synthesized(
@@ -301,7 +301,7 @@ def test_stream_without_usage_is_counted_and_the_usage_chunk_synthesized(
     assert (chunk["id"], chunk["model"], chunk["created"]) == ("chatcmpl-up-s", "gpt-4o-mini", 1700000000)
     assert Decimal(chunk["x_gateway"]["cost_usd"]) == _cost(PLAIN, fresh=prompt, output=completion)
     assert response.text.endswith("data: [DONE]\n\n")
-    _wait_tokens(gw, "plain-chat", {"input": prompt, "cached": 0, "output": completion})
+    _wait_tokens(gw, "plain-chat", {"input": prompt, "cached": 0, "cache_write": 0, "output": completion})
     # the counted chat prompt is the admission estimate without its margin
     from gateway.pipeline.admit import prompt_tokens
 
@@ -324,7 +324,7 @@ def test_client_disconnect_mid_stream_is_billed(gateway_factory: GatewayFactory)
         assert next(lines).startswith("data: ")
         assert '"Hello"' in next(line for line in lines if line.startswith("data: "))
     prompt, completion = _counted("Hello")
-    _wait_tokens(gw, "gpt-4o-mini", {"input": prompt, "cached": 0, "output": completion})
+    _wait_tokens(gw, "gpt-4o-mini", {"input": prompt, "cached": 0, "cache_write": 0, "output": completion})
     fake.gate.set()
     metrics = httpx.get(gw.url + "/metrics").text
     cost = next(

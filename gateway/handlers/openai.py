@@ -16,7 +16,7 @@ from gateway.errors import GatewayError, NotFound, UpstreamUnavailable, render_o
 from gateway.handlers.endpoint import ProxyEndpoint
 from gateway.logs import clip
 from gateway.pipeline.auth import authenticate, for_proxy
-from gateway.providers.base import Operation, UpstreamResponse, UpstreamStream
+from gateway.providers.base import NativeRequest, Operation, UpstreamResponse, UpstreamStream
 from gateway.responses import json_response
 from gateway.sse import DONE_FRAME, data_frame
 from gateway.state import GatewayState
@@ -26,8 +26,9 @@ class OpenAIIngress:
     """OpenAI in, OpenAI out: the body passes through; streams get the usage chunk only if asked."""
 
     stateful = False
+    native: NativeRequest | None = None
 
-    def request(self, body: dict[str, Any]) -> dict[str, Any]:
+    def request(self, body: dict[str, Any], raw: bytes = b"") -> dict[str, Any]:
         return body
 
     def modified(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -63,7 +64,7 @@ class EmbeddingsIngress(OpenAIIngress):
     def __init__(self) -> None:
         self.base64 = False
 
-    def request(self, body: dict[str, Any]) -> dict[str, Any]:
+    def request(self, body: dict[str, Any], raw: bytes = b"") -> dict[str, Any]:
         fmt = body.get("encoding_format")
         if fmt is None or fmt == "float":
             return body

@@ -22,7 +22,7 @@ from gateway.errors import GatewayError, render_openai
 from gateway.handlers.endpoint import ProxyEndpoint
 from gateway.ingress.responses import Echo, to_chat_request, to_response
 from gateway.ingress.responses_stream import StreamTranslator
-from gateway.providers.base import Operation, UpstreamResponse, UpstreamStream
+from gateway.providers.base import NativeRequest, Operation, UpstreamResponse, UpstreamStream
 from gateway.responses_api import conversation
 from gateway.responses_api.store import StoredResponse
 from gateway.responses_api.turn import Turns
@@ -45,6 +45,7 @@ class ResponsesIngress:
     )
 
     stateful = True
+    native: NativeRequest | None = None
     """The pipeline calls ``restore`` once the caller is known and ``remember`` once answered."""
 
     def __init__(self) -> None:
@@ -58,7 +59,7 @@ class ResponsesIngress:
         self._stored: tuple[Turns, Exchange, int] | None = None
         """Set by ``restore`` when this turn is to be stored: where, for whom, for how long."""
 
-    def request(self, body: dict[str, Any]) -> dict[str, Any]:
+    def request(self, body: dict[str, Any], raw: bytes = b"") -> dict[str, Any]:
         chat, self.echo, self.input_items = to_chat_request(body)
         self._body = body
         return chat

@@ -71,8 +71,13 @@ def canonical_key(
     *,
     route: str = "",
     headers: Mapping[str, str] | None = None,
+    native: Mapping[str, Any] | None = None,
 ) -> str:
-    """The store key of a request's answer: the same for requests that must get the same answer."""
+    """The store key of a request's answer: the same for requests that must get the same answer.
+
+    ``native``: the client's body in its own wire format (``NativeRequest``), which may hold what the
+    OpenAI form does not (``cache_control``, ``thinking``, documents): part of the key when given.
+    """
     material = {
         "v": _FORMAT,
         "op": operation.value,
@@ -81,6 +86,8 @@ def canonical_key(
         "headers": dict(headers or {}),
         "body": {k: v for k, v in body.items() if k not in IGNORED_FIELDS and k != "stream"},
     }
+    if native is not None:
+        material["native"] = {k: v for k, v in native.items() if k not in IGNORED_FIELDS and k != "stream"}
     digest = hashlib.sha256(orjson.dumps(material, option=orjson.OPT_SORT_KEYS)).hexdigest()
     return f"gw:{{{tenant}}}:cache:{digest}"
 
@@ -109,6 +116,9 @@ class CachedAnswer:
     body: bytes | None = None
     frames: tuple[bytes, ...] = ()
     usage_frame: bytes | None = None
+    native: str | None = None
+    """The client wire format ``body`` or ``frames`` are in, when an upstream answered in it
+    (``NativeRequest``): served only to a request in that format. None: the OpenAI form."""
 
     def dumps(self) -> bytes:
         u = self.usage
@@ -123,6 +133,7 @@ class CachedAnswer:
                 "body": self.body.decode() if self.body is not None else None,
                 "frames": [f.decode() for f in self.frames],
                 "usage_frame": self.usage_frame.decode() if self.usage_frame is not None else None,
+                "native": self.native,
             }
         )
 
@@ -139,6 +150,7 @@ class CachedAnswer:
             body=body.encode() if body is not None else None,
             frames=tuple(f.encode() for f in data["frames"]),
             usage_frame=usage_frame.encode() if usage_frame is not None else None,
+            native=data.get("native"),
         )
 
 

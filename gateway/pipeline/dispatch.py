@@ -42,6 +42,7 @@ from gateway.pipeline.breaker import BreakerOpen, BreakerRegistry, Outcome
 from gateway.pipeline.retry import with_retries
 from gateway.pipeline.route import Plan
 from gateway.providers.base import (
+    NativeRequest,
     Operation,
     Provider,
     UpstreamRequest,
@@ -83,6 +84,8 @@ class Resilience:
     breaker_policy: BreakerPolicy = field(default_factory=BreakerPolicy)
     attempt_timeouts: Mapping[str, float] = field(default_factory=dict)
     """Provider name → its routes.yaml ``timeout_s`` (per attempt), where set."""
+    native_formats: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    """Provider name → the client wire formats its type speaks as they are (registry ``native``)."""
 
 
 @dataclass(slots=True)
@@ -100,6 +103,8 @@ class Dispatcher:
     """The prompt's token count if admission already made it; counted on first need otherwise."""
     prepared: tuple[ModelConfig, UpstreamRequest] | None = None
     """The first candidate's request, built by ``prepare``; used once, by the first attempt on it."""
+    native: NativeRequest | None = None
+    """The client's body in its own wire format, for candidates that speak it (``/v1/messages``)."""
 
     def prepare(self) -> None:
         """Build the first candidate's request ahead, and let its adapter prepare it (``prepare``):
@@ -114,6 +119,8 @@ class Dispatcher:
         request = UpstreamRequest(
             self.operation, {**self.body, "model": first.upstream}, timeout_s=0.0, headers=self.headers
         )
+        if self.native is not None:
+            request.native = self._native_for(first)
         try:
             provider.prepare(request)
         except Exception:  # the attempt will build and encode it again, and report what fails
@@ -139,6 +146,9 @@ class Dispatcher:
                 too_small.append(deployment.name)
                 self.attempts.skipped.append(f"{deployment.name}: context window")
                 continue
+            if self.native is not None and not self._expressible(deployment):
+                self.attempts.skipped.append(f"{deployment.name}: cannot express the request")
+                continue
             if self.deadline - time.monotonic() < 0:
                 break
             if n:  # moved on from the plan's first choice (failed or skipped)
@@ -160,7 +170,24 @@ class Dispatcher:
             except (UpstreamUnavailable, DeadlineExceeded) as exc:
                 last = exc
             self.attempts.errors.append(last.message)
+        if last is None and not open_for and not too_small and self.native is not None:
+            untranslatable = self.native.untranslatable
+            if isinstance(untranslatable, GatewayError):  # no candidate could take the request as sent
+                raise untranslatable
         raise final_error(last, self.attempts.count, open_for, too_small)
+
+    def _native_for(self, deployment: ModelConfig) -> NativeRequest | None:
+        """The native request if this deployment's provider speaks its format (else the OpenAI form)."""
+        native = self.native
+        if native is None or not native.enabled:
+            return None
+        formats = self.resilience.native_formats.get(deployment.provider, ())
+        return native if native.format in formats else None
+
+    def _expressible(self, deployment: ModelConfig) -> bool:
+        """Whether this deployment can take the request: natively, or in an OpenAI form that lost nothing."""
+        assert self.native is not None
+        return self.native.untranslatable is None or self._native_for(deployment) is not None
 
     def _fits(self, deployment: ModelConfig) -> bool:
         window = deployment.context_window
@@ -221,6 +248,10 @@ class Dispatcher:
                 timeout_s=timeout,
                 headers=self.headers,
             )
+            if self.native is not None:
+                request.native = self._native_for(deployment)
+        if self.native is not None:  # what the ingress renders: this attempt's wire format
+            self.native.served = request.native is not None
         self.attempts.count += 1
         self.attempts.deployment = deployment
         started = time.perf_counter()

@@ -63,7 +63,11 @@ def check_declared_size(headers: Mapping[str, str], limit: int) -> None:
 
 async def read_json(request: Incoming, limit: int) -> dict[str, Any]:
     """Read at most ``limit`` bytes of a JSON object body, or raise 413/400."""
-    raw = await request.body(limit)
+    return json_object(await request.body(limit))
+
+
+def json_object(raw: bytes) -> dict[str, Any]:
+    """A request body as the JSON object it must be, or a 400."""
     if not raw.strip():
         raise BadRequest("The request body is empty; expected a JSON object.")
     try:

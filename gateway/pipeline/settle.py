@@ -74,10 +74,13 @@ def settle(ex: Exchange, metrics: Metrics) -> None:
         metrics.child(metrics.upstream_anomalies, ex.usage_anomaly).inc()
     usage = ex.usage
     if usage is not None:
-        cached = usage.cached_tokens
-        fresh, reused, output, cost = metrics.usage_children(tenant, model)
-        fresh.inc(usage.prompt_tokens - cached)
+        cached, written = usage.cached_tokens, usage.cache_write_tokens
+        fresh, reused, wrote, output, cost = metrics.usage_children(tenant, model)
+        # the three parts of the prompt, each priced at its own rate (cost_of)
+        fresh.inc(usage.prompt_tokens - cached - written)
         reused.inc(cached)
+        if written:
+            wrote.inc(written)
         output.inc(usage.completion_tokens)
         cost.inc(float(ex.cost))
     if log.isEnabledFor(logging.INFO):
@@ -110,6 +113,7 @@ def _log_record(ex: Exchange, elapsed: float) -> dict[str, object]:
         "input_tokens": usage.prompt_tokens if usage else None,
         "output_tokens": usage.completion_tokens if usage else None,
         "cached_tokens": usage.cached_tokens if usage else None,
+        "cache_write_tokens": usage.cache_write_tokens if usage else None,
         "usage_source": ex.usage_source,
         "usage_anomaly": ex.usage_anomaly,
         "cost_usd": format_usd(ex.cost),

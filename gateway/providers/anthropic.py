@@ -15,6 +15,7 @@ import orjson
 
 from gateway.config.model import ProviderConfig
 from gateway.errors import BadRequest, UpstreamUnavailable
+from gateway.providers import anthropic_native as native
 from gateway.providers import http
 from gateway.providers.anthropic_response import StreamTranslator, error_from_response, to_openai_response
 from gateway.providers.anthropic_translate import to_anthropic_request
@@ -27,7 +28,8 @@ DEFAULT_MAX_TOKENS = 4096
 
 
 class AnthropicProvider:
-    """One ``type: anthropic`` provider entry. Only chat is supported.
+    """One ``type: anthropic`` provider entry. Only chat is supported: OpenAI chat translated to
+    Messages and back, or, for ``/v1/messages`` clients, Messages as sent (``anthropic_native``).
 
     ``options.default_max_tokens`` sets the ``max_tokens`` sent when the client gave none (Anthropic
     requires one; default 4096).
@@ -45,16 +47,21 @@ class AnthropicProvider:
 
     def prepare(self, request: UpstreamRequest) -> None:
         """Translate and encode the request ahead of the call (dispatch does it during admission)."""
+        if request.native is not None:
+            return  # sent as the client sent it: nothing to translate
         request.content = orjson.dumps(self._body(request, stream=request.stream))
 
     def _payload(self, request: UpstreamRequest, *, stream: bool) -> bytes:
+        if request.native is not None:  # the client's Messages body, as sent (anthropic_native)
+            return native.payload(request, request.native)
         if request.content is not None and request.stream is stream:
             return request.content
         return orjson.dumps(self._body(request, stream=stream))
 
     async def send(self, request: UpstreamRequest) -> UpstreamResponse:
-        """POST a non-streaming Messages request and return the OpenAI ``chat.completion`` body."""
-        _, message = await http.post_json(
+        """POST a non-streaming Messages request and return the OpenAI ``chat.completion`` body (and,
+        for a native request, Anthropic's own)."""
+        content, message = await http.post_json(
             self._transport,
             self.name,
             self._url,
@@ -64,12 +71,14 @@ class AnthropicProvider:
             on_error=error_from_response,
             limits=self._config.limits,
         )
+        if request.native is not None:
+            return native.answer(content, message, request.body["model"])
         if not isinstance(message, dict):
             raise UpstreamUnavailable("malformed upstream body")
         completion, usage = to_openai_response(message, model=request.body["model"])
         return UpstreamResponse(body=orjson.dumps(completion), usage=usage, status=200)
 
-    async def open_stream(self, request: UpstreamRequest) -> AnthropicStream:
+    async def open_stream(self, request: UpstreamRequest) -> AnthropicStream | native.NativeStream:
         """Open a streaming Messages request; return once Anthropic answered 2xx headers."""
         response = await http.open_stream(
             self._transport,
@@ -81,10 +90,26 @@ class AnthropicProvider:
             on_error=error_from_response,
             limits=self._config.limits,
         )
-        translator = StreamTranslator(model=request.body["model"], created=int(time.time()))
         limits = self._config.limits
         parser = SSEParser(limits.max_event_bytes, limits.max_stream_bytes)
+        if request.native is not None:
+            return native.NativeStream(self.name, response, parser, request.body["model"])
+        translator = StreamTranslator(model=request.body["model"], created=int(time.time()))
         return AnthropicStream(self.name, response, translator, parser)
+
+    async def count_tokens(self, body: bytes, client_headers: Mapping[str, str], timeout_s: float) -> bytes:
+        """``POST /v1/messages/count_tokens`` upstream: the answer's bytes (Anthropic does not bill it)."""
+        content, _ = await http.post_json(
+            self._transport,
+            self.name,
+            self._url + "/count_tokens",
+            body=body,
+            headers=self._headers(client_headers),
+            timeout_s=timeout_s,
+            on_error=error_from_response,
+            limits=self._config.limits,
+        )
+        return content
 
     def _body(self, request: UpstreamRequest, *, stream: bool) -> dict[str, Any]:
         if request.operation is not Operation.CHAT:

@@ -135,7 +135,7 @@ class StreamTranslator:
             raise UpstreamUnavailable("malformed upstream stream event")
         kind = data.get("type") or event.event
         if kind == "error":
-            raise _stream_error(data.get("error"))
+            raise stream_error(data.get("error"))
         if kind == "message_start":
             return self._message_start(data.get("message"))
         if kind not in ("content_block_start", "content_block_delta", "message_delta", "message_stop"):
@@ -209,7 +209,7 @@ class StreamTranslator:
         return data_frame(orjson.dumps({**self._envelope(), "choices": [choice], "usage": None}))
 
 
-def _stream_error(error: Any) -> UpstreamStatusError:
+def stream_error(error: Any) -> UpstreamStatusError:
     err = error if isinstance(error, dict) else {}
     kind = err.get("type") if isinstance(err.get("type"), str) else None
     message = err.get("message") if isinstance(err.get("message"), str) else None
@@ -236,13 +236,16 @@ def error_from_response(status: int, body: bytes, headers: Mapping[str, str]) ->
     if status == 429:
         openai_type = "rate_limit_error"
     retry_after = next((v for k, v in headers.items() if k.lower() == "retry-after"), None)
-    return UpstreamStatusError(
+    err = UpstreamStatusError(
         status,
         message,
         type=openai_type,
         code=kind if isinstance(kind, str) else None,
         retry_after=retry_after,
     )
+    if error and isinstance(kind, str):  # Anthropic's own envelope: an Anthropic client may get it as is
+        err.native = ("anthropic", body)
+    return err
 
 
 def _error_object(body: bytes) -> dict[str, Any]:

@@ -6,6 +6,11 @@ adapter returns OpenAI-format bytes. Streams yield complete OpenAI SSE frames (`
 and never the terminal ``[DONE]`` nor the usage-only chunk: the adapter keeps the latter in
 ``usage_frame`` so the core decides whether the client gets it.
 
+One exception: a request carrying ``native`` (``NativeRequest``: the client's body in a wire format this
+provider's type speaks, per the registry) is sent as that body, and answered in that format too: the
+response's ``native`` holds the upstream's bytes (``body`` stays the OpenAI form), a stream yields the
+upstream's own events (``usage`` and ``usage_frame`` as for any stream).
+
 Adapters raise only ``gateway.errors`` types: ``UpstreamStatusError`` for a non-2xx answer (the message
 taken from the upstream's error body), ``UpstreamUnavailable`` for connect errors, resets and malformed
 bodies, ``DeadlineExceeded`` for timeouts, ``BadRequest`` for what the provider cannot express.
@@ -93,6 +98,30 @@ def token_count(value: Any) -> int | None:
 
 
 @dataclass(slots=True)
+class NativeRequest:
+    """A request in a client wire format some upstreams speak as they are (``/v1/messages`` →
+    ``format: anthropic``), carried beside its OpenAI form.
+
+    Dispatch hands it to an attempt whose provider type lists ``format`` as ``native`` in the registry
+    (``UpstreamRequest.native``); that adapter sends ``body`` (``raw`` when nothing changed) and answers
+    in the same format. Every other attempt gets the OpenAI form, unless ``untranslatable`` says the
+    OpenAI form lost something the request needs: then dispatch skips that candidate.
+    """
+
+    format: str
+    body: dict[str, Any]
+    """The client's body, parsed (pre hooks' changes laid over it)."""
+    raw: bytes | None = None
+    """The client's bytes, while ``body`` is unchanged: sent as they are when the model name is too."""
+    untranslatable: Exception | None = None
+    """Why the OpenAI form cannot stand for this request (a ``BadRequest`` naming the field)."""
+    enabled: bool = True
+    """False where the route needs the OpenAI form of the answer (a stream with post hooks)."""
+    served: bool = False
+    """Set by dispatch per attempt: the answer (body or stream frames) is in ``format``."""
+
+
+@dataclass(slots=True)
 class UpstreamRequest:
     operation: Operation
     body: dict[str, Any]
@@ -103,6 +132,8 @@ class UpstreamRequest:
     """Client headers an adapter may forward (e.g. ``anthropic-version``); never auth or x-gateway-*."""
     content: bytes | None = None
     """The body as the adapter sends it, when it encoded it ahead of the call (``prepare``)."""
+    native: NativeRequest | None = None
+    """Set only when this provider speaks the client's wire format: send it, answer in it."""
 
     @property
     def stream(self) -> bool:
@@ -115,6 +146,9 @@ class UpstreamResponse:
     """OpenAI-format JSON body, ready to send to the client."""
     usage: Usage | None
     status: int = 200
+    native: bytes | None = None
+    """The upstream's own body, when the request went upstream natively (``UpstreamRequest.native``):
+    what the client gets; ``body`` is its OpenAI form, for hooks, logs and counting."""
 
 
 class UpstreamStream(Protocol):
