@@ -42,6 +42,10 @@ _DOCUMENT_FORMATS = {
 # Bedrock's document names: alphanumerics, single spaces, hyphens, parentheses and square brackets.
 _NAME_UNSAFE = re.compile(r"[^A-Za-z0-9\-\(\)\[\] ]+")
 
+# Model-specific knobs a caller reaches through the OpenAI SDK's extra_body (Claude's ``top_k`` and extended
+# ``thinking``): Converse carries them in additionalModelRequestFields, sent only when the client set them.
+_MODEL_FIELDS = ("top_k", "thinking")
+
 _USER_PARTS = frozenset({"text", "image_url", "file"})
 _ASSISTANT_PARTS = frozenset({"text", "refusal"})
 _TEXT_PARTS = frozenset({"text"})
@@ -70,7 +74,8 @@ def to_converse_request(body: Mapping[str, Any]) -> dict[str, Any]:
     text); otherwise, and for
     ``json_object``, it becomes an instruction appended to the system prompt. ``temperature`` is clamped
     to 1 (the top of every Bedrock model's range). Fields Converse has no slot for (``seed``,
-    ``logprobs``, penalties, ``user``…) are dropped.
+    ``logprobs``, penalties, ``user``…) are dropped; ``top_k`` and ``thinking`` (extra_body) go into
+    ``additionalModelRequestFields`` for the models that take them.
     """
     n = body.get("n")
     if n is not None and n != 1:
@@ -90,6 +95,9 @@ def to_converse_request(body: Mapping[str, Any]) -> dict[str, Any]:
     config = _inference_config(body)
     if config:
         out["inferenceConfig"] = config
+    extra = {key: body[key] for key in _MODEL_FIELDS if body.get(key) is not None}
+    if extra:
+        out["additionalModelRequestFields"] = extra
     if forced and fmt is not None:
         spec = {"name": JSON_TOOL, "description": _JSON_TOOL_DESCRIPTION, "inputSchema": {"json": fmt[2]}}
         out["toolConfig"] = {"tools": [{"toolSpec": spec}], "toolChoice": {"tool": {"name": JSON_TOOL}}}

@@ -136,6 +136,9 @@ def test_inference_config_and_dropped_fields() -> None:
         "stopSequences": ["###"],
     }
     assert set(body) == {"messages", "inferenceConfig"}
+    thinking = {"type": "enabled", "budget_tokens": 1024}
+    claude = converse(messages=[{"role": "user", "content": "x"}], top_k=40, thinking=thinking)
+    assert claude["additionalModelRequestFields"] == {"top_k": 40, "thinking": thinking}
 
 
 def test_images_and_documents_go_inline() -> None:
