@@ -157,26 +157,36 @@ def test_streamed_text_openai_sdk(gateway_factory: GatewayFactory, upstream: Fak
 def test_anthropic_sdk_messages_streamed_and_not(
     gateway_factory: GatewayFactory, upstream: FakeBedrock
 ) -> None:
-    upstream.script.append(lambda got: JSONResponse(converse_answer([{"text": "Bonjour."}])))
-    upstream.script.append(lambda got: stream_response(text_stream(["Bon", "jour."]), chunk=5))
+    usage = {"inputTokens": 10, "outputTokens": 3, "totalTokens": 19, "cacheReadInputTokens": 4}
+    usage["cacheWriteInputTokens"] = 2
+    upstream.script.append(lambda got: JSONResponse(converse_answer([{"text": "Bonjour."}], usage=usage)))
+    upstream.script.append(lambda got: stream_response(text_stream(["Bon", "jour."], usage=usage), chunk=5))
     gw = start(gateway_factory, upstream)
     sdk = anthropic.Anthropic(base_url=gw.url, api_key=KEY_ACME, max_retries=0)
-    message = sdk.messages.create(
+    raw = sdk.messages.with_raw_response.create(
         model="claude-bedrock",
         max_tokens=64,
         system="Answer in French.",
         messages=[{"role": "user", "content": "Hello"}],
     )
+    message = raw.parse()
+    assert raw.headers["x-gateway-cost-usd"] == "0.0000837"  # 10 fresh, 4 read, 2 written, 3 out
     assert message.content[0].type == "text" and message.content[0].text == "Bonjour."
     assert message.stop_reason == "end_turn"
-    assert (message.usage.input_tokens, message.usage.output_tokens) == (10, 3)
+    # Bedrock's cache reads reach an Anthropic client under Anthropic's name. Cache writes do not: a
+    # translated /v1/messages answer is rebuilt from the OpenAI body, which has no slot for them
+    # (gateway/ingress/), so the 2 written tokens show as input (they are priced as writes all the same).
+    counts = message.usage
+    assert (counts.output_tokens, counts.cache_read_input_tokens) == (3, 4)
+    assert counts.input_tokens + (counts.cache_creation_input_tokens or 0) == 12
     with sdk.messages.stream(
         model="claude-bedrock", max_tokens=64, messages=[{"role": "user", "content": "Hello"}]
     ) as stream:
         streamed = "".join(stream.text_stream)
         final = stream.get_final_message()
     assert streamed == "Bonjour."
-    assert final.usage.output_tokens == 4
+    assert (final.usage.output_tokens, final.usage.cache_read_input_tokens) == (3, 4)
+    assert final.usage.input_tokens + (final.usage.cache_creation_input_tokens or 0) == 12
     first, second = signed(upstream)
     assert first.json == {
         "messages": [{"role": "user", "content": [{"text": "Hello"}]}],
