@@ -365,4 +365,10 @@ def _wire(headers: Mapping[str, str]) -> list[tuple[bytes, bytes]]:
     wire = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()]
     if not has_user_agent(headers):
         wire.append((b"user-agent", USER_AGENT_BYTES))
+    if type(headers) is OneOff:
+        return wire  # never met again: kept, it would only push the long-lived ones out
     return _wires.put(id(headers), headers, wire)
+
+
+class OneOff(dict[str, str]):
+    """Headers built for one request (a signed request's): encoded for the wire without being memoized."""

@@ -138,6 +138,20 @@ def google_credentials(name: str) -> Option:
     return Option(name, parse)
 
 
+def aws_key(name: str, *, needs: tuple[str, ...]) -> Option:
+    """One of a set of explicit AWS credentials: text, and an error unless the fields it needs are set
+    too (a key id without its secret would silently fall back to the machine's credential chain)."""
+
+    def parse(c: Checker, d: dict[str, object], path: str) -> object:
+        value = c.text(d, path, name)
+        for other in needs:
+            if value and not d.get(other):
+                c.error(key_path(path, name), f"needs {other} too")
+        return value
+
+    return Option(name, parse)
+
+
 def vertex_base_url(location: str, express: bool) -> str:
     """Vertex AI's regional endpoint; the global one for ``location: global`` and express mode (api_key)."""
     if location == "global" or express:
@@ -184,6 +198,19 @@ PROVIDERS: Mapping[str, ProviderType] = {
             google_credentials("credentials_file"),  # else Application Default Credentials
         ),
         default_base_url=lambda entry, options: vertex_base_url(str(options["location"]), "api_key" in entry),
+    ),
+    "bedrock": ProviderType(
+        "gateway.providers.bedrock",
+        "BedrockProvider",
+        # empty: the standard AWS chain (AWS_REGION, AWS_PROFILE, AWS_ACCESS_KEY_ID, files, metadata);
+        # base_url defaults to https://bedrock-runtime.{region}.amazonaws.com
+        (
+            text("region"),
+            text("profile"),
+            aws_key("aws_access_key_id", needs=("aws_secret_access_key",)),
+            aws_key("aws_secret_access_key", needs=("aws_access_key_id",)),
+            aws_key("aws_session_token", needs=("aws_access_key_id", "aws_secret_access_key")),
+        ),
     ),
     "mock": ProviderType(
         "gateway.providers.mock",

@@ -38,6 +38,22 @@ DOCUMENTED: dict[str, tuple[dict[str, Any], dict[str, object]]] = {
         {"project": "acme-ml", "location": "europe-west4", "credentials_file": CREDENTIALS},
         {"project": "acme-ml", "location": "europe-west4", "credentials_file": CREDENTIALS},
     ),
+    "bedrock": (
+        {
+            "region": "eu-west-3",
+            "profile": "prod",
+            "aws_access_key_id": "AKIDEXAMPLE",
+            "aws_secret_access_key": "secret",
+            "aws_session_token": "token",
+        },
+        {
+            "region": "eu-west-3",
+            "profile": "prod",
+            "aws_access_key_id": "AKIDEXAMPLE",
+            "aws_secret_access_key": "secret",
+            "aws_session_token": "token",
+        },
+    ),
     "mock": (
         {"latency_ms": 5, "fault": "503", "fault_rate": 0.25},
         {"latency_ms": 5.0, "fault": "503", "fault_rate": 0.25},
@@ -61,6 +77,7 @@ MISSPELLED: dict[str, tuple[str, str]] = {
     ),
     "gemini": ("base_ulr", "unknown field 'base_ulr' (did you mean 'base_url'?)"),
     "vertex": ("credential_file", "unknown field 'credential_file' (did you mean 'credentials_file'?)"),
+    "bedrock": ("aws_secret_key", "unknown field 'aws_secret_key' (did you mean 'aws_secret_access_key'?)"),
     "mock": ("fault_rat", "unknown field 'fault_rat' (did you mean 'fault_rate'?)"),
 }
 
@@ -167,3 +184,23 @@ def test_checking_a_config_imports_no_adapter() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "['gateway.providers.registry']", out.stdout
+
+
+def test_bedrock_needs_both_halves_of_an_explicit_key() -> None:
+    """A key id without its secret (an unset ${ENV} in one of them) would sign with the machine's own
+    credentials instead: an error, not a silent fallback."""
+    assert provider_errors("{type: bedrock, aws_access_key_id: AKID}") == [
+        "routes.yaml: providers.x.aws_access_key_id: needs aws_secret_access_key too"
+    ]
+    assert provider_errors("{type: bedrock, aws_session_token: t}") == [
+        "routes.yaml: providers.x.aws_session_token: needs aws_access_key_id too",
+        "routes.yaml: providers.x.aws_session_token: needs aws_secret_access_key too",
+    ]
+    config, _ = routes_ok("providers: {b: {type: bedrock}}\nmodels: {m: {provider: b}}")
+    assert dict(config.providers["b"].options) == {
+        "region": "",
+        "profile": "",
+        "aws_access_key_id": "",
+        "aws_secret_access_key": "",
+        "aws_session_token": "",
+    }
