@@ -235,7 +235,7 @@ class McpServers:
 
     def __init__(self, *, list_ttl_s: float = LIST_TTL_S) -> None:
         self._clients: dict[str, ServerClient] = {}
-        self._retired: list[ServerClient] = []
+        self._retiring: dict[asyncio.Task[None], ServerClient] = {}
         self._list_ttl_s = list_ttl_s
 
     def client(self, config: McpServerConfig) -> ServerClient:
@@ -243,15 +243,29 @@ class McpServers:
         if current is not None and current.config == config:
             return current
         if current is not None:
-            self._retired.append(current)  # in-flight calls may still use it; closed at shutdown
+            self._retire(current)
         client = self._clients[config.name] = ServerClient(config, list_ttl_s=self._list_ttl_s)
         return client
 
+    def _retire(self, client: ServerClient) -> None:
+        """Close a replaced client once the calls that may still hold it have surely ended."""
+
+        async def close_later() -> None:
+            await asyncio.sleep(client.config.timeout_s + 1)
+            await client.aclose()
+
+        task = asyncio.get_running_loop().create_task(close_later(), name="mcp-client-retire")
+        self._retiring[task] = client
+        task.add_done_callback(lambda done: self._retiring.pop(done, None))
+
     async def aclose(self) -> None:
-        for client in [*self._clients.values(), *self._retired]:
+        retiring = list(self._retiring.items())
+        for task, _ in retiring:
+            task.cancel()
+        for client in [*self._clients.values(), *(c for _, c in retiring)]:
             await client.aclose()
         self._clients.clear()
-        self._retired.clear()
+        self._retiring.clear()
 
 
 # -- bounding a result ----------------------------------------------------------------------------------

@@ -147,7 +147,15 @@ async def names(url: str, key: str) -> list[str]:
 
 
 async def test_each_caller_sees_its_tenants_servers_filtered_by_role(setup: Setup) -> None:
-    crm_user = ["crm__big", "crm__echo", "crm__explode", "crm__fail", "crm__headers", "crm__slow"]
+    crm_user = [
+        "crm__big",
+        "crm__echo",
+        "crm__explode",
+        "crm__fail",
+        "crm__headers",
+        "crm__region",
+        "crm__slow",
+    ]
     web = ["web__count", "web__echo"]  # not web__headers: outside the server's allowed_tools
     assert await names(setup.url, KEYS["acme-user"]) == sorted(crm_user + web)
     assert await names(setup.url, KEYS["acme-admin"]) == sorted([*crm_user, "crm__count", *web])
@@ -163,6 +171,9 @@ async def test_a_call_runs_upstream_once_with_the_gateways_credentials_and_is_au
         result = await client.call_tool("crm__count", {"key": "endpoint-once"})
         upstream = orjson.loads((await client.call_tool("crm__headers", {})).content[0].text)  # type: ignore[union-attr]
         listing = await client.list_tools()
+        # an x-mcp-header argument: the caller mirrors it to the gateway, the gateway to the upstream
+        region = await client.call_tool("crm__region", {"region": "eu-west"})
+    assert region.content == [types.TextContent(type="text", text="eu-west")]
     assert (result.is_error, result.content[0]) == (False, types.TextContent(type="text", text="1"))
     assert setup.crm.counts["endpoint-once"] == 1
     # The upstream got the configured credentials, and never the caller's gateway key.
@@ -186,7 +197,7 @@ async def test_a_call_runs_upstream_once_with_the_gateways_credentials_and_is_au
     assert (
         target["duration_ms"] > 0 and "endpoint-once" not in rows[0].target
     )  # a digest, never the arguments
-    assert [json.loads(r.target)["tool"] for r in rows] == ["crm__count", "crm__headers"]
+    assert [json.loads(r.target)["tool"] for r in rows] == ["crm__count", "crm__headers", "crm__region"]
 
 
 async def test_refusals_are_mcp_errors_and_never_reach_the_upstream(setup: Setup) -> None:
