@@ -25,6 +25,7 @@ from mcp.shared.exceptions import MCPError
 from mcp_servers import ToolServer
 from sqlalchemy import create_engine, select
 
+from gateway import delegation
 from gateway.app import create_app
 from gateway.ledger.schema import audit
 from gateway.settings import Settings
@@ -275,3 +276,19 @@ mcp_servers:
             assert time.monotonic() < deadline, seen
             await asyncio.sleep(0.1)
         assert await names(url, KEYS["acme-user"]) == ["one__echo"]
+
+
+async def test_a_delegation_token_acts_as_a_user_of_its_key_and_is_audited(setup: Setup) -> None:
+    """A sidecar holding a delegation token for an admin key's request gets that tenant's tools as role user
+    (crm__count is admin-only), and its calls are audited with the request that handed the token out."""
+    secret = setup.gateway.server.config.app.state.gateway.shared.delegation_secret
+    grant = delegation.Delegation("acme", "acme-admin", "req-parent-1", int(time.time()) + 60)
+    token = delegation.mint(secret, grant)
+    async with mcp_client(setup.url, token, request_id="delegated-1") as client:
+        tools = sorted(t.name for t in (await client.list_tools()).tools)
+        echo = await client.call_tool("crm__echo", {"text": "on behalf"})
+    assert "crm__echo" in tools and "crm__count" not in tools
+    assert echo.content == [types.TextContent(type="text", text="on behalf")]
+    (row,) = setup.audit_rows("delegated-1")
+    assert (row.who, row.role) == ("acme/acme-admin", "user")
+    assert json.loads(row.target)["parent_request_id"] == "req-parent-1"
