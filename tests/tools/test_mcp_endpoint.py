@@ -292,3 +292,22 @@ async def test_a_delegation_token_acts_as_a_user_of_its_key_and_is_audited(setup
     (row,) = setup.audit_rows("delegated-1")
     assert (row.who, row.role) == ("acme/acme-admin", "user")
     assert json.loads(row.target)["parent_request_id"] == "req-parent-1"
+
+
+async def test_the_first_requests_arriving_together_share_one_lazy_start(
+    gateway_factory: GatewayFactory,
+) -> None:
+    """/mcp starts its MCP machinery on first use; callers arriving at once all get served by one of it."""
+    with ToolServer(tools=["echo"]) as one:
+        routes = f"""
+providers: {{local: {{type: mock}}}}
+models: {{mock-chat: {{provider: local}}}}
+mcp_servers:
+  one: {{url: {one.url}}}
+"""
+        gw = gateway_factory(routes=routes, budgets=BUDGETS)
+        endpoint = next(r.app for r in gw.app.routes if getattr(r, "path", "") == "/mcp")  # type: ignore[attr-defined]
+        assert endpoint._manager is None  # nothing started before the first /mcp request
+        listings = await asyncio.gather(*(names(gw.url + "/mcp", KEYS["acme-user"]) for _ in range(6)))
+        assert listings == [["one__echo"]] * 6
+        assert endpoint._manager is not None and one.list_calls == 1  # one start, one upstream listing
