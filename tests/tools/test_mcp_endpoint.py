@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -311,3 +313,25 @@ mcp_servers:
         listings = await asyncio.gather(*(names(gw.url + "/mcp", KEYS["acme-user"]) for _ in range(6)))
         assert listings == [["one__echo"]] * 6
         assert endpoint._manager is not None and one.list_calls == 1  # one start, one upstream listing
+
+
+def test_the_gateway_starts_without_the_mcp_sdk(tmp_path: Path) -> None:
+    """A deployment that never uses tools never imports the MCP SDK: not at import, not at start-up."""
+    (tmp_path / "routes.yaml").write_text("providers: {l: {type: mock}}\nmodels: {m: {provider: l}}\n")
+    (tmp_path / "budgets.yaml").write_text("tenants: {}\n")
+    script = f"""
+import asyncio, sys
+from gateway.app import create_app
+from gateway.settings import Settings
+app = create_app(Settings(routes_path={str(tmp_path / "routes.yaml")!r},
+                          budgets_path={str(tmp_path / "budgets.yaml")!r}, ledger_url=None))
+async def main():
+    async with app.router.lifespan_context(app):
+        pass
+asyncio.run(main())
+print(sorted(m for m in sys.modules if m.split(".")[0] in ("mcp", "mcp_types", "httpx2")))
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout + done.stderr
