@@ -131,7 +131,7 @@ class Seen:
 
 @asynccontextmanager
 async def mcp_client(
-    url: str, key: str, seen: Seen | None = None, request_id: str | None = None
+    url: str, key: str, seen: Seen | None = None, request_id: str | None = None, mode: str = "auto"
 ) -> AsyncIterator[Client]:
     headers = {"Authorization": f"Bearer {key}"}
     if request_id is not None:
@@ -139,7 +139,7 @@ async def mcp_client(
     hooks = {"response": [seen]} if seen is not None else {}
     async with (
         httpx2.AsyncClient(headers=headers, event_hooks=hooks) as http,
-        Client(streamable_http_client(url, http_client=http)) as client,
+        Client(streamable_http_client(url, http_client=http), mode=mode) as client,
     ):
         yield client
 
@@ -335,3 +335,13 @@ print(sorted(m for m in sys.modules if m.split(".")[0] in ("mcp", "mcp_types", "
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
     )
     assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout + done.stderr
+
+
+async def test_a_2025_client_is_served_too(setup: Setup) -> None:
+    """Clients of the handshake era (initialize, protocol 2025-*) work against the stateless endpoint."""
+    async with mcp_client(setup.url, KEYS["globex-user"], mode="legacy") as client:
+        assert client.protocol_version.startswith("2025-")
+        tools = sorted(t.name for t in (await client.list_tools()).tools)
+        echo = await client.call_tool("web__echo", {"text": "from 2025"})
+    assert tools == ["web__count", "web__echo"]
+    assert echo.content == [types.TextContent(type="text", text="from 2025")]
