@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from gateway.hosted.idempotency import build_records
+from gateway.hosted.mcp import McpBackend
+from gateway.hosted.run import HostedTools
 from gateway.keys import RuntimeKeys
 from gateway.ledger import Ledger
 from gateway.metrics import Metrics
@@ -16,6 +19,7 @@ from gateway.responses_api.turn import Turns
 from gateway.runtime import Runtime, Shared
 from gateway.settings import Settings
 from gateway.store import GatewayStore
+from gateway.tools.servers import McpServers
 from gateway.transport import FastTransport
 
 
@@ -33,14 +37,26 @@ class GatewayState:
     pipeline: Pipeline = field(init=False)
     plugin_transport: FastTransport = field(init=False)
     """Hook calls to sidecars: a keep-alive pool of its own (not the upstreams')."""
+    mcp: McpServers = field(init=False)
+    """The clients of the configured MCP servers (routes.yaml ``mcp_servers``)."""
 
     def __post_init__(self) -> None:
         cache = ResponseCache(self.shared.cache_store or self.shared.store, self.metrics)
         self.plugin_transport = FastTransport(max_connections=512, max_idle=64, keepalive_expiry=30)
         hooks = HookStage(HookClient(self.plugin_transport, self.metrics), self.shared.delegation_secret)
         turns = Turns(self.shared.responses, self.shared.delegation_secret)
+        self.mcp = McpServers()
+        tools = HostedTools(McpBackend(self.mcp), build_records(self.shared.store))
         self.pipeline = Pipeline(
-            self, self.metrics, self.settler, self.shared.gate, cache, hooks, turns, ledger=self.ledger
+            self,
+            self.metrics,
+            self.settler,
+            self.shared.gate,
+            cache,
+            hooks,
+            turns,
+            ledger=self.ledger,
+            tools=tools,
         )
 
     @property
