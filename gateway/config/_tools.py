@@ -9,6 +9,7 @@ from gateway.config._validate import Checker, index_path, key_path
 from gateway.config.model import (
     MIB,
     ROLES,
+    TOOL_SEPARATOR,
     Approval,
     Approver,
     McpServerConfig,
@@ -19,8 +20,6 @@ from gateway.config.model import (
     ToolRule,
 )
 
-SEPARATOR = "__"
-"""Between a server's name and its tool's: ``crm__lookup``."""
 _SERVER_FIELDS = ("url", "headers", "tenants", "allowed_tools", "timeout_s", "max_result_bytes")
 _RULE_FIELDS = ("risk", "roles", "require_approval", "approver")
 _LIMIT_FIELDS = ("max_tool_calls", "max_wall_s", "max_cost_usd")
@@ -34,7 +33,7 @@ def mcp_servers(value: object, c: Checker) -> dict[str, McpServerConfig]:
     out: dict[str, McpServerConfig] = {}
     for name, entry in c.named(value, "mcp_servers").items():
         path = key_path("mcp_servers", name)
-        if not name.isidentifier() or SEPARATOR in name:
+        if not name.isidentifier() or TOOL_SEPARATOR in name:
             # The name is the prefix of every tool it lends (`crm__lookup`): a `__` inside it would make
             # the split ambiguous, and clients (and models) expect identifier-like tool names.
             c.error(path, f"invalid server name {name!r}: use a Python identifier without '__'")
@@ -109,7 +108,7 @@ def _limits(value: object, c: Checker) -> ToolLimits:
 
 def _rule(pattern: str, value: object, servers: dict[str, McpServerConfig], c: Checker) -> ToolRule | None:
     path = key_path("tool_policy.tools", pattern)
-    server, sep, tool = pattern.partition(SEPARATOR)
+    server, sep, tool = pattern.partition(TOOL_SEPARATOR)
     if not sep or not server or not tool:
         c.error(path, "must be 'server__tool' (or a glob: 'crm__*')")
         return None

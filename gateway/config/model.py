@@ -226,6 +226,8 @@ class McpServerConfig:
     """A tool result's text past this is cut, with a marker saying how much was dropped."""
 
 
+TOOL_SEPARATOR = "__"
+"""Between a server's name and its tool's in the names callers see: ``crm__lookup``."""
 ToolRisk = Literal["low", "high"]
 Approval = Literal["never", "always"]
 Approver = Literal["client", "reviewer"]
