@@ -314,7 +314,9 @@ class Pipeline:
             raise BadRequest("Hosted MCP tools are not available on this gateway.", param="tools")
         after = functools.partial(self._settle, ex)
         hosted = cast(HostedIngress, ingress)
-        return await respond(self._tools, ex, runtime, hosted, body, headers, self._turns, self._hooks, after)
+        return await respond(
+            self._tools, ex, runtime, hosted, body, headers, self._turns, self._hooks, self._ledger, after
+        )
 
     def _stage(self) -> HookStage:
         assert self._hooks is not None, "a route with plugins needs the pipeline's hook stage"

@@ -35,6 +35,10 @@ class CallResult:
     output: str | None
     error: dict[str, Any] | None = None
     """An ``mcp_call`` item's ``error`` (``items.execution_error`` / ``items.protocol_error``)."""
+    outcome: str = "ok"
+    """For the audit row (``gateway.tools.audit.STATUS``): ``ok``, ``tool_error``, ``timeout`` …"""
+    wall: bool = False
+    """Cut by the loop's ``max_wall_s`` (the loop then ends ``incomplete``)."""
 
 
 class Servers(Protocol):

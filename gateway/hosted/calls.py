@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,8 +30,8 @@ DRY_RUN_OUTPUT = orjson.dumps(
 ).decode()
 
 
-class WallTimeout(Exception):
-    """The loop's ``max_wall_s`` ran out during the call (its outcome is unknown)."""
+Audit = Callable[[str, "dict[str, Any] | None", str, float, str], None]
+"""``(server__tool, arguments, outcome, duration_s, idempotency key)``: one audit row per call."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,32 +40,58 @@ class Runner:
     records: CallRecords
     tenant: str
     dry_run: bool
+    audit: Audit | None = None
 
     async def run(
         self, server: McpServerConfig, tool: ToolInfo, arguments: str, key: str, remaining_s: float
     ) -> CallResult:
+        started = time.perf_counter()
         parsed = parse_arguments(arguments)
+        result = await self._run(server, tool, parsed, key, remaining_s)
+        if self.audit is not None:
+            args = parsed if isinstance(parsed, dict) else None
+            took = time.perf_counter() - started
+            self.audit(f"{server.name}__{tool.name}", args, result.outcome, took, key)
+        return result
+
+    def refused(self, name: str, arguments: str, outcome: str, key: str) -> None:
+        """Audit a call that was not run (not offered, rejected)."""
+        if self.audit is not None:
+            parsed = parse_arguments(arguments)
+            self.audit(name, parsed if isinstance(parsed, dict) else None, outcome, 0.0, key)
+
+    async def _run(
+        self,
+        server: McpServerConfig,
+        tool: ToolInfo,
+        parsed: dict[str, Any] | CallResult,
+        key: str,
+        remaining_s: float,
+    ) -> CallResult:
         if isinstance(parsed, CallResult):
             return parsed
         problem = schema_problem(parsed, tool.input_schema)
         if problem is not None:
-            return CallResult(None, items.execution_error(f"arguments rejected, not run: {problem}"))
+            message = f"arguments rejected, not run: {problem}"
+            return CallResult(None, items.execution_error(message), "invalid_arguments")
         if self.dry_run:
-            return CallResult(DRY_RUN_OUTPUT)
+            return CallResult(DRY_RUN_OUTPUT, None, "dry_run")
         digest = hashlib.sha256(orjson.dumps([server.name, tool.name, parsed], option=orjson.OPT_SORT_KEYS))
         record = Record("pending", digest.hexdigest())
         try:
             found = await self.records.claim(self.tenant, key, record)
         except StoreUnavailableError:
             message = "the gateway's store is unreachable: the call was not run (it must run at most once)"
-            return CallResult(None, items.protocol_error(503, message))
+            return CallResult(None, items.protocol_error(503, message), "error")
         if found is not None:
             return replayed(found, record.digest)
         try:
             async with asyncio.timeout(remaining_s):
                 result = await self.servers.call_tool(server, tool.name, parsed)
         except TimeoutError:
-            raise WallTimeout from None  # left ``pending``: a retry must not run it again
+            # left ``pending``: a retry must not run it again
+            message = "the response's max_wall_s ran out during the call; its outcome is unknown"
+            return CallResult(None, items.protocol_error(504, message), "timeout", wall=True)
         done = Record("done", record.digest, result.output, result.error)
         try:
             await self.records.finish(self.tenant, key, done)
@@ -76,19 +104,21 @@ def replayed(found: Record, digest: str) -> CallResult:
     """A key claimed before: its recorded result, never a second run."""
     if found.digest != digest:
         message = "this call id was already used with other arguments in this response; not run"
-        return CallResult(None, items.execution_error(message))
+        return CallResult(None, items.execution_error(message), "invalid_arguments")
     if found.state == "done":
-        return CallResult(found.output, found.error)
-    return CallResult(None, items.protocol_error(409, UNKNOWN))
+        return CallResult(found.output, found.error, "replayed")
+    return CallResult(None, items.protocol_error(409, UNKNOWN), "unknown")
 
 
 def parse_arguments(arguments: str) -> dict[str, Any] | CallResult:
     try:
         value = orjson.loads(arguments or "{}")
     except orjson.JSONDecodeError:
-        return CallResult(None, items.execution_error("arguments are not valid JSON; not run"))
+        message = "arguments are not valid JSON; not run"
+        return CallResult(None, items.execution_error(message), "invalid_arguments")
     if not isinstance(value, dict):
-        return CallResult(None, items.execution_error("arguments must be a JSON object; not run"))
+        message = "arguments must be a JSON object; not run"
+        return CallResult(None, items.execution_error(message), "invalid_arguments")
     return value
 
 

@@ -25,7 +25,7 @@ from gateway.config.model import McpServerConfig
 from gateway.errors import GatewayError
 from gateway.hosted import items
 from gateway.hosted.backend import CallResult, Estimate, Review, Step, ToolInfo
-from gateway.hosted.calls import Runner, WallTimeout
+from gateway.hosted.calls import Runner
 from gateway.hosted.events import Output
 from gateway.hosted.spec import HostedTool
 from gateway.ingress.responses import usage_of
@@ -189,8 +189,11 @@ class Loop:
                 self.calls += 1
                 if offer is None:
                     assert label is not None
-                    refused = CallResult(None, items.execution_error(f"tool {name!r} is not available"))
-                    async for frame in self._record(label, name.split("__", 1)[-1], arguments, refused):
+                    error = items.execution_error(f"tool {name!r} is not available")
+                    refused = CallResult(None, error, "unknown_tool")
+                    key = f"{self.out.response_id}:{call_id}"
+                    tool = name.split("__", 1)[-1]
+                    async for frame in self._record(label, tool, arguments, refused, key):
                         yield frame
                     results.append(_tool_message(call_id, refused))
                     continue
@@ -271,9 +274,10 @@ class Loop:
         return self._finish("failed", error={"code": error.code or "server_error", "message": error.message})
 
     async def _record(
-        self, label: str, name: str, arguments: str, result: CallResult, approval: str | None = None
+        self, label: str, name: str, arguments: str, result: CallResult, key: str, approval: str | None = None
     ) -> AsyncIterator[bytes]:
-        """An ``mcp_call`` item for a call that was not run (refused or rejected)."""
+        """An ``mcp_call`` item for a call that was not run (refused or rejected), audited."""
+        self.runner.refused(f"{label}__{name}", arguments, result.outcome, key)
         item = items.call_item(
             items.new_id("mcp"),
             label,
@@ -308,6 +312,7 @@ class Loop:
             reviewed = await self._review(item, arguments)
             if isinstance(reviewed, CallResult):
                 result = reviewed
+                self.runner.refused(f"{offer.label}__{offer.tool.name}", arguments, result.outcome, key)
             else:
                 item["arguments"] = arguments = reviewed
                 result = await self._run(offer, arguments, key)
@@ -317,17 +322,13 @@ class Loop:
         done["status"] = "failed" if result.error else "completed"
         for frame in self.out.call_done(index, done):
             yield frame
-        if self.final is None and self._left() <= 0 and result.error is not None and _cut(result):
+        if result.wall and self.final is None:
             self._finish_quiet("incomplete", MAX_WALL)
         yield result
 
     async def _run(self, offer: Offer, arguments: str, key: str) -> CallResult:
-        try:
-            result = await self.runner.run(offer.server, offer.tool, arguments, key, max(self._left(), 0.001))
-        except WallTimeout:
-            message = "the response's max_wall_s ran out during the call; its outcome is unknown"
-            return CallResult(None, items.protocol_error(504, message))
-        if not self.runner.dry_run:
+        result = await self.runner.run(offer.server, offer.tool, arguments, key, max(self._left(), 0.001))
+        if result.outcome not in ("dry_run", "invalid_arguments"):
             self.ran += 1
         return result
 
@@ -335,12 +336,12 @@ class Loop:
         """The reviewer's arguments (maybe edited), or the rejection as the tool's result."""
         if self.review is None:
             message = "this tool needs a reviewer's approval and no review plugin is on this route; not run"
-            return CallResult(None, items.execution_error(message))
+            return CallResult(None, items.execution_error(message), "approval_required")
         answer = await self.review(
             {"id": item["id"], "name": f"{item['server_label']}__{item['name']}", "arguments": arguments}
         )
         if isinstance(answer, str):
-            return CallResult(None, items.execution_error(f"{REJECTED} {answer}".strip()))
+            return CallResult(None, items.execution_error(f"{REJECTED} {answer}".strip()), "rejected")
         edited = answer.get("arguments", arguments)
         return edited if isinstance(edited, str) else arguments
 
@@ -355,9 +356,10 @@ class Loop:
         call_id = items.new_id("call")
         offer = self.offers.get(items.function_name(label, name))
         if offer is None:
-            result = CallResult(None, items.execution_error(f"tool {name!r} is not available; not run"))
+            error = items.execution_error(f"tool {name!r} is not available; not run")
+            result = CallResult(None, error, "unknown_tool")
         elif not approved.approve:
-            result = CallResult(None, items.execution_error(REJECTED))
+            result = CallResult(None, items.execution_error(REJECTED), "rejected")
         else:
             if self.calls >= self.limits.max_tool_calls:
                 self._finish_quiet("incomplete", MAX_CALLS)
@@ -372,13 +374,9 @@ class Loop:
             assert outcome is not None
             messages.extend(_pair(call_id, label, name, arguments, outcome))
             return
-        async for frame in self._record(label, name, arguments, result, request["id"]):
+        async for frame in self._record(label, name, arguments, result, approved.key, request["id"]):
             yield frame
         messages.extend(_pair(call_id, label, name, arguments, result))
-
-
-def _cut(result: CallResult) -> bool:
-    return isinstance(result.error, dict) and result.error.get("code") == 504
 
 
 def _choice(answer: dict[str, Any]) -> tuple[dict[str, Any], object]:

@@ -34,5 +34,6 @@ class McpBackend:
         if not result.is_error:
             return CallResult(result.text)
         if result.outcome == "tool_error":  # the tool ran and said it failed
-            return CallResult(None, items.execution_error(result.text))
-        return CallResult(None, items.protocol_error(_CODES.get(result.outcome, 500), result.text))
+            return CallResult(None, items.execution_error(result.text), "tool_error")
+        code = _CODES.get(result.outcome, 500)
+        return CallResult(None, items.protocol_error(code, result.text), result.outcome)

@@ -27,6 +27,7 @@ from gateway.hosted.loop import Approved, Limits, Listing, Loop
 from gateway.hosted.offers import offers_for
 from gateway.hosted.spec import HostedTool
 from gateway.ingress.responses import Echo
+from gateway.ledger import Ledger
 from gateway.pipeline.admit import estimate
 from gateway.pipeline.parse import parse
 from gateway.pipeline.settle import format_usd
@@ -37,6 +38,7 @@ from gateway.responses_api.store import StoredResponse
 from gateway.responses_api.turn import Turns
 from gateway.runtime import Runtime
 from gateway.store.base import NANO
+from gateway.tools import audit
 from gateway.tools.policy import limits as policy_limits
 from gateway.tools.policy import server_for
 
@@ -78,6 +80,7 @@ async def respond(
     headers: Mapping[str, str],
     turns: Turns,
     stage: HookStage | None,
+    ledger: Ledger | None,
     after: Callable[[], Awaitable[None]],
 ) -> Reply:
     echo, principal, plan = ingress.echo, ex.principal, ex.plan
@@ -122,13 +125,26 @@ async def respond(
             answer = await run_tool_hooks(stage, caller, targets, base, call)
             return answer.message if isinstance(answer, PluginRejected) else answer
 
+    def audited(tool: str, arguments: dict[str, Any] | None, outcome: str, took: float, key: str) -> None:
+        audit.record(
+            ledger,
+            request_id=ex.request_id,
+            principal=principal,
+            tool=tool,
+            arguments=arguments,
+            outcome=outcome,
+            duration_s=took,
+            via="responses",
+            call_id=key,
+        )
+
     role = principal.role
     loop = Loop(
         out=Output(ingress.response_id, ingress.created_at, echo, stream=bool(chat.get("stream"))),
         chat=base,
         listings=listings,
         offer=lambda hosted, server, found: offers_for(config, principal.tenant, role, hosted, server, found),
-        runner=Runner(tools.servers, tools.records, principal.tenant, mode == DRY_RUN),
+        runner=Runner(tools.servers, tools.records, principal.tenant, mode == DRY_RUN, audited),
         step=step,
         estimate=worst_case,
         limits=limits,
