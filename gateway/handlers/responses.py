@@ -64,6 +64,10 @@ class ResponsesIngress:
     def request(self, body: dict[str, Any]) -> dict[str, Any]:
         chat, self.echo, self.input_items = to_chat_request(body)
         self._body = body
+        if not chat["messages"] and self.echo.hosted:
+            # An input of approvals only: the conversation they answer comes with ``restore``, after the
+            # first parse, which needs a message; this one stands in until then (and is never sent).
+            chat["messages"] = [{"role": "user", "content": ""}]
         return chat
 
     @property
