@@ -24,6 +24,7 @@ class ScriptedOpenAI:
         *,
         always_call: bool = False,
         fail_after_tool: int = 0,
+        completion_tokens: int = 3,
     ) -> None:
         self.name = name
         self.arguments = arguments if arguments is not None else {"key": "openai"}
@@ -31,6 +32,8 @@ class ScriptedOpenAI:
         self.fail_after_tool = fail_after_tool
         self.bodies: list[dict[str, Any]] = []
         self.failures = 0
+        self.completion_tokens = completion_tokens
+        """What each answer reports it used (so a test can make a step's real cost what it wants)."""
 
     async def handle(self, request: httpx.Request) -> httpx.Response:
         body = json.loads(request.content)
@@ -50,8 +53,11 @@ class ScriptedOpenAI:
             answer = chat_body(body["model"])
             answer["choices"][0]["message"] = {"role": "assistant", "content": None, "tool_calls": [call]}
             answer["choices"][0]["finish_reason"] = "tool_calls"
-            return httpx.Response(200, json=answer)
-        return httpx.Response(200, json=chat_body(body["model"], content=f"Tool said: {last['content']}"))
+        else:
+            answer = chat_body(body["model"], content=f"Tool said: {last['content']}")
+        tokens = self.completion_tokens
+        answer["usage"] = {"prompt_tokens": 12, "completion_tokens": tokens, "total_tokens": 12 + tokens}
+        return httpx.Response(200, json=answer)
 
 
 class ScriptedAnthropic:
