@@ -76,8 +76,7 @@ class Runner:
             return CallResult(None, items.execution_error(message), "invalid_arguments")
         if self.dry_run:
             return CallResult(DRY_RUN_OUTPUT, None, "dry_run")
-        digest = hashlib.sha256(orjson.dumps([server.name, tool.name, parsed], option=orjson.OPT_SORT_KEYS))
-        record = Record("pending", digest.hexdigest())
+        record = Record("pending", call_digest(server.name, tool.name, parsed))
         try:
             found = await self.records.claim(self.tenant, key, record)
         except StoreUnavailableError:
@@ -98,6 +97,11 @@ class Runner:
         except StoreUnavailableError:
             log.error("tool call %s ran but its result was not recorded: the store is unreachable", key)
         return result
+
+
+def call_digest(server: str, tool: str, arguments: dict[str, Any]) -> str:
+    """What a call record is checked against: the same key with other arguments is another call."""
+    return hashlib.sha256(orjson.dumps([server, tool, arguments], option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
 def replayed(found: Record, digest: str) -> CallResult:
