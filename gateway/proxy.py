@@ -53,7 +53,7 @@ from gateway.runtime import Runtime
 from gateway.store.base import CacheLookup
 
 if TYPE_CHECKING:  # the hosted loop is imported by the first request that uses it
-    from gateway.hosted.run import HostedTools
+    from gateway.hosted.backend import HostedTools
 
 log = logging.getLogger("gateway")
 

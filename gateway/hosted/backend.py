@@ -11,6 +11,7 @@ from typing import Any, Protocol
 
 from gateway.config.model import McpServerConfig
 from gateway.errors import GatewayError
+from gateway.hosted.idempotency import CallRecords
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +58,14 @@ class StepResult:
     """The chat completion, or None when the step failed (``error``)."""
     cost: Decimal
     error: GatewayError | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HostedTools:
+    """What outlives requests: the MCP clients and where call records are kept."""
+
+    servers: Servers
+    records: CallRecords
 
 
 Step = Callable[[dict[str, Any]], Awaitable[StepResult]]

@@ -1,24 +1,27 @@
-"""The hosted loop's ``Servers`` over the gateway's MCP clients (``gateway.tools.servers``): MCP's
-types in, the loop's small ones out, every failure of a call turned into an ``mcp_call`` error."""
+"""The hosted loop's ``Servers`` over the gateway's MCP clients (``gateway.tools.servers``, reached through
+the app's ``ToolHub``, shared with ``/mcp``): MCP's types in, the loop's small ones out, every failure of a
+call turned into an ``mcp_call`` error."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.config.model import McpServerConfig
 from gateway.hosted import items
 from gateway.hosted.backend import CallResult, ToolInfo
-from gateway.tools.servers import McpServers
+
+if TYPE_CHECKING:
+    from gateway.tools.hub import ToolHub
 
 _CODES = {"timeout": 504, "unreachable": 502, "error": 500}
 
 
 class McpBackend:
-    def __init__(self, servers: McpServers) -> None:
-        self._servers = servers
+    def __init__(self, hub: ToolHub) -> None:
+        self._hub = hub  # the MCP SDK is imported by the first call, not at start
 
     async def list_tools(self, server: McpServerConfig) -> list[ToolInfo]:
-        tools = await self._servers.client(server).list_tools()
+        tools = await self._hub.servers().client(server).list_tools()
         return [
             ToolInfo(
                 t.name,
@@ -30,7 +33,7 @@ class McpBackend:
         ]
 
     async def call_tool(self, server: McpServerConfig, tool: str, arguments: dict[str, Any]) -> CallResult:
-        result = await self._servers.client(server).call_tool(tool, arguments)
+        result = await self._hub.servers().client(server).call_tool(tool, arguments)
         if not result.is_error:
             return CallResult(result.text)
         if result.outcome == "tool_error":  # the tool ran and said it failed

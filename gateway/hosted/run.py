@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Protocol
 
@@ -19,10 +18,9 @@ import orjson
 
 from gateway.context import Exchange
 from gateway.errors import BadRequest, GatewayError, PluginRejected
-from gateway.hosted.backend import Review, Servers, StepResult
+from gateway.hosted.backend import HostedTools, Review, StepResult
 from gateway.hosted.calls import Runner
 from gateway.hosted.events import Output
-from gateway.hosted.idempotency import CallRecords
 from gateway.hosted.loop import Approved, Limits, Listing, Loop
 from gateway.hosted.offers import offers_for
 from gateway.hosted.spec import HostedTool
@@ -44,14 +42,6 @@ from gateway.tools.policy import server_for
 
 DRY_RUN = "dry-run"
 _STEP_DROPS = ("stream", "stream_options", RESPONSES_EXTRA)
-
-
-@dataclass(frozen=True, slots=True)
-class HostedTools:
-    """What outlives requests: the MCP clients and where call records are kept."""
-
-    servers: Servers
-    records: CallRecords
 
 
 class HostedIngress(Protocol):
