@@ -9,6 +9,7 @@ step, and the ledger holds one row per step with this request as ``parent_reques
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from decimal import Decimal
@@ -72,6 +73,7 @@ async def respond(
     stage: HookStage | None,
     ledger: Ledger | None,
     after: Callable[[], Awaitable[None]],
+    now: Callable[[], None],
 ) -> Reply:
     echo, principal, plan = ingress.echo, ex.principal, ex.plan
     assert echo is not None and principal is not None and plan is not None
@@ -91,7 +93,12 @@ async def respond(
             answer = orjson.loads(reply.body) if reply.body else {}
         finally:
             if reply.after is not None:
-                await reply.after()  # settled before the next step is admitted
+                # Settled before the next step is admitted, and at once: a settlement normally waits for
+                # a quiet moment (``Later``, up to 2 ms), but here the next step is what waits for it.
+                settling = asyncio.ensure_future(reply.after())
+                await asyncio.sleep(0)  # it runs up to that wait…
+                now()  # …which ends here
+                await settling
         cost = Decimal(reply.headers.get("x-gateway-cost-usd", "0"))
         if reply.status == 200:
             return StepResult(answer, cost)
