@@ -337,9 +337,12 @@ class Loop:
         if self.review is None:
             message = "this tool needs a reviewer's approval and no review plugin is on this route; not run"
             return CallResult(None, items.execution_error(message), "approval_required")
-        answer = await self.review(
-            {"id": item["id"], "name": f"{item['server_label']}__{item['name']}", "arguments": arguments}
-        )
+        name = f"{item['server_label']}__{item['name']}"
+        try:
+            answer = await self.review({"id": item["id"], "name": name, "arguments": arguments})
+        except GatewayError as err:  # the reviewer is unreachable (a closed plugin): fail closed
+            message = f"the reviewer could not decide ({err.message}); not run"
+            return CallResult(None, items.execution_error(message), "approval_required")
         if isinstance(answer, str):
             return CallResult(None, items.execution_error(f"{REJECTED} {answer}".strip()), "rejected")
         edited = answer.get("arguments", arguments)

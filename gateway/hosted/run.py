@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from decimal import Decimal
 from typing import Any, Protocol
 
@@ -51,7 +51,7 @@ class HostedIngress(Protocol):
     response_id: str
     created_at: int
     input_items: list[dict[str, Any]]
-    chain: list[StoredResponse]
+    chain: Sequence[StoredResponse]
 
     @property
     def echo(self) -> Echo | None: ...
@@ -88,6 +88,11 @@ async def respond(
     margin = config.defaults.estimate_margin
 
     async def step(body: dict[str, Any]) -> StepResult:
+        # Shielded: a client that leaves a stream mid-step cancels the loop, not the step, which still
+        # settles (else its reservation would wait for its lease to run out).
+        return await asyncio.shield(one_step(body))
+
+    async def one_step(body: dict[str, Any]) -> StepResult:
         reply = await turns.delegate(ex, body, "Hosted MCP tools", "hosted_tools_unavailable")
         try:
             answer = orjson.loads(reply.body) if reply.body else {}
@@ -189,7 +194,7 @@ async def _stored(
         yield frame
 
 
-def _listing(hosted: HostedTool, config: Any, tenant: str, chain: list[StoredResponse]) -> Listing:
+def _listing(hosted: HostedTool, config: Any, tenant: str, chain: Sequence[StoredResponse]) -> Listing:
     server = server_for(config, tenant, hosted.label)
     if server is None:  # another tenant's server reads exactly like one that does not exist
         raise BadRequest(
@@ -221,7 +226,7 @@ def _limits(raw: dict[str, Any], runtime: Runtime) -> Limits:
     return Limits(policy.max_tool_calls, policy.max_wall_s, ceiling)
 
 
-def _approvals(own: list[dict[str, Any]], chain: list[StoredResponse]) -> list[Approved]:
+def _approvals(own: list[dict[str, Any]], chain: Sequence[StoredResponse]) -> list[Approved]:
     """This turn's ``mcp_approval_response`` items, each matched to the request it answers."""
     asked = {
         item.get("id"): (turn.id, item)
