@@ -25,6 +25,7 @@ from mcp.shared.exceptions import MCPError
 from mcp_servers import ToolServer
 from sqlalchemy import create_engine, select
 
+from gateway import delegation
 from gateway.app import create_app
 from gateway.ledger.schema import audit
 from gateway.settings import Settings
@@ -147,7 +148,15 @@ async def names(url: str, key: str) -> list[str]:
 
 
 async def test_each_caller_sees_its_tenants_servers_filtered_by_role(setup: Setup) -> None:
-    crm_user = ["crm__big", "crm__echo", "crm__explode", "crm__fail", "crm__headers", "crm__slow"]
+    crm_user = [
+        "crm__big",
+        "crm__echo",
+        "crm__explode",
+        "crm__fail",
+        "crm__headers",
+        "crm__region",
+        "crm__slow",
+    ]
     web = ["web__count", "web__echo"]  # not web__headers: outside the server's allowed_tools
     assert await names(setup.url, KEYS["acme-user"]) == sorted(crm_user + web)
     assert await names(setup.url, KEYS["acme-admin"]) == sorted([*crm_user, "crm__count", *web])
@@ -163,6 +172,9 @@ async def test_a_call_runs_upstream_once_with_the_gateways_credentials_and_is_au
         result = await client.call_tool("crm__count", {"key": "endpoint-once"})
         upstream = orjson.loads((await client.call_tool("crm__headers", {})).content[0].text)  # type: ignore[union-attr]
         listing = await client.list_tools()
+        # an x-mcp-header argument: the caller mirrors it to the gateway, the gateway to the upstream
+        region = await client.call_tool("crm__region", {"region": "eu-west"})
+    assert region.content == [types.TextContent(type="text", text="eu-west")]
     assert (result.is_error, result.content[0]) == (False, types.TextContent(type="text", text="1"))
     assert setup.crm.counts["endpoint-once"] == 1
     # The upstream got the configured credentials, and never the caller's gateway key.
@@ -186,7 +198,7 @@ async def test_a_call_runs_upstream_once_with_the_gateways_credentials_and_is_au
     assert (
         target["duration_ms"] > 0 and "endpoint-once" not in rows[0].target
     )  # a digest, never the arguments
-    assert [json.loads(r.target)["tool"] for r in rows] == ["crm__count", "crm__headers"]
+    assert [json.loads(r.target)["tool"] for r in rows] == ["crm__count", "crm__headers", "crm__region"]
 
 
 async def test_refusals_are_mcp_errors_and_never_reach_the_upstream(setup: Setup) -> None:
@@ -264,3 +276,19 @@ mcp_servers:
             assert time.monotonic() < deadline, seen
             await asyncio.sleep(0.1)
         assert await names(url, KEYS["acme-user"]) == ["one__echo"]
+
+
+async def test_a_delegation_token_acts_as_a_user_of_its_key_and_is_audited(setup: Setup) -> None:
+    """A sidecar holding a delegation token for an admin key's request gets that tenant's tools as role user
+    (crm__count is admin-only), and its calls are audited with the request that handed the token out."""
+    secret = setup.gateway.server.config.app.state.gateway.shared.delegation_secret
+    grant = delegation.Delegation("acme", "acme-admin", "req-parent-1", int(time.time()) + 60)
+    token = delegation.mint(secret, grant)
+    async with mcp_client(setup.url, token, request_id="delegated-1") as client:
+        tools = sorted(t.name for t in (await client.list_tools()).tools)
+        echo = await client.call_tool("crm__echo", {"text": "on behalf"})
+    assert "crm__echo" in tools and "crm__count" not in tools
+    assert echo.content == [types.TextContent(type="text", text="on behalf")]
+    (row,) = setup.audit_rows("delegated-1")
+    assert (row.who, row.role) == ("acme/acme-admin", "user")
+    assert json.loads(row.target)["parent_request_id"] == "req-parent-1"
