@@ -19,10 +19,10 @@ import orjson
 
 from gateway.context import Exchange
 from gateway.errors import BadRequest, GatewayError, PluginRejected
-from gateway.hosted.backend import HostedTools, Review, StepResult
+from gateway.hosted.backend import Approved, HostedTools, Limits, Listing, Review, StepResult
 from gateway.hosted.calls import Runner
 from gateway.hosted.events import Output
-from gateway.hosted.loop import Approved, Limits, Listing, Loop
+from gateway.hosted.loop import Loop
 from gateway.hosted.offers import offers_for
 from gateway.hosted.spec import HostedTool
 from gateway.ingress.responses import Echo
