@@ -157,6 +157,9 @@ class Loop:
             if self.calls >= self.limits.max_tool_calls:
                 yield self._finish("incomplete", MAX_CALLS)
                 return
+            if self._left() <= 0:  # not begun at all rather than cut short with its outcome unknown
+                yield self._finish("incomplete", MAX_WALL)
+                return
             self.calls += 1
             if offer is None:  # a tool of a hosted server that was not offered
                 assert label is not None

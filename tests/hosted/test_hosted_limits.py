@@ -166,3 +166,15 @@ def test_the_wall_time_cuts_a_slow_call(gateway_factory: GatewayFactory, kit: To
     assert call.status == "failed" and call.error.code == 504 and "max_wall_s" in call.error.message
     assert time.monotonic() - started < 3  # it did not wait for the tool
     check_money(setup, cost, 1)
+
+
+def test_the_wall_time_stops_a_slow_model_before_its_next_step(
+    gateway_factory: GatewayFactory, kit: ToolServer
+) -> None:
+    setup = Setup(gateway_factory, kit, "tool_policy:\n  defaults: {max_wall_s: 0.5}\n")
+    setup.up.delay_s = 0.2  # a runaway model, each step 0.2 s: the wall time ends it, not the 20 calls
+    response, cost = setup.create()
+    assert response.status == "incomplete" and response.incomplete_details.reason == "max_wall_time"
+    ran = calls(response)
+    assert ran and all(c.status == "completed" for c in ran) and kit.counts["*"] == len(ran)
+    check_money(setup, cost, len(setup.up.bodies))  # every step that began was paid for, no more
