@@ -16,7 +16,7 @@ or waits on the route's ``tool`` hook (``approver: reviewer``, the review plugin
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -78,7 +78,7 @@ class Loop:
         self.final = self.out.response(status, usage_of(self.usage), incomplete, error)
         return b"".join(self.out.end(self.final))
 
-    async def run(self) -> AsyncIterator[bytes]:
+    async def run(self) -> AsyncGenerator[bytes, None]:
         """The response's frames (none when not streaming); ``final`` holds the Response at the end.
         Raises ``GatewayError`` only while nothing has run yet (the request then fails as a whole)."""
         for frame in self.out.start():
@@ -188,6 +188,10 @@ class Loop:
                 return
             assert outcome is not None
             handled.results.append(_tool_message(call_id, outcome))
+
+    def fail(self, code: str, message: str) -> bytes:
+        """End a stream that broke after its start: the partial output, ``status: failed``."""
+        return self._finish("failed", error={"code": code, "message": message})
 
     def _end_frames(self) -> bytes:
         assert self.final is not None

@@ -10,6 +10,7 @@ step, and the ledger holds one row per step with this request as ``parent_reques
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from decimal import Decimal
@@ -17,6 +18,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from gateway.config.model import RoutesConfig
 from gateway.context import Exchange
 from gateway.errors import BadRequest, GatewayError, PluginRejected
 from gateway.hosted.backend import Approved, HostedTools, Limits, Listing, Review, StepResult
@@ -40,6 +42,8 @@ from gateway.store.base import NANO
 from gateway.tools import audit
 from gateway.tools.policy import limits as policy_limits
 from gateway.tools.policy import server_for
+
+log = logging.getLogger("gateway.hosted")
 
 DRY_RUN = "dry-run"
 _STEP_DROPS = ("stream", "stream_options", RESPONSES_EXTRA)
@@ -168,7 +172,7 @@ async def respond(
     return Reply(200, ex.response_headers(), frames=_stored(early, frames, loop, ingress), after=after)
 
 
-async def _until(frames: AsyncIterator[bytes], done: Callable[[], bool]) -> AsyncIterator[bytes]:
+async def _until(frames: AsyncGenerator[bytes, None], done: Callable[[], bool]) -> AsyncIterator[bytes]:
     if done():
         return
     async for frame in frames:
@@ -178,23 +182,34 @@ async def _until(frames: AsyncIterator[bytes], done: Callable[[], bool]) -> Asyn
 
 
 async def _stored(
-    early: list[bytes], frames: AsyncIterator[bytes], loop: Loop, ingress: HostedIngress
+    early: list[bytes], frames: AsyncGenerator[bytes, None], loop: Loop, ingress: HostedIngress
 ) -> AsyncGenerator[bytes, None]:
-    """The frames, with the response stored before its last event (a next turn sent at once finds it)."""
+    """The frames, with the response stored before its last event (a next turn sent at once finds it);
+    a stream that breaks after its start ends with ``error`` and ``response.failed``, never a silent cut."""
     remembered = False
-    for frame in early:
-        if loop.final is not None and not remembered:
-            remembered = True
-            await ingress.remember(loop.final)
-        yield frame
-    async for frame in frames:
-        if loop.final is not None and not remembered:
-            remembered = True
-            await ingress.remember(loop.final)
-        yield frame
+    try:
+        for frame in early:
+            if loop.final is not None and not remembered:
+                remembered = True
+                await ingress.remember(loop.final)
+            yield frame
+        async for frame in frames:
+            if loop.final is not None and not remembered:
+                remembered = True
+                await ingress.remember(loop.final)
+            yield frame
+    except GatewayError as err:
+        yield loop.fail(err.code or "server_error", err.message)
+    except Exception:
+        log.exception("hosted tool loop of %s failed", loop.out.response_id)
+        yield loop.fail("server_error", "The gateway hit an internal error.")
+    finally:
+        await frames.aclose()  # a client gone mid-stream: the loop stops here (a step still settles)
 
 
-def _listing(hosted: HostedTool, config: Any, tenant: str, chain: Sequence[StoredResponse]) -> Listing:
+def _listing(
+    hosted: HostedTool, config: RoutesConfig, tenant: str, chain: Sequence[StoredResponse]
+) -> Listing:
     server = server_for(config, tenant, hosted.label)
     if server is None:  # another tenant's server reads exactly like one that does not exist
         raise BadRequest(

@@ -179,3 +179,28 @@ def test_the_wall_time_stops_a_slow_model_before_its_next_step(
     assert done and all(c in done or "max_wall_s" in c.error.message for c in ran)
     assert kit.counts["*"] >= len(done) and len(ran) <= len(setup.up.bodies)
     check_money(setup, cost, len(setup.up.bodies))  # every step that began was paid for, no more
+
+
+def test_a_client_that_leaves_mid_loop_leaves_nothing_reserved(
+    gateway_factory: GatewayFactory, kit: ToolServer
+) -> None:
+    setup = Setup(gateway_factory, kit)
+    setup.up.always_call, setup.up.delay_s = False, 0.3
+    body = {
+        "model": "gpt-4o-mini",
+        "input": "count",
+        "tools": [TOOL],
+        "max_output_tokens": 1000,
+        "stream": True,
+    }
+    headers = {"authorization": f"Bearer {KEY_ACME}"}
+    with httpx.stream("POST", setup.gw.base_url + "/responses", json=body, headers=headers, timeout=10) as r:
+        for line in r.iter_lines():
+            if "response.mcp_call.completed" in line:
+                break  # the tool ran; the second model step is under way: leave now
+    # The step the client left in still ran to its end and settled; the loop went no further.
+    deadline = time.monotonic() + 10
+    while len(setup.up.bodies) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    spent, reserved = setup.spend()
+    assert reserved == 0 and spent == STEP_COST * len(setup.up.bodies) and kit.counts["*"] == 1
