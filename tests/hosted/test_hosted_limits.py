@@ -204,3 +204,24 @@ def test_a_client_that_leaves_mid_loop_leaves_nothing_reserved(
         time.sleep(0.02)
     spent, reserved = setup.spend()
     assert reserved == 0 and spent == STEP_COST * len(setup.up.bodies) and kit.counts["*"] == 1
+
+
+def test_each_step_is_a_request_of_its_own_in_the_log(
+    gateway_factory: GatewayFactory, kit: ToolServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    import json
+
+    setup = Setup(gateway_factory, kit)
+    setup.up.always_call = False
+    with caplog.at_level("INFO", logger="gateway.access"):
+        raw = setup.client.responses.with_raw_response.create(
+            model="gpt-4o-mini", input="count", tools=[TOOL], max_output_tokens=1000
+        )
+        setup.spend()  # the settlements (and their log lines) are in
+    loop_id = raw.headers["x-request-id"]
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "gateway.access"]
+    steps = [x for x in lines if x.get("parent_request_id") == loop_id]
+    assert len(steps) == 2 and all(x["endpoint"] == "/v1/chat/completions" for x in steps)
+    assert sum(Decimal(x["cost_usd"]) for x in steps) == Decimal(raw.headers["x-gateway-cost-usd"])
+    (own,) = [x for x in lines if x.get("request_id") == loop_id]
+    assert own["endpoint"] == "/v1/responses" and Decimal(own["cost_usd"]) == 0  # not charged twice
