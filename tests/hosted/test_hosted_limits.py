@@ -9,6 +9,7 @@ Prices: gpt-4o-mini costs 0.15 / 0.60 USD per million tokens; the scripted model
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from decimal import Decimal
@@ -209,7 +210,6 @@ def test_a_client_that_leaves_mid_loop_leaves_nothing_reserved(
 def test_each_step_is_a_request_of_its_own_in_the_log(
     gateway_factory: GatewayFactory, kit: ToolServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    import json
 
     setup = Setup(gateway_factory, kit)
     setup.up.always_call = False
