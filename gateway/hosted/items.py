@@ -110,6 +110,12 @@ def result_text(item: dict[str, Any]) -> str:
     return output if isinstance(output, str) else ""
 
 
+def as_text(item: dict[str, Any]) -> str:
+    """A stored ``mcp_call`` as a line of the conversation, for a turn that offers no MCP tools."""
+    name = f"{item.get('server_label')}__{item.get('name')}"
+    return f"[I called the tool {name} with {item.get('arguments')}; it returned: {result_text(item)}]"
+
+
 def as_chat(item: dict[str, Any]) -> list[dict[str, Any]]:
     """A stored ``mcp_call`` as the chat messages that replay it: the model's call, then its result."""
     label, name = str(item.get("server_label") or ""), str(item.get("name") or "")

@@ -107,7 +107,7 @@ def to_chat_request(body: dict[str, Any]) -> tuple[dict[str, Any], Echo, list[di
     if instructions:
         messages.append({"role": "system", "content": instructions})
     for i, item in enumerate(items):
-        _add_item(messages, item, f"input[{i}]")
+        _add_item(messages, item, f"input[{i}]", body)
     out: dict[str, Any] = {"model": model, "messages": messages}
 
     max_output = body.get("max_output_tokens")
@@ -192,7 +192,7 @@ def _input_items(raw: object) -> list[dict[str, Any]]:
     return raw
 
 
-def _add_item(messages: list[dict[str, Any]], item: dict[str, Any], path: str) -> None:
+def _add_item(messages: list[dict[str, Any]], item: dict[str, Any], path: str, body: dict[str, Any]) -> None:
     kind = item.get("type", "message")  # an easy message ({role, content}) has no type
     if kind == "message":
         messages.append(_message(item, path))
@@ -215,12 +215,19 @@ def _add_item(messages: list[dict[str, Any]], item: dict[str, Any], path: str) -
         if not isinstance(output, str):
             raise _bad(f"{path}.output", "required, must be a string or a list of text parts")
         messages.append({"role": "tool", "tool_call_id": _string(item, "call_id", path), "content": output})
-    elif kind == "mcp_call":  # a hosted MCP call of an earlier turn: the model's call and its result
+    elif kind == "mcp_call":  # a hosted MCP call of an earlier turn
         _string(item, "server_label", path)
         _string(item, "name", path)
-        messages.extend(mcp_items.as_chat(item))
+        if _hosts_mcp(body.get("tools")):  # the model's call and its result, as the tools are offered again
+            messages.extend(mcp_items.as_chat(item))
+        else:  # no tools this turn (a provider may refuse tool calls then): what happened, as text
+            messages.append({"role": "assistant", "content": mcp_items.as_text(item)})
     elif kind not in _SKIPPED_ITEMS:
         raise _bad(f"{path}.type", f"unsupported input item type {kind!r}")
+
+
+def _hosts_mcp(tools: object) -> bool:
+    return isinstance(tools, list) and any(isinstance(t, dict) and t.get("type") == "mcp" for t in tools)
 
 
 def _string(item: dict[str, Any], name: str, path: str) -> str:

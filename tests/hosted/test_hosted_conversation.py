@@ -5,6 +5,7 @@ to the model, which answers; streamed, the same with OpenAI's MCP events."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -156,3 +157,18 @@ def test_a_later_turn_reuses_the_listing_and_replays_the_call(
     assert second.output[0].output == "2"  # type: ignore[union-attr]
     history = up.bodies[2]["messages"]
     assert any(m.get("tool_calls") for m in history[:-1]) and {"role": "user", "content": "again"} in history
+
+
+def test_a_later_turn_without_mcp_tools_reads_the_calls_as_text(
+    gateway_factory: GatewayFactory, kit: ToolServer
+) -> None:
+    up = ScriptedAnthropic()
+    client = client_for(gateway_factory, kit, anthropic_test=up.handle)
+    first = client.responses.create(model="claude", input="count", tools=[TOOL])  # type: ignore[list-item]
+    client.responses.create(model="claude", input="thanks", previous_response_id=first.id)
+    # Anthropic refuses tool_use blocks in a request without tools: the earlier call arrives as text.
+    body = up.bodies[-1]
+    assert "tools" not in body
+    blocks = [b for m in body["messages"] if isinstance(m["content"], list) for b in m["content"]]
+    assert not [b for b in blocks if b.get("type") in ("tool_use", "tool_result")]
+    assert "I called the tool kit__count" in json.dumps(body["messages"])
