@@ -21,6 +21,7 @@ import pytest
 from conftest import BUDGETS, KEY_ACME, GatewayFactory, sha
 from hosted_upstreams import ScriptedOpenAI
 from mcp_servers import ToolServer
+from redis_server import RedisServer
 from test_hosted_conversation import hosted_routes
 from upstreams import HostRouter
 
@@ -49,13 +50,19 @@ def kit() -> Iterator[ToolServer]:
 
 class Setup:
     def __init__(
-        self, gateway_factory: GatewayFactory, kit: ToolServer, policy: str = "", usd: float = 100
+        self,
+        gateway_factory: GatewayFactory,
+        kit: ToolServer,
+        policy: str = "",
+        usd: float = 100,
+        **settings: Any,
     ) -> None:
         self.up = ScriptedOpenAI(always_call=True, completion_tokens=900)
         self.gw = gateway_factory(
             routes=hosted_routes(kit.url, policy),
             budgets=budgets(usd),
             transport=HostRouter(upstream_test=self.up.handle),
+            **settings,
         )
         self.client = openai.OpenAI(base_url=self.gw.base_url, api_key=KEY_ACME, max_retries=0)
 
@@ -136,9 +143,23 @@ def test_the_cost_ceiling_stops_before_the_step_that_would_pass_it(
     assert cost <= Decimal("0.0015")
 
 
-def test_the_tenant_budget_ends_the_loop(gateway_factory: GatewayFactory, kit: ToolServer) -> None:
+@pytest.mark.parametrize("store", ["memory", "redis"])
+def test_the_tenant_budget_ends_the_loop(
+    gateway_factory: GatewayFactory, kit: ToolServer, store: str
+) -> None:
     # 0.0009 admits step 1 (~0.0006 reserved); step 2 would reserve ~0.0006 over 0.00054 spent: refused.
-    setup = Setup(gateway_factory, kit, usd=0.0009)
+    settings: dict[str, Any] = {}
+    redis = RedisServer().start() if store == "redis" else None
+    if redis is not None:
+        settings = {"redis_url": redis.url, "delegation_secret": "s" * 40, "ledger_url": None}
+    try:
+        budget_ends_the_loop(Setup(gateway_factory, kit, usd=0.0009, **settings), kit)
+    finally:
+        if redis is not None:
+            redis.stop()
+
+
+def budget_ends_the_loop(setup: Setup, kit: ToolServer) -> None:
     response, cost = setup.create()
     assert response.status == "incomplete" and response.incomplete_details.reason == "budget_exceeded"
     assert len(calls(response)) == 1 and kit.counts["*"] == 1
