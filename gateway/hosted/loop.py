@@ -145,7 +145,9 @@ class Loop:
             name = str(function.get("name") or "")
             arguments = function.get("arguments")
             arguments = arguments if isinstance(arguments, str) else "{}"
-            call_id = str(call.get("id") or items.new_id("call"))
+            call_id = call.get("id")
+            if not isinstance(call_id, str) or not call_id:  # the result must name the call it answers
+                call_id = call["id"] = items.new_id("call")
             key = f"{self.out.response_id}:{call_id}"
             offer = self.offers.get(name)
             label = self._label_of(name)
