@@ -179,3 +179,30 @@ def redis_set(redis: RedisServer, key: str, value: bytes) -> bool:
         ["redis-cli", "-p", str(redis.port), "-x", "SET", key], input=value, capture_output=True, check=True
     )
     return done.stdout.strip() == b"OK"
+
+
+async def test_a_call_that_cannot_be_claimed_is_not_run(kit: ToolServer) -> None:
+    from conftest import free_port
+
+    from gateway.config.model import McpServerConfig
+    from gateway.hosted.backend import ToolInfo
+    from gateway.hosted.calls import Runner
+    from gateway.hosted.mcp import McpBackend
+    from gateway.tools.hub import ToolHub
+
+    hub = ToolHub()
+    down = RedisStore(f"redis://127.0.0.1:{free_port()}/0")  # nothing listens: the store is unreachable
+    runner = Runner(McpBackend(hub), RedisCallRecords(down), "acme", dry_run=False)
+    server = McpServerConfig(name="kit", url=kit.url)
+    tool = ToolInfo("count", None, {"type": "object", "properties": {"key": {"type": "string"}}})
+    try:
+        result = await runner.run(server, tool, '{"key": "k"}', "resp_1:call_1", 5.0)
+        assert result.output is None and result.error is not None and result.error["code"] == 503
+        assert kit.calls.total() == 0  # at most once means not at all when the claim cannot be made
+        ok = await Runner(McpBackend(hub), LocalCallRecords(), "acme", False).run(
+            server, tool, '{"key": "k"}', "k", 5.0
+        )
+        assert ok.output == "1" and kit.counts["k"] == 1
+    finally:
+        await down.close()
+        await hub.aclose()
