@@ -174,6 +174,9 @@ def test_a_budget_that_refuses_the_first_step_is_the_usual_error(
         setup.create()
     assert caught.value.code == "budget_exceeded"
     assert kit.counts["*"] == 0 and kit.list_calls == 1  # listed, nothing run
+    # Streamed too: the stream starts only once the first step answered, so the refusal is an HTTP error.
+    with pytest.raises(openai.RateLimitError):
+        setup.create(stream=True)
     spent, reserved = setup.spend()
     assert (spent, reserved) == (0, 0)
 
