@@ -103,7 +103,14 @@ def create_app(
         # The spend ledger's writer thread (gateway/ledger); None when off.
         ledger = open_ledger(settings.ledger_url, metrics, redis=settings.redis_url is not None)
         state = GatewayState(
-            settings, build_runtime(routes, budgets, shared), shared, metrics, runtime_keys, settler, ledger
+            settings,
+            build_runtime(routes, budgets, shared),
+            shared,
+            metrics,
+            runtime_keys,
+            settler,
+            ledger,
+            tools,
         )
         watcher = ConfigWatcher(
             settings.routes_path,

@@ -36,6 +36,9 @@ STATUS = {
     "role_not_allowed": 403,
     "approval_required": 403,
     "invalid_arguments": 400,
+    "rejected": 403,  # the hosted loop: the client or a reviewer turned the call down; it did not run
+    "replayed": 200,  # the hosted loop: a retry got the recorded result of the one run (idempotency key)
+    "unknown": 409,  # the hosted loop: the key was claimed by a run whose outcome is unknown; not re-run
 }
 """The audit row's ``status`` for each outcome (an HTTP-like code, as admin rows have)."""
 
