@@ -70,6 +70,10 @@ class Caller:
     """Per plugin: its annotations merged over the hooks it answered, for the log and ``x_gateway``."""
 
     def payload(self, target: Target, hook: HookName, **parts: Any) -> dict[str, Any]:
+        """The call's body; ``annotations`` are what the plugins called before this one said (guard's
+        flags for a review hold, say), present only when there are some."""
+        if self.annotations:
+            parts["annotations"] = self.annotations
         return {
             "protocol": 1,
             "hook": hook,
@@ -165,7 +169,13 @@ class HookStage:
         if answer.annotations:
             caller.annotations.setdefault(target.name, {}).update(answer.annotations)
         if answer.action == "reject":
-            raise PluginRejected(answer.message, status=answer.status, code=answer.code)
+            raise PluginRejected(
+                answer.message,
+                status=answer.status,
+                code=answer.code,
+                review_id=answer.review_id,
+                retry=answer.retry,
+            )
         return answer
 
     async def pre(self, caller: Caller, targets: tuple[Target, ...], request: dict[str, Any]) -> PreOutcome:
