@@ -70,7 +70,7 @@ _NOT_FORWARDED = HOP_BY_HOP | {"host", "authorization", "x-api-key"}
 CONNECT_TIMEOUT_S = 5.0
 METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 AUDIT_HEADER = "x-gateway-audit"
-_PUBLIC = re.compile(r"ui/(?:[A-Za-z0-9_-][A-Za-z0-9._-]*(?:/[A-Za-z0-9_-][A-Za-z0-9._-]*)*)?")
+_PUBLIC = re.compile(r"ui(?:/(?:[A-Za-z0-9_-][A-Za-z0-9._-]*(?:/[A-Za-z0-9_-][A-Za-z0-9._-]*)*)?)?")
 """The review page's static files: no segment starts with a dot, so no ``..``, and nothing encoded."""
 _CLIENT_POLL = re.compile(r"reviews/[A-Za-z0-9._:-]{1,128}")
 audit_log = logging.getLogger("gateway.audit")
