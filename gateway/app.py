@@ -43,6 +43,8 @@ from gateway.store import build_store, warn_if_evicting
 from gateway.store.durable import StateFile
 from gateway.store.memory import MemoryStore
 from gateway.tokens import prepare_encodings
+from gateway.tools.endpoint import McpEndpoint
+from gateway.tools.hub import ToolHub
 from gateway.transport import FastTransport
 
 log = logging.getLogger("gateway")
@@ -53,6 +55,8 @@ def create_app(
 ) -> GatewayApp:
     """Build the gateway app. ``transport`` replaces the network for upstream calls (the test seam)."""
     settings = settings or Settings.from_env()
+    tools = ToolHub()  # MCP: nothing is imported or started until /mcp or a hosted tool is first used
+    mcp = McpEndpoint(tools)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -98,7 +102,14 @@ def create_app(
         # The spend ledger's writer thread (gateway/ledger); None when off.
         ledger = open_ledger(settings.ledger_url, metrics, redis=settings.redis_url is not None)
         state = GatewayState(
-            settings, build_runtime(routes, budgets, shared), shared, metrics, runtime_keys, settler, ledger
+            settings,
+            build_runtime(routes, budgets, shared),
+            shared,
+            metrics,
+            runtime_keys,
+            settler,
+            ledger,
+            tools,
         )
         watcher = ConfigWatcher(
             settings.routes_path,
@@ -114,6 +125,7 @@ def create_app(
         app.state.gateway = state
         app.state.watcher = watcher
         app.state.plugin_api = plugins = plugin_api.PluginApi()
+        app.state.tools = tools
         await breakers.sync()  # the shared circuit states, before the first request is served
         await warn_if_evicting(store)
         # Without Redis, spend and run-time keys live on in a local file (gateway/store/durable.py).
@@ -153,6 +165,8 @@ def create_app(
             if egress is not None:
                 await egress.aclose()
             await plugins.aclose()
+            await mcp.aclose()
+            await tools.aclose()
             await state.plugin_transport.aclose()
             await store.close()
             if cache_store is not None:
@@ -181,6 +195,7 @@ def create_app(
         Route("/admin/reload", admin.reload, methods=["POST"]),
         Route("/admin/explain", admin.explain_request, methods=["POST"]),
         Route("/v1/plugins/{name}/{path:path}", plugin_api.forward, methods=plugin_api.METHODS),
+        Route("/mcp", mcp, methods=["GET", "POST", "DELETE"]),
         Route("/healthz", health.healthz, methods=["GET"]),
         Route("/readyz", health.readyz, methods=["GET"]),
         Route("/metrics", health.metrics, methods=["GET"]),

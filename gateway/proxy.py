@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from decimal import Decimal
-from typing import Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import orjson
 
@@ -52,6 +52,9 @@ from gateway.responses_api.turn import Turns
 from gateway.runtime import Runtime
 from gateway.store.base import CacheLookup
 
+if TYPE_CHECKING:  # the hosted loop is imported by the first request that uses it
+    from gateway.hosted.backend import HostedTools
+
 log = logging.getLogger("gateway")
 
 
@@ -84,6 +87,11 @@ class Ingress(Protocol):
 
 
 class StatefulIngress(Ingress, Protocol):
+    @property
+    def hosted(self) -> bool:
+        """The request names hosted MCP tools: the tool loop answers it (``gateway/hosted``)."""
+        ...
+
     async def restore(self, ex: Exchange, runtime: Runtime, turns: Turns) -> dict[str, Any] | None:
         """The body with the stored conversation in front, or None to go on with it as it is."""
         ...
@@ -105,6 +113,7 @@ class Pipeline:
         turns: Turns | None = None,
         *,
         ledger: Ledger | None = None,
+        tools: HostedTools | None = None,
     ) -> None:
         self._source = source
         self._turns = turns or Turns(None, None)
@@ -118,6 +127,8 @@ class Pipeline:
         self._tasks: set[asyncio.Task[None]] = set()
         self._puts: set[asyncio.Future[None]] = set()
         self._later = Later()
+        self._tools = tools
+        """Hosted MCP tools in ``/v1/responses`` (``gateway/hosted``); None: refused."""
 
     async def handle(self, request: Incoming, operation: Operation, ingress: Ingress) -> Reply:
         headers = request.headers
@@ -141,10 +152,13 @@ class Pipeline:
             # 3 route
             ex.plan = runtime.router.plan(parsed.model, parsed.task, ex.principal)
             if ingress.stateful:  # /v1/responses: the stored conversation, now that the tenant is known
-                restored = await cast(StatefulIngress, ingress).restore(ex, runtime, self._turns)
+                stateful = cast(StatefulIngress, ingress)
+                restored = await stateful.restore(ex, runtime, self._turns)
                 if restored is not None:
                     body = restored
                     parsed = parse(operation, body, headers)
+                if stateful.hosted:  # mcp tools: the loop, each model step a request of its own
+                    return await self._hosted(ex, stateful, body, headers, runtime)
             # None unless the route has plugins: then stages 5 and 8 cost this request nothing.
             hooks = ex.plan.hooks
             if hooks is not None and operation is Operation.EMBEDDINGS:
@@ -285,6 +299,24 @@ class Pipeline:
             answer = CachedAnswer(ex.model, billed.usage, body=upstream.body)
             entry = (cache_key, answer, ex.plan.cache.ttl_s)
         return Reply(200, out, body_out, after=functools.partial(self._settle, ex, entry))
+
+    async def _hosted(
+        self,
+        ex: Exchange,
+        ingress: StatefulIngress,
+        body: dict[str, Any],
+        headers: Mapping[str, str],
+        runtime: Runtime,
+    ) -> Reply:
+        from gateway.hosted.run import HostedIngress, respond  # loaded by the first hosted request
+
+        if self._tools is None:
+            raise BadRequest("Hosted MCP tools are not available on this gateway.", param="tools")
+        after = functools.partial(self._settle, ex)
+        hosted = cast(HostedIngress, ingress)
+        return await respond(
+            self._tools, ex, runtime, hosted, body, headers, self._turns, self._hooks, self._ledger, after
+        )
 
     def _stage(self) -> HookStage:
         assert self._hooks is not None, "a route with plugins needs the pipeline's hook stage"

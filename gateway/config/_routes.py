@@ -1,4 +1,5 @@
-"""routes.yaml → ``RoutesConfig``: providers, models, defaults, routes and plugins, checked with paths."""
+"""routes.yaml → ``RoutesConfig``: providers, models, defaults, routes and plugins, checked with paths
+(``mcp_servers`` and ``tool_policy`` in ``_tools``)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import os
 import ssl
 from typing import Literal
 
+from gateway.config._tools import mcp_servers, tool_policy
 from gateway.config._validate import Checker, index_path, key_path
 from gateway.config.model import (
     DEFAULT_LOG_CHARS,
@@ -38,7 +40,7 @@ MOCK_FAULTS = ("none", "429", "500", "503", "timeout", "disconnect")
 AZURE_API_VERSION = "2024-10-21"
 ANTHROPIC_BASE_URL = "https://api.anthropic.com"
 
-_TOP = ("providers", "defaults", "models", "routes", "plugins")
+_TOP = ("providers", "defaults", "models", "routes", "plugins", "mcp_servers", "tool_policy")
 _COMMON = ("type", "base_url", "api_key", "headers", "timeout_s", "limits", "tls")
 _TLS = ("ca_file", "cert_file", "key_file", "verify")
 _LIMITS = tuple(UpstreamLimits.__dataclass_fields__)
@@ -62,7 +64,16 @@ def build_routes(data: object, c: Checker) -> RoutesConfig:
     defaults = _defaults(top.get("defaults"), c)
     providers = _with_limits(top.get("providers"), providers, defaults.upstream_limits, c)
     routes = _routes(top.get("routes"), models, plugins, defaults.retry, c)
-    return RoutesConfig(providers=providers, models=models, routes=routes, defaults=defaults, plugins=plugins)
+    servers = mcp_servers(top.get("mcp_servers"), c)
+    return RoutesConfig(
+        providers=providers,
+        models=models,
+        routes=routes,
+        defaults=defaults,
+        plugins=plugins,
+        mcp_servers=servers,
+        tool_policy=tool_policy(top.get("tool_policy"), servers, c),
+    )
 
 
 # -- providers ------------------------------------------------------------------------------------------

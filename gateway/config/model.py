@@ -208,12 +208,72 @@ class Defaults:
 
 
 @dataclass(frozen=True, slots=True)
+class McpServerConfig:
+    """An upstream MCP server (routes.yaml ``mcp_servers:``), reached over Streamable HTTP."""
+
+    name: str
+    """A Python identifier without ``__``: tools are exposed as ``{name}__{tool}``."""
+    url: str
+    headers: Mapping[str, str] = field(default_factory=dict)
+    """Sent on every call to the server (its credentials); never shown to callers."""
+    tenants: tuple[str, ...] | None = None
+    """The tenants that may use it; None: every tenant."""
+    allowed_tools: tuple[str, ...] | None = None
+    """Globs over the server's own tool names; None: every tool it lists."""
+    timeout_s: float = 30.0
+    """One call (connect, list or call, answer) to the server."""
+    max_result_bytes: int = MIB
+    """A tool result's text past this is cut, with a marker saying how much was dropped."""
+
+
+TOOL_SEPARATOR = "__"
+"""Between a server's name and its tool's in the names callers see: ``crm__lookup``."""
+ToolRisk = Literal["low", "high"]
+Approval = Literal["never", "always"]
+Approver = Literal["client", "reviewer"]
+
+
+@dataclass(frozen=True, slots=True)
+class ToolRule:
+    """``tool_policy.tools.<pattern>``: the rule for the tools whose ``server__tool`` name matches."""
+
+    pattern: str
+    """``crm__lookup`` or a glob such as ``crm__*``; an exact name wins over globs, then the longest glob."""
+    risk: ToolRisk = "low"
+    roles: tuple[Role, ...] | None = None
+    """The key roles that may see and call the tools; None: every role."""
+    require_approval: Approval = "never"
+    """``always``: each call waits for an approval; a request cannot lower it."""
+    approver: Approver = "client"
+    """Who approves: the calling client (``mcp_approval_response``) or a reviewer (the review plugin)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ToolLimits:
+    """``tool_policy.defaults``: the hard limits of one hosted tool loop (``/v1/responses``)."""
+
+    max_tool_calls: int = 20
+    max_wall_s: float = 300.0
+    max_cost_usd: float | None = None
+    """None: no ceiling of its own (the tenant's and key's budgets still apply)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ToolPolicy:
+    defaults: ToolLimits = field(default_factory=ToolLimits)
+    tools: tuple[ToolRule, ...] = ()
+    """In lookup order: exact names first, then globs from the longest (most specific)."""
+
+
+@dataclass(frozen=True, slots=True)
 class RoutesConfig:
     providers: Mapping[str, ProviderConfig]
     models: Mapping[str, ModelConfig]
     routes: tuple[Route, ...]
     defaults: Defaults = field(default_factory=Defaults)
     plugins: Mapping[str, PluginConfig] = field(default_factory=dict)
+    mcp_servers: Mapping[str, McpServerConfig] = field(default_factory=dict)
+    tool_policy: ToolPolicy = field(default_factory=ToolPolicy)
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,6 +38,7 @@ class ResponsesIngress:
         "_final",
         "_stored",
         "_translator",
+        "chain",
         "created_at",
         "echo",
         "input_items",
@@ -57,11 +58,27 @@ class ResponsesIngress:
         self._final: dict[str, Any] | None = None
         self._stored: tuple[Turns, Exchange, int] | None = None
         """Set by ``restore`` when this turn is to be stored: where, for whom, for how long."""
+        self.chain: list[StoredResponse] = []
+        """The stored turns before this one (``previous_response_id``), oldest first, once restored."""
 
     def request(self, body: dict[str, Any]) -> dict[str, Any]:
         chat, self.echo, self.input_items = to_chat_request(body)
         self._body = body
+        if not chat["messages"] and self.echo.hosted:
+            # An input of approvals only: the conversation they answer comes with ``restore``, after the
+            # first parse, which needs a message; this one stands in until then (and is never sent).
+            chat["messages"] = [{"role": "user", "content": ""}]
         return chat
+
+    @property
+    def hosted(self) -> bool:
+        """The request has ``mcp`` tools: the gateway runs the tool loop (``gateway/hosted``)."""
+        return bool(self.echo is not None and self.echo.hosted)
+
+    @property
+    def raw(self) -> dict[str, Any]:
+        """The request body as the client sent it."""
+        return self._body
 
     async def restore(self, ex: Exchange, runtime: Runtime, turns: Turns) -> dict[str, Any] | None:
         """The chat body with the stored conversation in front (``previous_response_id``), kept within
@@ -78,6 +95,7 @@ class ResponsesIngress:
         if turns.store is None:
             raise conversation.unknown(previous)
         chain = await conversation.load_chain(turns.store, ex.tenant, previous)
+        self.chain = chain
         plan = ex.plan
         memory = next((r.memory for r in runtime.routes.routes if plan and r.name == plan.route), None)
         body = self._body

@@ -21,11 +21,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.errors import BadRequest, UpstreamUnavailable
+from gateway.hosted import items as mcp_items
+from gateway.hosted.spec import HostedTool, echo_tool, parse_tool
 from gateway.providers.base import RESPONSES_EXTRA
 
 _ROLES = {"user": "user", "system": "system", "developer": "system", "assistant": "assistant"}
 _TOOL_CHOICES = frozenset({"auto", "none", "required"})
-_SKIPPED_ITEMS = frozenset({"reasoning"})
+_SKIPPED_ITEMS = frozenset({"reasoning", "mcp_list_tools", "mcp_approval_request", "mcp_approval_response"})
+"""Reasoning means something only to the model that made it; the MCP items other than ``mcp_call``
+are the hosted loop's (``gateway/hosted``): a listing or an approval is not something the model said."""
 MAX_METADATA_PAIRS = 16
 # The Responses fields this module reads; any other top-level field is passed on (see module doc).
 _READ = frozenset(
@@ -61,6 +65,8 @@ class Echo:
     truncation: str
     parallel_tool_calls: bool
     user: str | None
+    hosted: tuple[HostedTool, ...] = ()
+    """The ``mcp`` tools (``gateway/hosted``): non-empty, the gateway runs the tool loop itself."""
 
     def fields(self) -> dict[str, Any]:
         return {
@@ -133,10 +139,11 @@ def to_chat_request(body: dict[str, Any]) -> tuple[dict[str, Any], Echo, list[di
         raise _bad("truncation", "must be 'auto' or 'disabled'")
     metadata = _metadata(body.get("metadata"))
     text = _text_format(body.get("text"), out)
-    tools = _tools(body.get("tools"))
+    tools, hosted = _tools(body.get("tools"))
     choice = _tool_choice(body.get("tool_choice"))
-    if tools:  # chat servers reject tool_choice / parallel_tool_calls without tools
-        out["tools"] = [_chat_tool(tool) for tool in tools]
+    functions = [tool for tool in tools if tool["type"] == "function"] if hosted else tools
+    if functions:  # chat servers reject tool_choice / parallel_tool_calls without tools
+        out["tools"] = [_chat_tool(tool) for tool in functions]
         if choice != "auto":
             out["tool_choice"] = _chat_tool_choice(choice)
         if parallel is False:
@@ -162,6 +169,7 @@ def to_chat_request(body: dict[str, Any]) -> tuple[dict[str, Any], Echo, list[di
         truncation=truncation,
         parallel_tool_calls=parallel is not False,
         user=user,
+        hosted=hosted,
     )
     return out, echo, items
 
@@ -207,6 +215,10 @@ def _add_item(messages: list[dict[str, Any]], item: dict[str, Any], path: str) -
         if not isinstance(output, str):
             raise _bad(f"{path}.output", "required, must be a string or a list of text parts")
         messages.append({"role": "tool", "tool_call_id": _string(item, "call_id", path), "content": output})
+    elif kind == "mcp_call":  # a hosted MCP call of an earlier turn: the model's call and its result
+        _string(item, "server_label", path)
+        _string(item, "name", path)
+        messages.extend(mcp_items.as_chat(item))
     elif kind not in _SKIPPED_ITEMS:
         raise _bad(f"{path}.type", f"unsupported input item type {kind!r}")
 
@@ -319,18 +331,29 @@ def _text_format(raw: object, out: dict[str, Any]) -> dict[str, Any]:
     return raw
 
 
-def _tools(raw: object) -> list[dict[str, Any]]:
+def _tools(raw: object) -> tuple[list[dict[str, Any]], tuple[HostedTool, ...]]:
+    """The tools as echoed (function and ``mcp`` ones, in order), and the ``mcp`` ones parsed."""
     if raw is None:
-        return []
+        return [], ()
     if not isinstance(raw, list):
         raise _bad("tools", "must be a list")
     tools = []
+    hosted: list[HostedTool] = []
     for i, tool in enumerate(raw):
         path = f"tools[{i}]"
         if not isinstance(tool, dict):
             raise _bad(path, "must be an object")
+        if tool.get("type") == "mcp":
+            parsed = parse_tool(tool, path)
+            if any(h.label == parsed.label for h in hosted):
+                raise _bad(f"{path}.server_label", f"server {parsed.label!r} is given twice")
+            hosted.append(parsed)
+            tools.append(echo_tool(parsed, tool))
+            continue
         if tool.get("type") != "function":
-            raise _bad(f"{path}.type", f"tool type {tool.get('type')!r} is not supported; use 'function'")
+            raise _bad(
+                f"{path}.type", f"tool type {tool.get('type')!r} is not supported; use 'function' or 'mcp'"
+            )
         name, params = tool.get("name"), tool.get("parameters")
         if not isinstance(name, str) or not name:
             raise _bad(f"{path}.name", "required, must be a string")
@@ -351,7 +374,7 @@ def _tools(raw: object) -> list[dict[str, Any]]:
                 "strict": strict if strict is not None else True,
             }
         )
-    return tools
+    return tools, tuple(hosted)
 
 
 def _chat_tool(tool: dict[str, Any]) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from gateway.delegation import Delegation, mint
 from gateway.errors import GatewayError, ServerError
 from gateway.pipeline.parse import check_size
 from gateway.providers.base import Operation
+from gateway.responses import Reply
 from gateway.responses_api.store import ResponseStore, StoredResponse
 from gateway.store.base import StoreUnavailableError
 
@@ -82,20 +83,29 @@ class Turns:
     def bind(self, handle: Handle) -> None:
         self._handle = handle
 
-    async def summarize(self, ex: Exchange, model: str, items: list[dict[str, Any]], max_tokens: int) -> str:
-        """One priced chat call to ``model`` as the caller; its text, or the call's error raised."""
+    async def delegate(self, ex: Exchange, body: dict[str, Any], purpose: str, code: str) -> Reply:
+        """``body`` as a chat completion through the whole pipeline, made as the caller with a delegation
+        token naming ``ex``'s request: admitted, priced, charged and logged (``parent_request_id``) like
+        any delegated call. The reply's ``after`` (its settlement) is the caller's to await."""
         from gateway.handlers.openai import OpenAIIngress  # the handlers import the pipeline
 
         principal = ex.principal
         if self._handle is None or self._secret is None or principal is None:
-            raise ServerError(
-                "Conversation memory needs GATEWAY_DELEGATION_SECRET to call its summarizer.",
-                code="memory_unavailable",
-            )
+            raise ServerError(f"{purpose} needs GATEWAY_DELEGATION_SECRET to call its model.", code=code)
         expires = math.ceil(time.time()) + TOKEN_LIFETIME_S
         if principal.delegation_expires_at is not None:  # a delegated caller's token never outlives it
             expires = min(expires, principal.delegation_expires_at)
         token = mint(self._secret, Delegation(principal.tenant, principal.key_id, ex.request_id, expires))
+        incoming = _Internal(
+            "/v1/chat/completions",
+            {"authorization": f"Bearer {token}", "content-type": "application/json"},
+            orjson.dumps(body),
+        )
+        reply: Reply = await self._handle(incoming, Operation.CHAT, OpenAIIngress())
+        return reply
+
+    async def summarize(self, ex: Exchange, model: str, items: list[dict[str, Any]], max_tokens: int) -> str:
+        """One priced chat call to ``model`` as the caller; its text, or the call's error raised."""
         body = {
             "model": model,
             "messages": [
@@ -104,12 +114,7 @@ class Turns:
             ],
             "max_tokens": max_tokens,
         }
-        incoming = _Internal(
-            "/v1/chat/completions",
-            {"authorization": f"Bearer {token}", "content-type": "application/json"},
-            orjson.dumps(body),
-        )
-        reply = await self._handle(incoming, Operation.CHAT, OpenAIIngress())
+        reply = await self.delegate(ex, body, "Conversation memory", "memory_unavailable")
         if reply.after is not None:
             await reply.after()  # settlement and the summary call's own log line
         answer = orjson.loads(reply.body) if reply.body else {}
