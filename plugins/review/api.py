@@ -80,9 +80,20 @@ def summary(record: Record) -> dict[str, Any]:
         call = item.get("tool_call") or {}
         preview = f"{call.get('name')}({str(call.get('arguments') or '')[:100]})"
     else:
-        preview = answer_text(item.get("response"))[:140]
+        preview = answer_text(item.get("response"))[:140] or _calls(item.get("response"))
     fields = ("id", "kind", "route", "model", "hold", "reasons", "created", "deadline", "key_id")
     return {**{k: item.get(k) for k in fields}, "status": record.status, "preview": preview}
+
+
+def _calls(response: dict[str, Any] | None) -> str:
+    """An answer without text that calls tools, previewed by their names."""
+    choices = (response or {}).get("choices") or [{}]
+    message = choices[0].get("message") if isinstance(choices[0], dict) else None
+    calls = message.get("tool_calls") if isinstance(message, dict) else None
+    if not isinstance(calls, list):
+        return ""
+    names = [str((c.get("function") or {}).get("name")) for c in calls if isinstance(c, dict)]
+    return "calls " + ", ".join(names)
 
 
 def full(record: Record) -> dict[str, Any]:

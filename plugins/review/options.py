@@ -1,8 +1,9 @@
 """A route's ``review:`` options, and the policy that decides what is held.
 
 An answer is held when it is sampled (``sample_rate``) or when any ``when`` condition holds; a route
-that names neither holds every answer. Tool calls are held when the gateway says a reviewer must
-approve them (``approver: reviewer`` on the call) or their name matches one of ``tools``.
+that names neither holds every answer. The gateway calls the tool hook for the calls its tool policy
+gives to a reviewer (``approver: reviewer``); each is held unless ``tools`` (globs on ``server__tool``,
+default every tool) leaves it out.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ class Options:
     hold_timeout_s: float = 120.0
     on_timeout: OnTimeout = "reject"
     logprobs: bool = False
-    tools: tuple[str, ...] = ()
+    tools: tuple[str, ...] = ("*",)
     review_ttl_s: float = 86400.0
     """``hold: async``: how long an item waits for a decision (and the client can poll it)."""
 
@@ -66,7 +67,7 @@ class Options:
         on_timeout = config.get("on_timeout", "reject")
         if on_timeout not in ("reject", "release"):
             raise ProtocolError("review.on_timeout must be reject or release")
-        tools = config.get("tools") or []
+        tools = config.get("tools", ["*"])
         if not isinstance(tools, list) or not all(isinstance(t, str) for t in tools):
             raise ProtocolError("review.tools must be a list of tool-name globs")
         logprobs = config.get("logprobs", False)

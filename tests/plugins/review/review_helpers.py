@@ -97,13 +97,22 @@ class Upstream(FakeOpenAI):
 
 
 class ReviewProcess:
-    """`python -m plugins.review serve` as a real process on a loopback port."""
+    """`python -m plugins.review serve` (or another shipped sidecar) as a real process on loopback."""
 
-    def __init__(self, env: dict[str, str] | None = None, *, port: int) -> None:
+    def __init__(self, env: dict[str, str] | None = None, *, port: int, module: str = "review") -> None:
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "plugins.review", "serve", "--port", str(port), "--log-level", "warning"],
+            [
+                sys.executable,
+                "-m",
+                f"plugins.{module}",
+                "serve",
+                "--port",
+                str(port),
+                "--log-level",
+                "warning",
+            ],
             cwd=ROOT,
             env={**os.environ, "PYTHONPATH": str(ROOT), "PLUGIN_TOKEN": TOKEN, **(env or {})},
             stdout=subprocess.PIPE,
