@@ -201,12 +201,19 @@ class HookStage:
             )
 
     async def post(
-        self, caller: Caller, targets: tuple[Target, ...], request: dict[str, Any], response: dict[str, Any]
+        self,
+        caller: Caller,
+        targets: tuple[Target, ...],
+        request: dict[str, Any],
+        response: dict[str, Any],
+        served: dict[str, Any] | None = None,
     ) -> tuple[dict[str, Any], bool]:
-        """The answer after the post hooks, and whether any of them changed it."""
+        """The answer after the post hooks, and whether any of them changed it. ``served`` (the
+        deployment that answered and what the answer cost) goes to the hooks as it is."""
         modified = False
+        extra = {"served": served} if served is not None else {}
         for target in targets:
-            answer = await self._ask(caller, target, "post", request=request, response=response)
+            answer = await self._ask(caller, target, "post", request=request, response=response, **extra)
             if answer is not None and answer.value is not None:
                 response, modified = answer.value, True
         return response, modified

@@ -88,6 +88,9 @@ class Review:
             return modify(response=response) if stripped else continue_()
         item = self._item(call, "answer", options, reasons, secrets.token_urlsafe(12))
         item["response"] = response
+        if call.served is not None:
+            item["model"] = str(call.served.get("model") or item["model"])
+            item["cost_usd"] = call.served.get("cost_usd")
         p = confidence(call.response)
         if p is not None:
             item["confidence"] = round(p, 4)

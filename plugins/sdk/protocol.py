@@ -58,6 +58,8 @@ class HookCall:
     """Unix seconds: the request's deadline; a plugin's own calls should finish before it."""
     annotations: dict[str, JSONObject] = field(default_factory=dict)
     """What the plugins called before this one annotated, per plugin (guard's flags, say)."""
+    served: JSONObject | None = None
+    """Post hook only: ``{model, cost_usd}``, the deployment that answered and what the answer cost."""
 
     @classmethod
     def from_json(cls, body: object, hook: str) -> HookCall:
@@ -105,6 +107,7 @@ class HookCall:
             delegation=delegation,
             deadline=float(deadline) if isinstance(deadline, int | float) else None,
             annotations=notes,
+            served=body.get("served") if isinstance(body.get("served"), dict) else None,
         )
 
 

@@ -138,6 +138,7 @@ function renderItem(item) {
     ["deadline", new Date(item.deadline * 1000).toLocaleTimeString()],
   ];
   if (item.confidence !== undefined) fields.push(["confidence", String(item.confidence)]);
+  if (item.cost_usd) fields.push(["cost", "$" + item.cost_usd]);
   const usage = item.response && item.response.usage;
   if (usage) fields.push(["tokens", usage.prompt_tokens + " in / " + usage.completion_tokens + " out"]);
   for (const [name, value] of fields) {

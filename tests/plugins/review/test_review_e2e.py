@@ -95,6 +95,8 @@ def test_sync_hold_approve_and_the_decision_is_audited(
     whole = httpx.get(f"{gw.url}/v1/plugins/review/queue/{item['id']}", headers=bearer("acme-rev")).json()
     assert whole["request"]["messages"][0]["content"] == "May I have my refund?"
     assert whole["response"]["choices"][0]["message"]["content"] == ANSWER
+    # 12 prompt tokens at 0.15/Mtok + 3 completion tokens at 0.60/Mtok
+    assert (whole["model"], whole["cost_usd"]) == ("gpt-4o-mini", "0.0000036")
     assert not waiting.done()
     done = decide(gw.url, "acme-rev", item["id"], action="approve")
     assert done.status_code == 200, done.text
