@@ -52,7 +52,12 @@ def error(
     status: int, message: str, code: str, type_: str = "invalid_request_error", **extra: Any
 ) -> JSONResponse:
     body = {"error": {"message": message, "type": type_, "param": None, "code": code, **extra}}
-    return JSONResponse(body, status_code=status)
+    headers = (
+        {"x-gateway-review-id": extra["review_id"], "x-should-retry": "false"}
+        if "review_id" in extra
+        else None
+    )
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 class Caller:

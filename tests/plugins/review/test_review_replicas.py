@@ -111,6 +111,7 @@ def test_reviewers_deciding_at_once_on_two_replicas_exactly_one_wins(
             assert loser.json()["error"]["item"]["decision"]["reason"] == reason  # all name the one winner
         poll = httpx.get(f"{b.url}/v1/plugins/review/reviews/{review_id}", headers=bearer("acme-app"))
         assert poll.status_code == 422 and reason in poll.json()["error"]["message"]
+        assert poll.headers["x-gateway-review-id"] == review_id
 
 
 def test_a_replica_dying_while_a_request_waits(
