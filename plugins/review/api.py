@@ -32,6 +32,8 @@ from plugins.review.hooks import Review, answer_text, edited_answer
 from plugins.review.store import Record
 
 LIST_LIMIT = 200
+ABANDONED_S = 30.0
+"""A sync item still pending this long after its deadline lost its waiter (a replica died): timed out."""
 AUDIT_TEXT = 4000
 """Characters of an answer kept in the audit row (the audit header must stay small); the full text stays
 in the item, and the row has its sha256 too."""
@@ -133,8 +135,22 @@ class ReviewApi:
         caller = _caller(request, reviewer=True)
         if isinstance(caller, Response):
             return caller
-        records = await self.queue.pending(caller.tenant, LIST_LIMIT)
-        return JSONResponse({"items": [summary(r) for r in records], "now": time.time()})
+        now = time.time()
+        records = []
+        for record in await self.queue.pending(caller.tenant, LIST_LIMIT):
+            if record.item["hold"] == "sync" and now > record.item["deadline"] + ABANDONED_S:
+                await self._abandon(record, now)
+            else:
+                records.append(record)
+        return JSONResponse({"items": [summary(r) for r in records], "now": now})
+
+    async def _abandon(self, record: Record, now: float) -> None:
+        """A sync item well past its deadline whose waiter never came back to time it out (its replica
+        died): nobody waits for it any more, so it leaves the queue as timed out."""
+        decision = {"action": "timeout", "outcome": "abandoned", "at": now, "by": None}
+        won, _ = await self.queue.decide(record.item["tenant"], record.item["id"], "timed_out", decision)
+        if won:
+            self.review.metrics.decided(record.item, "timed_out", now)
 
     async def get_item(self, request: Request) -> Response:
         caller = _caller(request, reviewer=True)

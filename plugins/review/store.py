@@ -169,9 +169,16 @@ class RedisQueue:
     """The queue every replica shares. Put and decide are Lua scripts: one round trip, atomic."""
 
     def __init__(self, url: str) -> None:
-        self._redis = aioredis.Redis.from_url(
-            url, decode_responses=True, socket_timeout=5, socket_connect_timeout=5, max_connections=64
+        # blocking: a burst of waiters queues for a connection instead of failing with "too many"
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url,
+            decode_responses=True,
+            socket_timeout=5,
+            socket_connect_timeout=5,
+            max_connections=64,
+            timeout=5,
         )
+        self._redis = aioredis.Redis(connection_pool=pool)
         self._put = self._redis.register_script(_PUT)
         self._decide = self._redis.register_script(_DECIDE)
         self._wakers = _Wakers()
