@@ -195,10 +195,10 @@ def create_app(
         Route("/admin/reload", admin.reload, methods=["POST"]),
         Route("/admin/explain", admin.explain_request, methods=["POST"]),
         Route("/v1/plugins/{name}/{path:path}", plugin_api.forward, methods=plugin_api.METHODS),
-        Route("/mcp", mcp, methods=["GET", "POST", "DELETE"]),
         Route("/healthz", health.healthz, methods=["GET"]),
         Route("/readyz", health.readyz, methods=["GET"]),
         Route("/metrics", health.metrics, methods=["GET"]),
+        Route("/mcp", mcp, methods=["GET", "POST", "DELETE"]),  # after the health probes: they stay first
     ]
     return GatewayApp(
         proxied,

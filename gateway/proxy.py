@@ -315,7 +315,17 @@ class Pipeline:
         after = functools.partial(self._settle, ex)
         hosted = cast(HostedIngress, ingress)
         return await respond(
-            self._tools, ex, runtime, hosted, body, headers, self._turns, self._hooks, self._ledger, after
+            self._tools,
+            ex,
+            runtime,
+            hosted,
+            body,
+            headers,
+            self._turns,
+            self._hooks,
+            self._ledger,
+            after,
+            self._later.release,
         )
 
     def _stage(self) -> HookStage:

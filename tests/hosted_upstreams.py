@@ -9,6 +9,7 @@ follows a tool result (an upstream retry, or a fallback, in mid-loop).
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -25,6 +26,7 @@ class ScriptedOpenAI:
         always_call: bool = False,
         fail_after_tool: int = 0,
         completion_tokens: int = 3,
+        delay_s: float = 0.0,
     ) -> None:
         self.name = name
         self.arguments = arguments if arguments is not None else {"key": "openai"}
@@ -33,11 +35,15 @@ class ScriptedOpenAI:
         self.bodies: list[dict[str, Any]] = []
         self.failures = 0
         self.completion_tokens = completion_tokens
+        self.delay_s = delay_s
+        """A slow model: each answer waits this long."""
         """What each answer reports it used (so a test can make a step's real cost what it wants)."""
 
     async def handle(self, request: httpx.Request) -> httpx.Response:
         body = json.loads(request.content)
         self.bodies.append(body)
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
         last = body["messages"][-1]
         if last["role"] == "tool" and self.fail_after_tool > 0:
             self.fail_after_tool -= 1

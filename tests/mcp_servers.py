@@ -8,7 +8,9 @@
 * ``fail(message)``: a tool error (``is_error: true`` result);
 * ``explode()``: raises, so the server answers with a JSON-RPC error;
 * ``big(size)``: a text result of ``size`` bytes (default 5 MB: truncation);
-* ``headers()``: the request headers it received, as JSON (which credentials reached it).
+* ``headers()``: the request headers it received, as JSON (which credentials reached it);
+* ``region(region)``: an argument annotated ``x-mcp-header``: a call without the matching ``Mcp-Param-Region``
+  header is refused by the SDK before it runs (``HEADER_MISMATCH``); answers the header it got.
 
 With ``token`` set, a request without ``Authorization: Bearer <token>`` gets 401, as a real server behind
 credentials would. ``tools`` narrows the list (two servers with different tools, for the tenant tests).
@@ -48,6 +50,10 @@ _SCHEMAS: dict[str, tuple[str, dict[str, Any]]] = {
     "explode": ("Raise inside the server.", {"type": "object", "properties": {}}),
     "big": ("A large text result.", {"type": "object", "properties": {"size": {"type": "integer"}}}),
     "headers": ("The request headers this server received.", {"type": "object", "properties": {}}),
+    "region": (
+        "An argument the 2026 protocol mirrors into an Mcp-Param-Region header.",
+        {"type": "object", "properties": {"region": {"type": "string", "x-mcp-header": "Region"}}},
+    ),
 }
 
 
@@ -159,6 +165,8 @@ class ToolServer:
             return _text("x" * int(args.get("size", BIG_DEFAULT)))
         request = getattr(ctx, "request", None)
         seen = dict(request.headers) if request is not None else {}
+        if name == "region":
+            return _text(seen.get("mcp-param-region", ""))
         return _text(orjson.dumps(seen).decode())
 
 

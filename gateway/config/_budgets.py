@@ -47,6 +47,12 @@ def build_budgets(data: object, routes: RoutesConfig | None, c: Checker) -> Budg
         # Tenant names become Redis key parts and metric labels.
         c.name(name, "tenants", "tenant name")
         tenants[name] = _tenant(name, entry, key_path("tenants", name), routes, seen, c)
+    for server in routes.mcp_servers.values() if routes is not None else ():
+        # A misspelt tenant would silently keep the server from the tenant it was meant for.
+        for tenant in server.tenants or ():
+            if tenant not in tenants:
+                where = f"the routes file's mcp_servers.{server.name}.tenants"
+                c.warn("tenants", f"{where} names {tenant!r}, which is not a tenant here")
     return BudgetsConfig(tenants=tenants)
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -58,7 +58,7 @@ class ResponsesIngress:
         self._final: dict[str, Any] | None = None
         self._stored: tuple[Turns, Exchange, int] | None = None
         """Set by ``restore`` when this turn is to be stored: where, for whom, for how long."""
-        self.chain: list[StoredResponse] = []
+        self.chain: Sequence[StoredResponse] = ()
         """The stored turns before this one (``previous_response_id``), oldest first, once restored."""
 
     def request(self, body: dict[str, Any]) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from typing import Any, Protocol
 from gateway.config.model import McpServerConfig
 from gateway.errors import GatewayError
 from gateway.hosted.idempotency import CallRecords
+from gateway.hosted.spec import HostedTool
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +67,31 @@ class HostedTools:
 
     servers: Servers
     records: CallRecords
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_tool_calls: int
+    max_wall_s: float
+    max_cost_nano: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Approved:
+    """An ``mcp_approval_response`` of this turn, matched to the request it answers."""
+
+    key: str
+    """The idempotency key: the id of the response that asked, and the request's id."""
+    request: dict[str, Any]
+    approve: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Listing:
+    hosted: HostedTool
+    server: McpServerConfig
+    shown: bool
+    """An earlier turn of the conversation listed it: no new ``mcp_list_tools`` item (as OpenAI does)."""
 
 
 Step = Callable[[dict[str, Any]], Awaitable[StepResult]]

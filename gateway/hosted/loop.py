@@ -16,18 +16,17 @@ or waits on the route's ``tool`` hook (``approver: reviewer``, the review plugin
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from gateway.config.model import McpServerConfig
 from gateway.errors import GatewayError
 from gateway.hosted import items
-from gateway.hosted.backend import CallResult, Estimate, Review, Step, ToolInfo
+from gateway.hosted.backend import Approved, CallResult, Estimate, Limits, Listing, Review, Step
 from gateway.hosted.calls import Runner
 from gateway.hosted.events import Output
-from gateway.hosted.spec import HostedTool
+from gateway.hosted.offers import Offer, Offers
 from gateway.ingress.responses import usage_of
 from gateway.store.base import NANO
 
@@ -38,53 +37,13 @@ BUDGET = "budget_exceeded"
 REJECTED = "The call was rejected by the approver and was not run."
 
 
-@dataclass(frozen=True, slots=True)
-class Offer:
-    """One tool offered to the model, and what its calls need."""
+@dataclass(slots=True)
+class _Calls:
+    """One step's calls as they are handled: the tool results for the next step, or why it ends."""
 
-    server: McpServerConfig
-    label: str
-    tool: ToolInfo
-    approval: str | None
-    """None: runs at once; ``client``: an ``mcp_approval_request``; ``reviewer``: the ``tool`` hook."""
-
-    def function(self) -> dict[str, Any]:
-        return {
-            "type": "function",
-            "function": {
-                "name": items.function_name(self.label, self.tool.name),
-                "description": self.tool.description or "",
-                "parameters": self.tool.input_schema or {"type": "object", "properties": {}},
-            },
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class Limits:
-    max_tool_calls: int
-    max_wall_s: float
-    max_cost_nano: int | None
-
-
-@dataclass(frozen=True, slots=True)
-class Approved:
-    """An ``mcp_approval_response`` of this turn, matched to the request it answers."""
-
-    key: str
-    """The idempotency key: the id of the response that asked, and the request's id."""
-    request: dict[str, Any]
-    approve: bool
-
-
-@dataclass(frozen=True, slots=True)
-class Listing:
-    hosted: HostedTool
-    server: McpServerConfig
-    shown: bool
-    """An earlier turn of the conversation listed it: no new ``mcp_list_tools`` item (as OpenAI does)."""
-
-
-Offers = Callable[[HostedTool, McpServerConfig, list[ToolInfo]], list[Offer]]
+    results: list[dict[str, Any]] = field(default_factory=list)
+    client_acts: bool = False
+    """An approval was asked, or the client's own function called: the response ends, completed."""
 
 
 @dataclass(slots=True)
@@ -167,60 +126,68 @@ class Loop:
                     yield self._finish("completed")
                 return
             assistant: dict[str, Any] = {"role": "assistant", "content": text or None, "tool_calls": calls}
-            results: list[dict[str, Any]] = []
-            stop: str | None = None  # why the loop ends after this step's calls
-            for call in calls:
-                function = call.get("function")
-                function = function if isinstance(function, dict) else {}
-                name = str(function.get("name") or "")
-                arguments = function.get("arguments")
-                arguments = arguments if isinstance(arguments, str) else "{}"
-                call_id = str(call.get("id") or items.new_id("call"))
-                offer = self.offers.get(name)
-                label = self._label_of(name)
-                if offer is None and label is None:  # the client's own function: the client runs it
-                    for frame in self.out.whole(_function_call(call_id, name, arguments)):
-                        yield frame
-                    stop = stop or "client"
-                    continue
-                if self.calls >= self.limits.max_tool_calls:
-                    yield self._finish("incomplete", MAX_CALLS)
-                    return
-                self.calls += 1
-                if offer is None:
-                    assert label is not None
-                    error = items.execution_error(f"tool {name!r} is not available")
-                    refused = CallResult(None, error, "unknown_tool")
-                    key = f"{self.out.response_id}:{call_id}"
-                    tool = name.split("__", 1)[-1]
-                    async for frame in self._record(label, tool, arguments, refused, key):
-                        yield frame
-                    results.append(_tool_message(call_id, refused))
-                    continue
-                if offer.approval == "client" and not self.runner.dry_run:
-                    request = items.approval_request_item(
-                        items.new_id("mcpr"), offer.label, offer.tool.name, arguments
-                    )
-                    for frame in self.out.whole(request):
-                        yield frame
-                    stop = stop or "approval"
-                    continue
-                key = f"{self.out.response_id}:{call_id}"
-                outcome: CallResult | None = None
-                async for part in self._call(offer, arguments, key):
-                    if isinstance(part, CallResult):
-                        outcome = part
-                    else:
-                        yield part
-                if self.final is not None:
-                    yield self._end_frames()
-                    return
-                assert outcome is not None
-                results.append(_tool_message(call_id, outcome))
-            if stop is not None:
+            handled = _Calls()
+            async for frame in self._calls(calls, handled):
+                yield frame
+            if self.final is not None:
+                return
+            if handled.client_acts:
                 yield self._finish("completed")
                 return
-            messages = [*messages, assistant, *results]
+            messages = [*messages, assistant, *handled.results]
+
+    async def _calls(self, calls: list[dict[str, Any]], handled: _Calls) -> AsyncIterator[bytes]:
+        """A step's calls in order: the client's functions passed out, MCP calls checked, asked for
+        approval or run; ends the response (``final``, its last frames yielded) at ``max_tool_calls``."""
+        for call in calls:
+            function = call.get("function")
+            function = function if isinstance(function, dict) else {}
+            name = str(function.get("name") or "")
+            arguments = function.get("arguments")
+            arguments = arguments if isinstance(arguments, str) else "{}"
+            call_id = str(call.get("id") or items.new_id("call"))
+            key = f"{self.out.response_id}:{call_id}"
+            offer = self.offers.get(name)
+            label = self._label_of(name)
+            if offer is None and label is None:  # the client's own function: the client runs it
+                for frame in self.out.whole(_function_call(call_id, name, arguments)):
+                    yield frame
+                handled.client_acts = True
+                continue
+            if self.calls >= self.limits.max_tool_calls:
+                yield self._finish("incomplete", MAX_CALLS)
+                return
+            if self._left() <= 0:  # not begun at all rather than cut short with its outcome unknown
+                yield self._finish("incomplete", MAX_WALL)
+                return
+            self.calls += 1
+            if offer is None:  # a tool of a hosted server that was not offered
+                assert label is not None
+                error = items.execution_error(f"tool {name!r} is not available")
+                refused = CallResult(None, error, "unknown_tool")
+                async for frame in self._record(label, name.split("__", 1)[-1], arguments, refused, key):
+                    yield frame
+                handled.results.append(_tool_message(call_id, refused))
+                continue
+            if offer.approval == "client" and not self.runner.dry_run:
+                request = items.approval_request_item(
+                    items.new_id("mcpr"), offer.label, offer.tool.name, arguments
+                )
+                for frame in self.out.whole(request):
+                    yield frame
+                handled.client_acts = True
+                continue
+            outcome: CallResult | None = None
+            async for part in self._call(offer, arguments, key):
+                if isinstance(part, CallResult):
+                    outcome = part
+                else:
+                    yield part
+            if self.final is not None:  # the wall time ran out during the call
+                yield self._end_frames()
+                return
+            assert outcome is not None
+            handled.results.append(_tool_message(call_id, outcome))
 
     def _end_frames(self) -> bytes:
         assert self.final is not None
@@ -337,9 +304,12 @@ class Loop:
         if self.review is None:
             message = "this tool needs a reviewer's approval and no review plugin is on this route; not run"
             return CallResult(None, items.execution_error(message), "approval_required")
-        answer = await self.review(
-            {"id": item["id"], "name": f"{item['server_label']}__{item['name']}", "arguments": arguments}
-        )
+        name = f"{item['server_label']}__{item['name']}"
+        try:
+            answer = await self.review({"id": item["id"], "name": name, "arguments": arguments})
+        except GatewayError as err:  # the reviewer is unreachable (a closed plugin): fail closed
+            message = f"the reviewer could not decide ({err.message}); not run"
+            return CallResult(None, items.execution_error(message), "approval_required")
         if isinstance(answer, str):
             return CallResult(None, items.execution_error(f"{REJECTED} {answer}".strip()), "rejected")
         edited = answer.get("arguments", arguments)

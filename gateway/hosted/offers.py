@@ -8,11 +8,40 @@ server's tenants and ``allowed_tools``, the rule's ``roles``) and the request's 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
 from gateway.config.model import McpServerConfig, Role, RoutesConfig
+from gateway.hosted import items
 from gateway.hosted.backend import ToolInfo
-from gateway.hosted.loop import Offer
 from gateway.hosted.spec import HostedTool
 from gateway.tools.policy import qualified, rule_for, visible
+
+
+@dataclass(frozen=True, slots=True)
+class Offer:
+    """One tool offered to the model, and what its calls need."""
+
+    server: McpServerConfig
+    label: str
+    tool: ToolInfo
+    approval: str | None
+    """None: runs at once; ``client``: an ``mcp_approval_request``; ``reviewer``: the ``tool`` hook."""
+
+    def function(self) -> dict[str, Any]:
+        return {
+            "type": "function",
+            "function": {
+                "name": items.function_name(self.label, self.tool.name),
+                "description": self.tool.description or "",
+                "parameters": self.tool.input_schema or {"type": "object", "properties": {}},
+            },
+        }
+
+
+Offers = Callable[[HostedTool, McpServerConfig, list[ToolInfo]], list[Offer]]
+"""The offers of one listed server (``offers_for`` with the caller and the config bound)."""
 
 
 def offers_for(

@@ -9,8 +9,9 @@ step, and the ledger holds one row per step with this request as ``parent_reques
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from decimal import Decimal
 from typing import Any, Protocol
 
@@ -18,10 +19,10 @@ import orjson
 
 from gateway.context import Exchange
 from gateway.errors import BadRequest, GatewayError, PluginRejected
-from gateway.hosted.backend import HostedTools, Review, StepResult
+from gateway.hosted.backend import Approved, HostedTools, Limits, Listing, Review, StepResult
 from gateway.hosted.calls import Runner
 from gateway.hosted.events import Output
-from gateway.hosted.loop import Approved, Limits, Listing, Loop
+from gateway.hosted.loop import Loop
 from gateway.hosted.offers import offers_for
 from gateway.hosted.spec import HostedTool
 from gateway.ingress.responses import Echo
@@ -50,7 +51,7 @@ class HostedIngress(Protocol):
     response_id: str
     created_at: int
     input_items: list[dict[str, Any]]
-    chain: list[StoredResponse]
+    chain: Sequence[StoredResponse]
 
     @property
     def echo(self) -> Echo | None: ...
@@ -72,6 +73,7 @@ async def respond(
     stage: HookStage | None,
     ledger: Ledger | None,
     after: Callable[[], Awaitable[None]],
+    now: Callable[[], None],
 ) -> Reply:
     echo, principal, plan = ingress.echo, ex.principal, ex.plan
     assert echo is not None and principal is not None and plan is not None
@@ -86,12 +88,22 @@ async def respond(
     margin = config.defaults.estimate_margin
 
     async def step(body: dict[str, Any]) -> StepResult:
+        # Shielded: a client that leaves a stream mid-step cancels the loop, not the step, which still
+        # settles (else its reservation would wait for its lease to run out).
+        return await asyncio.shield(one_step(body))
+
+    async def one_step(body: dict[str, Any]) -> StepResult:
         reply = await turns.delegate(ex, body, "Hosted MCP tools", "hosted_tools_unavailable")
         try:
             answer = orjson.loads(reply.body) if reply.body else {}
         finally:
             if reply.after is not None:
-                await reply.after()  # settled before the next step is admitted
+                # Settled before the next step is admitted, and at once: a settlement normally waits for
+                # a quiet moment (``Later``, up to 2 ms), but here the next step is what waits for it.
+                settling = asyncio.ensure_future(reply.after())
+                await asyncio.sleep(0)  # it runs up to that wait…
+                now()  # …which ends here
+                await settling
         cost = Decimal(reply.headers.get("x-gateway-cost-usd", "0"))
         if reply.status == 200:
             return StepResult(answer, cost)
@@ -182,7 +194,7 @@ async def _stored(
         yield frame
 
 
-def _listing(hosted: HostedTool, config: Any, tenant: str, chain: list[StoredResponse]) -> Listing:
+def _listing(hosted: HostedTool, config: Any, tenant: str, chain: Sequence[StoredResponse]) -> Listing:
     server = server_for(config, tenant, hosted.label)
     if server is None:  # another tenant's server reads exactly like one that does not exist
         raise BadRequest(
@@ -214,7 +226,7 @@ def _limits(raw: dict[str, Any], runtime: Runtime) -> Limits:
     return Limits(policy.max_tool_calls, policy.max_wall_s, ceiling)
 
 
-def _approvals(own: list[dict[str, Any]], chain: list[StoredResponse]) -> list[Approved]:
+def _approvals(own: list[dict[str, Any]], chain: Sequence[StoredResponse]) -> list[Approved]:
     """This turn's ``mcp_approval_response`` items, each matched to the request it answers."""
     asked = {
         item.get("id"): (turn.id, item)

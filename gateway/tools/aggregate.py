@@ -91,7 +91,11 @@ def build_server(hub: ToolHub) -> Server[Any]:
             )
             raise MCPError(NOT_ALLOWED, message, {"code": "approval_required"})
         assert decision.server is not None
-        result = await hub.servers().client(decision.server).call_tool(decision.tool, arguments)
+        try:
+            result = await hub.servers().client(decision.server).call_tool(decision.tool, arguments)
+        except asyncio.CancelledError:  # the caller went away: the call may have run, so it is on record
+            record("cancelled")
+            raise
         record(result.outcome)
         return result.result
 

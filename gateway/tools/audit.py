@@ -28,6 +28,7 @@ STATUS = {
     "tool_error": 200,  # the tool ran and answered; that its answer is an error is the tool's business
     "dry_run": 202,
     "error": 502,
+    "cancelled": 499,  # the caller left while the call ran: it may have run
     "unreachable": 502,
     "timeout": 504,
     "unknown_tool": 404,

@@ -215,3 +215,17 @@ def test_check_reports_the_new_sections(tmp_path: Path) -> None:
         with_minimal("mcp_servers: {crm: {url: 'http://h'}}\ntool_policy: {tools: {crm__a: {}}}\n")
     )
     assert check(routes, budgets, environ={}) == ([], [])
+
+
+def test_check_warns_about_a_server_tenant_budgets_yaml_does_not_have(tmp_path: Path) -> None:
+    routes = tmp_path / "routes.yaml"
+    budgets = tmp_path / "budgets.yaml"
+    budgets.write_text("tenants: {acme: {}}\n")
+    routes.write_text(with_minimal("mcp_servers: {crm: {url: 'http://h', tenants: [acme, acmee]}}\n"))
+    assert check(routes, budgets, environ={}) == (
+        [],
+        [
+            "budgets.yaml: tenants: the routes file's mcp_servers.crm.tenants names 'acmee',"
+            " which is not a tenant here"
+        ],
+    )

@@ -180,3 +180,16 @@ def test_a_reviewer_rejection_is_the_tool_result(
     call = response.output[1]
     assert call.type == "mcp_call" and call.status == "failed"
     assert "not today" in json.dumps(call.error.model_dump()) and "not today" in response.output_text
+
+
+def test_an_unreachable_reviewer_fails_closed(
+    gateway_factory: GatewayFactory, kit: ToolServer, sidecar: Sidecar
+) -> None:
+    sidecar.reset()
+    sidecar.set("rev", "tool", status=500, raw="broken")
+    client = reviewed(gateway_factory, kit, sidecar)
+    response = client.responses.create(model="reviewed", input="count", tools=[TOOL])  # type: ignore[list-item]
+    assert response.status == "completed" and kit.counts["*"] == 0
+    call = response.output[1]
+    assert call.type == "mcp_call" and call.status == "failed"
+    assert "reviewer could not decide" in json.dumps(call.error.model_dump())

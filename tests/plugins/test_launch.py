@@ -1,11 +1,13 @@
 """`python -m plugins.launch` (make run-plugins): every shipped sidecar and the gateway from one command.
 
-Real processes on loopback: the launcher starts guard and the gateway with routes.plugins.yaml, the openai
-SDK calls a guarded route, and the guard's annotation shows the hooks ran; SIGTERM stops every child.
+Real processes on loopback: the launcher starts guard, tools and the gateway with routes.plugins.yaml, the
+openai SDK calls a guarded route, and the guard's annotation shows the hooks ran; the MCP SDK calls the tools
+sidecar through the gateway's /mcp; SIGTERM stops every child.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
@@ -18,8 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import httpx2
+import mcp_types as types
 import openai
 import pytest
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
 
 from plugins import launch
 
@@ -87,6 +93,16 @@ def start(tmp_path: Path, port: int) -> Launched:
     return Launched(proc, log, port)
 
 
+async def call_tool(url: str, name: str) -> tuple[list[str], types.CallToolResult]:
+    """List the tools at ``url`` (the gateway's /mcp) with the demo key, and call ``name``."""
+    async with (
+        httpx2.AsyncClient(headers={"Authorization": f"Bearer {DEMO_KEY}"}) as http,
+        Client(streamable_http_client(url, http_client=http)) as client,
+    ):
+        names = [t.name for t in (await client.list_tools()).tools]
+        return names, await client.call_tool(name, {})
+
+
 def gone(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -107,7 +123,7 @@ def launched(tmp_path: Path) -> Iterator[Launched]:
 
 def test_one_command_serves_a_guarded_route_and_stops_everything(launched: Launched) -> None:
     pids = launched.pids()
-    assert {"guard", "review", "gateway"} <= set(pids)
+    assert set(pids) == {"guard", "review", "tools", "gateway"}
     page = httpx.get(f"http://127.0.0.1:{launched.port}/v1/plugins/review/ui/")
     assert page.status_code == 200 and "Review queue" in page.text  # the reviewer page, through the gateway
     reviewer = {"authorization": f"Bearer {DEMO_REVIEWER_KEY}"}
@@ -132,6 +148,11 @@ def test_one_command_serves_a_guarded_route_and_stops_everything(launched: Launc
         )
     assert refused.value.code == "prompt_injection"
 
+    # plugins/tools behind the gateway's /mcp: its shipped registry asks the gateway whether it is ready.
+    tools, health = asyncio.run(call_tool(f"http://127.0.0.1:{launched.port}/mcp", "tools__gateway_health"))
+    assert "tools__gateway_health" in tools
+    assert not health.is_error and '"ready"' in str(health.content[0].model_dump().get("text"))
+
     assert launched.stop() == 0
     assert "launch: stopping" in launched.output()
     assert all(gone(pid) for pid in pids.values()), launched.output()
@@ -149,8 +170,7 @@ def test_a_child_that_cannot_start_stops_the_others(tmp_path: Path) -> None:
 
 
 def test_shipped_lists_the_sidecar_packages_present() -> None:
-    shipped = launch.shipped()
-    assert shipped[0] == ("guard", 8101) and ("review", 8103) in shipped
+    assert launch.shipped() == [("guard", 8101), ("review", 8103), ("tools", 8104)]
     assert launch.shipped((("guard", 1), ("no_such_plugin", 2))) == [("guard", 1)]
 
 

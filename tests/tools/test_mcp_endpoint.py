@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -25,6 +27,7 @@ from mcp.shared.exceptions import MCPError
 from mcp_servers import ToolServer
 from sqlalchemy import create_engine, select
 
+from gateway import delegation
 from gateway.app import create_app
 from gateway.ledger.schema import audit
 from gateway.settings import Settings
@@ -128,7 +131,7 @@ class Seen:
 
 @asynccontextmanager
 async def mcp_client(
-    url: str, key: str, seen: Seen | None = None, request_id: str | None = None
+    url: str, key: str, seen: Seen | None = None, request_id: str | None = None, mode: str = "auto"
 ) -> AsyncIterator[Client]:
     headers = {"Authorization": f"Bearer {key}"}
     if request_id is not None:
@@ -136,7 +139,7 @@ async def mcp_client(
     hooks = {"response": [seen]} if seen is not None else {}
     async with (
         httpx2.AsyncClient(headers=headers, event_hooks=hooks) as http,
-        Client(streamable_http_client(url, http_client=http)) as client,
+        Client(streamable_http_client(url, http_client=http), mode=mode) as client,
     ):
         yield client
 
@@ -147,7 +150,15 @@ async def names(url: str, key: str) -> list[str]:
 
 
 async def test_each_caller_sees_its_tenants_servers_filtered_by_role(setup: Setup) -> None:
-    crm_user = ["crm__big", "crm__echo", "crm__explode", "crm__fail", "crm__headers", "crm__slow"]
+    crm_user = [
+        "crm__big",
+        "crm__echo",
+        "crm__explode",
+        "crm__fail",
+        "crm__headers",
+        "crm__region",
+        "crm__slow",
+    ]
     web = ["web__count", "web__echo"]  # not web__headers: outside the server's allowed_tools
     assert await names(setup.url, KEYS["acme-user"]) == sorted(crm_user + web)
     assert await names(setup.url, KEYS["acme-admin"]) == sorted([*crm_user, "crm__count", *web])
@@ -163,6 +174,9 @@ async def test_a_call_runs_upstream_once_with_the_gateways_credentials_and_is_au
         result = await client.call_tool("crm__count", {"key": "endpoint-once"})
         upstream = orjson.loads((await client.call_tool("crm__headers", {})).content[0].text)  # type: ignore[union-attr]
         listing = await client.list_tools()
+        # an x-mcp-header argument: the caller mirrors it to the gateway, the gateway to the upstream
+        region = await client.call_tool("crm__region", {"region": "eu-west"})
+    assert region.content == [types.TextContent(type="text", text="eu-west")]
     assert (result.is_error, result.content[0]) == (False, types.TextContent(type="text", text="1"))
     assert setup.crm.counts["endpoint-once"] == 1
     # The upstream got the configured credentials, and never the caller's gateway key.
@@ -186,7 +200,7 @@ async def test_a_call_runs_upstream_once_with_the_gateways_credentials_and_is_au
     assert (
         target["duration_ms"] > 0 and "endpoint-once" not in rows[0].target
     )  # a digest, never the arguments
-    assert [json.loads(r.target)["tool"] for r in rows] == ["crm__count", "crm__headers"]
+    assert [json.loads(r.target)["tool"] for r in rows] == ["crm__count", "crm__headers", "crm__region"]
 
 
 async def test_refusals_are_mcp_errors_and_never_reach_the_upstream(setup: Setup) -> None:
@@ -264,3 +278,70 @@ mcp_servers:
             assert time.monotonic() < deadline, seen
             await asyncio.sleep(0.1)
         assert await names(url, KEYS["acme-user"]) == ["one__echo"]
+
+
+async def test_a_delegation_token_acts_as_a_user_of_its_key_and_is_audited(setup: Setup) -> None:
+    """A sidecar holding a delegation token for an admin key's request gets that tenant's tools as role user
+    (crm__count is admin-only), and its calls are audited with the request that handed the token out."""
+    secret = setup.gateway.server.config.app.state.gateway.shared.delegation_secret
+    grant = delegation.Delegation("acme", "acme-admin", "req-parent-1", int(time.time()) + 60)
+    token = delegation.mint(secret, grant)
+    async with mcp_client(setup.url, token, request_id="delegated-1") as client:
+        tools = sorted(t.name for t in (await client.list_tools()).tools)
+        echo = await client.call_tool("crm__echo", {"text": "on behalf"})
+    assert "crm__echo" in tools and "crm__count" not in tools
+    assert echo.content == [types.TextContent(type="text", text="on behalf")]
+    (row,) = setup.audit_rows("delegated-1")
+    assert (row.who, row.role) == ("acme/acme-admin", "user")
+    assert json.loads(row.target)["parent_request_id"] == "req-parent-1"
+
+
+async def test_the_first_requests_arriving_together_share_one_lazy_start(
+    gateway_factory: GatewayFactory,
+) -> None:
+    """/mcp starts its MCP machinery on first use; callers arriving at once all get served by one of it."""
+    with ToolServer(tools=["echo"]) as one:
+        routes = f"""
+providers: {{local: {{type: mock}}}}
+models: {{mock-chat: {{provider: local}}}}
+mcp_servers:
+  one: {{url: {one.url}}}
+"""
+        gw = gateway_factory(routes=routes, budgets=BUDGETS)
+        endpoint = next(r.app for r in gw.app.routes if getattr(r, "path", "") == "/mcp")  # type: ignore[attr-defined]
+        assert endpoint._manager is None  # nothing started before the first /mcp request
+        listings = await asyncio.gather(*(names(gw.url + "/mcp", KEYS["acme-user"]) for _ in range(6)))
+        assert listings == [["one__echo"]] * 6
+        assert endpoint._manager is not None and one.list_calls == 1  # one start, one upstream listing
+
+
+def test_the_gateway_starts_without_the_mcp_sdk(tmp_path: Path) -> None:
+    """A deployment that never uses tools never imports the MCP SDK: not at import, not at start-up."""
+    (tmp_path / "routes.yaml").write_text("providers: {l: {type: mock}}\nmodels: {m: {provider: l}}\n")
+    (tmp_path / "budgets.yaml").write_text("tenants: {}\n")
+    script = f"""
+import asyncio, sys
+from gateway.app import create_app
+from gateway.settings import Settings
+app = create_app(Settings(routes_path={str(tmp_path / "routes.yaml")!r},
+                          budgets_path={str(tmp_path / "budgets.yaml")!r}, ledger_url=None))
+async def main():
+    async with app.router.lifespan_context(app):
+        pass
+asyncio.run(main())
+print(sorted(m for m in sys.modules if m.split(".")[0] in ("mcp", "mcp_types", "httpx2")))
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout + done.stderr
+
+
+async def test_a_2025_client_is_served_too(setup: Setup) -> None:
+    """Clients of the handshake era (initialize, protocol 2025-*) work against the stateless endpoint."""
+    async with mcp_client(setup.url, KEYS["globex-user"], mode="legacy") as client:
+        assert client.protocol_version.startswith("2025-")
+        tools = sorted(t.name for t in (await client.list_tools()).tools)
+        echo = await client.call_tool("web__echo", {"text": "from 2025"})
+    assert tools == ["web__count", "web__echo"]
+    assert echo.content == [types.TextContent(type="text", text="from 2025")]

@@ -3,6 +3,7 @@ each failure's outcome, the result bound and the configured headers."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 
 import mcp_types as types
@@ -48,6 +49,17 @@ async def test_call_runs_once_and_sends_the_configured_headers(server: ToolServe
     assert server.counts["servers-once"] == 1
     seen = orjson.loads((await c.call_tool("headers", {})).text)
     assert (seen["authorization"], seen["x-org"]) == (f"Bearer {TOKEN}", "acme")
+    await c.aclose()
+
+
+async def test_a_header_mismatch_is_resent_the_sdks_way_and_runs_once(server: ToolServer) -> None:
+    """A 2026 server refuses a call whose x-mcp-header arguments came without their headers before running it;
+    the client then lists the tool and resends once, with the header."""
+    c = client(server.url)
+    before = server.calls["region"]
+    result = await c.call_tool("region", {"region": "eu-west"})
+    assert (result.outcome, result.text) == ("ok", "eu-west")
+    assert server.calls["region"] == before + 1
     await c.aclose()
 
 
@@ -122,5 +134,13 @@ async def test_a_changed_server_config_gets_a_new_client() -> None:
     a = McpServerConfig(name="t", url="http://127.0.0.1:1/mcp")
     first = servers.client(a)
     assert servers.client(McpServerConfig(name="t", url="http://127.0.0.1:1/mcp")) is first
-    assert servers.client(McpServerConfig(name="t", url="http://127.0.0.1:2/mcp")) is not first
+    second = servers.client(McpServerConfig(name="t", url="http://127.0.0.1:2/mcp", timeout_s=0.01))
+    assert second is not first and servers.client(second.config) is second
+    third = servers.client(McpServerConfig(name="t", url="http://127.0.0.1:3/mcp"))
+    for _ in range(100):  # the replaced one is closed after its timeout; bounded wait
+        if second._http.is_closed:
+            break
+        await asyncio.sleep(0.05)
+    assert second._http.is_closed and not third._http.is_closed
     await servers.aclose()
+    assert first._http.is_closed and third._http.is_closed
