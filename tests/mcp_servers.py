@@ -73,6 +73,8 @@ class ToolServer:
         self.calls: Counter[str] = Counter()
         """Executions of every tool by name."""
         self.list_calls = 0
+        self.requests = 0
+        """HTTP requests received, refused ones included."""
         self._lock = threading.Lock()
         server: Server[Any] = Server(name, on_list_tools=self._list, on_call_tool=self._call)
         inner = server.streamable_http_app(
@@ -114,6 +116,8 @@ class ToolServer:
 
     def _guard(self, inner: Any) -> Any:
         async def app(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] == "http":
+                self.requests += 1
             if scope["type"] == "http" and self.token is not None:
                 headers = dict(scope["headers"])
                 if headers.get(b"authorization") != f"Bearer {self.token}".encode():

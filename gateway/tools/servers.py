@@ -49,6 +49,8 @@ log = logging.getLogger("gateway.tools")
 
 LIST_TTL_S = 10.0
 """How long a server's tool listing is reused before it is asked again."""
+FAILURE_TTL_S = 5.0
+"""How long a failed listing is answered from memory (the same error) before the server is asked again."""
 READ_CEILING = 64 * MIB
 """The most the SDK buffers for one SSE event of an answer; ``max_result_bytes`` then cuts it down."""
 MAX_PAGES = 20
@@ -98,6 +100,7 @@ class ServerClient:
         self._mode: str = "auto"
         self._discover: types.DiscoverResult | None = None
         self._tools: tuple[float, tuple[types.Tool, ...]] | None = None
+        self._failed: tuple[float, ToolServerUnavailable | ToolServerTimeout] | None = None
         self._listing: asyncio.Lock = asyncio.Lock()
 
     async def aclose(self) -> None:
@@ -115,12 +118,20 @@ class ServerClient:
             cached = self._tools
             if cached is not None and not refresh and time.monotonic() < cached[0]:
                 return cached[1]
+            failed = self._failed
+            if failed is not None and not refresh and time.monotonic() < failed[0]:
+                # A server that just failed is not asked again at once: a listing of every server (/mcp's
+                # tools/list) would otherwise wait out a dead server's timeout on each request.
+                raise type(failed[1])(failed[1].message)
             try:
                 async with asyncio.timeout(self.config.timeout_s), self._session() as client:
                     tools = await self._list_all(client)
             except Exception as exc:  # mapped here, at the one boundary to the SDK
-                raise self._listing_error(exc) from None
+                error = self._listing_error(exc)
+                self._failed = (time.monotonic() + FAILURE_TTL_S, error)
+                raise error from None
             self._tools = (time.monotonic() + self._list_ttl_s, tools)
+            self._failed = None
             return tools
 
     async def call_tool(self, tool: str, arguments: Mapping[str, Any] | None) -> ToolResult:

@@ -93,6 +93,14 @@ async def test_wrong_credentials_are_unavailable_not_a_tool_error(server: ToolSe
     assert (result.outcome, result.text) == ("unreachable", "MCP server 't' is unavailable.")
     with pytest.raises(ToolServerUnavailable):
         await wrong.list_tools()
+    # A failed listing is remembered briefly: the next one fails at once, without asking the server.
+    asked = server.requests
+    with pytest.raises(ToolServerUnavailable):
+        await wrong.list_tools()
+    assert server.requests == asked
+    with pytest.raises(ToolServerUnavailable):
+        await wrong.list_tools(refresh=True)  # an explicit refresh asks again
+    assert server.requests > asked
     await wrong.aclose()
 
 
