@@ -100,6 +100,7 @@ def live(
 def page(browser: Browser) -> Iterator[Page]:
     context = browser.new_context(viewport={"width": 1440, "height": 820})
     context.set_default_timeout(15_000)
+    expect.set_options(timeout=15_000)  # a loaded CI machine: generous, still bounded
     opened = context.new_page()
     yield opened
     context.close()
