@@ -306,7 +306,27 @@ class PluginUnavailable(ServerError):
 
 class PluginRejected(ClientError):
     """A hook answered ``reject``: its status (4xx; or 5xx from a post hook), code and message go to the
-    client as they are."""
+    client as they are. A ``review_id`` (a held answer's handle) goes into ``error.review_id`` and the
+    ``x-gateway-review-id`` header; ``retry`` into ``x-should-retry``."""
 
-    def __init__(self, message: str, *, status: int, code: str | None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int,
+        code: str | None,
+        review_id: str | None = None,
+        retry: bool | None = None,
+    ) -> None:
         super().__init__(message, status=status, code=code, type=_default_type(status))
+        self.review_id = review_id
+        if review_id is not None:
+            self.headers["x-gateway-review-id"] = review_id
+        if retry is not None:
+            self.headers["x-should-retry"] = "true" if retry else "false"
+
+    def body(self) -> dict[str, Any]:
+        out = super().body()
+        if self.review_id is not None:
+            out["error"]["review_id"] = self.review_id
+        return out

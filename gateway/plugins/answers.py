@@ -80,6 +80,10 @@ def assemble(frames: Sequence[bytes], usage_frame: bytes | None = None) -> dict[
                     },
                 )
                 _add_delta(slot["message"], c.get("delta") or {})
+                logprobs = c.get("logprobs")
+                if isinstance(logprobs, dict) and isinstance(logprobs.get("content"), list):
+                    # per-token logprobs, kept for the post hooks that judge confidence (review)
+                    slot.setdefault("logprobs", {"content": []})["content"].extend(logprobs["content"])
             if c.get("finish_reason"):
                 slot["finish_reason"] = c["finish_reason"]
     out: dict[str, Any] = {

@@ -18,11 +18,12 @@ from gateway.errors import GatewayError
 from gateway.pipeline.cache import CachedAnswer
 from gateway.pipeline.overload import Gate
 from gateway.pipeline.parse import ParsedRequest
+from gateway.pipeline.settle import cost_of, format_usd
 from gateway.pipeline.usage import MeteredStream, UsageCounter, response_usage, with_cost
 from gateway.plugins.answers import AuditedStream, HeldStream, assemble, frames_of, usage_frame_of
 from gateway.plugins.hooks import Target
 from gateway.plugins.stage import Caller, HookStage, RouteHooks
-from gateway.providers.base import UpstreamResponse, UpstreamStream
+from gateway.providers.base import UpstreamResponse, UpstreamStream, Usage
 
 log = logging.getLogger("gateway.plugins")
 
@@ -41,11 +42,23 @@ async def post(
     """Stage 8 on a whole answer: the answer the post hooks leave. If they refuse it (reject, or a closed
     plugin failing) the upstream's usage is still recorded first: that answer was paid for."""
     try:
-        response, modified = await stage.post(caller, targets, parsed.body, orjson.loads(upstream.body))
+        response, modified = await stage.post(
+            caller, targets, parsed.body, orjson.loads(upstream.body), served(ex, upstream.usage)
+        )
     except GatewayError:
         response_usage(ex, upstream, UsageCounter(parsed.operation, parsed.body))
         raise
     return UpstreamResponse(orjson.dumps(response), upstream.usage) if modified else upstream
+
+
+def served(ex: Exchange, usage: Usage | None) -> dict[str, Any]:
+    """What a post hook is told about the answer beyond its body: the deployment that served it and, when
+    the upstream reported usage, its cost (decimal USD, as in ``x-gateway-cost-usd``)."""
+    out: dict[str, Any] = {"model": ex.model}
+    deployment = ex.attempts.deployment
+    if usage is not None and deployment is not None:
+        out["cost_usd"] = format_usd(cost_of(usage, deployment.price))
+    return out
 
 
 async def hold(
@@ -66,7 +79,7 @@ async def hold(
             frames.append(frame)
         held = HeldStream(frames, stream)
         response, modified = await stage.post(
-            caller, targets, parsed.body, assemble(frames, stream.usage_frame)
+            caller, targets, parsed.body, assemble(frames, stream.usage_frame), served(ex, stream.usage)
         )
     except BaseException:
         billed = MeteredStream(HeldStream(frames, stream), ex, UsageCounter(parsed.operation, parsed.body))

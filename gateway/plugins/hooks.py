@@ -10,6 +10,7 @@ request.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -36,6 +37,8 @@ _ACTIONS: dict[str, frozenset[str]] = {
     "tool": frozenset({"continue", "modify", "reject"}),
 }
 MODIFIES: dict[str, str] = {"pre": "request", "post": "response", "tool": "tool_call"}
+_ID_OK = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+"""A reject's ``review_id``: it becomes a response header, so nothing that could break one."""
 
 
 class HookFailed(Exception):
@@ -53,6 +56,10 @@ class Answer:
     code: str | None = None
     message: str = ""
     annotations: dict[str, Any] = field(default_factory=dict)
+    review_id: str | None = None
+    """A reject's handle on a held answer (the review plugin's ``hold: async``): the client gets it."""
+    retry: bool | None = None
+    """A reject's ``x-should-retry``: False when retrying cannot help (a retry would only queue again)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,7 +165,20 @@ def parse_answer(hook: str, raw: bytes) -> Answer:
             raise HookFailed("invalid", "reject's code must be a string")
         if not isinstance(message, str) or not message:
             raise HookFailed("invalid", "reject needs a message")
-        return Answer("reject", status=status, code=code, message=message, annotations=annotations)
+        review_id, retry = data.get("review_id"), data.get("retry")
+        if review_id is not None and not (isinstance(review_id, str) and _ID_OK.fullmatch(review_id)):
+            raise HookFailed("invalid", "reject's review_id must be 1-128 of [A-Za-z0-9._:-]")
+        if retry is not None and not isinstance(retry, bool):
+            raise HookFailed("invalid", "reject's retry must be true or false")
+        return Answer(
+            "reject",
+            status=status,
+            code=code,
+            message=message,
+            annotations=annotations,
+            review_id=review_id,
+            retry=retry,
+        )
     field_name = "response" if action == "respond" else MODIFIES[hook]
     value = data.get(field_name)
     if not isinstance(value, dict):

@@ -70,6 +70,10 @@ class Caller:
     """Per plugin: its annotations merged over the hooks it answered, for the log and ``x_gateway``."""
 
     def payload(self, target: Target, hook: HookName, **parts: Any) -> dict[str, Any]:
+        """The call's body; ``annotations`` are what the plugins called before this one said (guard's
+        flags for a review hold, say), present only when there are some."""
+        if self.annotations:
+            parts["annotations"] = self.annotations
         return {
             "protocol": 1,
             "hook": hook,
@@ -165,7 +169,13 @@ class HookStage:
         if answer.annotations:
             caller.annotations.setdefault(target.name, {}).update(answer.annotations)
         if answer.action == "reject":
-            raise PluginRejected(answer.message, status=answer.status, code=answer.code)
+            raise PluginRejected(
+                answer.message,
+                status=answer.status,
+                code=answer.code,
+                review_id=answer.review_id,
+                retry=answer.retry,
+            )
         return answer
 
     async def pre(self, caller: Caller, targets: tuple[Target, ...], request: dict[str, Any]) -> PreOutcome:
@@ -191,12 +201,19 @@ class HookStage:
             )
 
     async def post(
-        self, caller: Caller, targets: tuple[Target, ...], request: dict[str, Any], response: dict[str, Any]
+        self,
+        caller: Caller,
+        targets: tuple[Target, ...],
+        request: dict[str, Any],
+        response: dict[str, Any],
+        served: dict[str, Any] | None = None,
     ) -> tuple[dict[str, Any], bool]:
-        """The answer after the post hooks, and whether any of them changed it."""
+        """The answer after the post hooks, and whether any of them changed it. ``served`` (the
+        deployment that answered and what the answer cost) goes to the hooks as it is."""
         modified = False
+        extra = {"served": served} if served is not None else {}
         for target in targets:
-            answer = await self._ask(caller, target, "post", request=request, response=response)
+            answer = await self._ask(caller, target, "post", request=request, response=response, **extra)
             if answer is not None and answer.value is not None:
                 response, modified = answer.value, True
         return response, modified

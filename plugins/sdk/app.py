@@ -68,6 +68,7 @@ def create_app(
     *,
     token: str | None,
     api_routes: Sequence[BaseRoute] = (),
+    routes: Sequence[BaseRoute] = (),
     lifespan: Lifespan | None = None,
 ) -> ASGIApp:
     """Build the sidecar's ASGI app.
@@ -75,7 +76,8 @@ def create_app(
     ``hooks`` maps ``"pre" | "post" | "tool"`` to an async function ``(HookCall) -> Answer``; a hook the
     plugin does not serve answers 404. ``token`` is the plugin token the gateway sends (``PLUGIN_TOKEN``);
     ``None`` turns the check off, which only a sidecar bound to loopback should do. ``api_routes`` are
-    mounted under ``/api``. ``lifespan`` opens and closes the plugin's own resources (clients, stores).
+    mounted under ``/api``; ``routes`` beside them (``/metrics``, say), behind the token like every
+    path but ``/healthz``. ``lifespan`` opens and closes the plugin's own resources (clients, stores).
     """
     unknown = set(hooks) - set(HOOKS)
     if unknown:
@@ -106,13 +108,14 @@ def create_app(
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
-    routes: list[BaseRoute] = [
+    served: list[BaseRoute] = [
         Route("/healthz", healthz, methods=["GET"]),
         Route("/hooks/{hook}", hook_endpoint, methods=["POST"]),
+        *routes,
     ]
     if api_routes:
-        routes.append(Mount("/api", routes=list(api_routes)))
-    app: ASGIApp = Starlette(routes=routes, lifespan=lifespan)
+        served.append(Mount("/api", routes=list(api_routes)))
+    app: ASGIApp = Starlette(routes=served, lifespan=lifespan)
     if token is not None:
         app = RequireToken(app, token)
     return app

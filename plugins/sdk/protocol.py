@@ -56,6 +56,10 @@ class HookCall:
     delegation: Delegation | None = None
     deadline: float | None = None
     """Unix seconds: the request's deadline; a plugin's own calls should finish before it."""
+    annotations: dict[str, JSONObject] = field(default_factory=dict)
+    """What the plugins called before this one annotated, per plugin (guard's flags, say)."""
+    served: JSONObject | None = None
+    """Post hook only: ``{model, cost_usd}``, the deployment that answered and what the answer cost."""
 
     @classmethod
     def from_json(cls, body: object, hook: str) -> HookCall:
@@ -82,6 +86,12 @@ class HookCall:
         if isinstance(raw, dict) and isinstance(raw.get("token"), str):
             delegation = Delegation(raw["token"], float(raw.get("expires_at") or 0))
         deadline = body.get("deadline")
+        raw_notes = body.get("annotations")
+        notes = (
+            {str(k): v for k, v in raw_notes.items() if isinstance(v, dict)}
+            if isinstance(raw_notes, dict)
+            else {}
+        )
         return cls(
             hook=hook,
             request_id=str(body.get("request_id") or ""),
@@ -96,6 +106,8 @@ class HookCall:
             tool_call=body.get("tool_call") if isinstance(body.get("tool_call"), dict) else None,
             delegation=delegation,
             deadline=float(deadline) if isinstance(deadline, int | float) else None,
+            annotations=notes,
+            served=body.get("served") if isinstance(body.get("served"), dict) else None,
         )
 
 
@@ -111,10 +123,15 @@ class Answer:
     code: str | None = None
     message: str | None = None
     annotations: Annotations = field(default_factory=dict)
+    review_id: str | None = None
+    """reject only: a held answer's handle, given to the client (``error.review_id``, a header)."""
+    retry: bool | None = None
+    """reject only: the client's ``x-should-retry`` (False: retrying cannot help)."""
 
     def to_json(self) -> JSONObject:
         out: JSONObject = {"action": self.action}
-        for name in ("request", "response", "tool_call", "status", "code", "message"):
+        fields = ("request", "response", "tool_call", "status", "code", "message", "review_id", "retry")
+        for name in fields:
             value = getattr(self, name)
             if value is not None:
                 out[name] = value
@@ -143,15 +160,33 @@ def modify(
     )
 
 
-def reject(status: int, code: str, message: str, annotations: Annotations | None = None) -> Answer:
+def reject(
+    status: int,
+    code: str,
+    message: str,
+    annotations: Annotations | None = None,
+    *,
+    review_id: str | None = None,
+    retry: bool | None = None,
+) -> Answer:
     """Refuse: the client gets ``status`` with ``code`` and ``message`` in the endpoint's error envelope.
 
     A 4xx from any hook; a 5xx only from a post hook that stands for a bad upstream answer (guard's 502
     ``invalid_output``): the gateway takes a 5xx from a pre or tool hook for a broken plugin.
+    ``review_id`` reaches the client as ``error.review_id`` and ``x-gateway-review-id``; ``retry`` as
+    ``x-should-retry``.
     """
     if not 400 <= status <= 599:
         raise ValueError(f"reject needs an error status, not {status}")
-    return Answer("reject", status=status, code=code, message=message, annotations=annotations or {})
+    return Answer(
+        "reject",
+        status=status,
+        code=code,
+        message=message,
+        annotations=annotations or {},
+        review_id=review_id,
+        retry=retry,
+    )
 
 
 def respond(response: JSONObject, annotations: Annotations | None = None) -> Answer:

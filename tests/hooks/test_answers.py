@@ -12,6 +12,7 @@ from plugin_sidecar import Sidecar
 from upstreams import sse, stream_chunks
 
 from gateway.config.model import PluginConfig
+from gateway.errors import PluginRejected
 from gateway.metrics import Metrics
 from gateway.plugins.answers import assemble, frames_of, keep_transport
 from gateway.plugins.hooks import HookClient, HookFailed, Target, parse_answer
@@ -34,6 +35,13 @@ from gateway.transport import FastTransport
         ("pre", {"action": "respond", "response": {"choices": []}}, "choices"),
         ("post", {"action": "modify", "response": {"choices": [{"index": 0}]}}, "message"),
         ("tool", {"action": "modify", "tool_call": {"name": "f", "arguments": {}}}, "arguments"),
+        (
+            "post",
+            {"action": "reject", "status": 409, "message": "m", "review_id": "a b\r\nx: y"},
+            "review_id",
+        ),
+        ("post", {"action": "reject", "status": 409, "message": "m", "review_id": 7}, "review_id"),
+        ("post", {"action": "reject", "status": 409, "message": "m", "retry": "no"}, "retry"),
     ],
 )
 def test_answers_that_break_the_contract_are_invalid(hook: str, answer: object, problem: str) -> None:
@@ -49,6 +57,26 @@ def test_valid_answers() -> None:
     )
     assert (a.action, a.status, a.code, a.message, a.annotations) == ("reject", 429, "slow", "m", {"k": 1})
     assert parse_answer("post", b'{"action": "continue"}').action == "continue"
+
+
+def test_a_reject_with_a_review_id_and_no_retry_reaches_the_client_error() -> None:
+    a = parse_answer(
+        "post",
+        b'{"action": "reject", "status": 409, "code": "review_pending", "message": "held",'
+        b' "review_id": "rev_1-x", "retry": false}',
+    )
+    assert (a.review_id, a.retry) == ("rev_1-x", False)
+    err = PluginRejected(a.message, status=a.status, code=a.code, review_id=a.review_id, retry=a.retry)
+    assert err.body()["error"] == {
+        "message": "held",
+        "type": "invalid_request_error",
+        "param": None,
+        "code": "review_pending",
+        "review_id": "rev_1-x",
+    }
+    assert err.headers == {"x-gateway-review-id": "rev_1-x", "x-should-retry": "false"}
+    plain = PluginRejected("no", status=403, code="denied")
+    assert "review_id" not in plain.body()["error"] and plain.headers == {}
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +114,19 @@ def test_a_stream_assembles_into_the_answer_and_back() -> None:
     assert answer["choices"][0]["finish_reason"] == "stop" and answer["usage"]["completion_tokens"] > 0
     again = assemble(frames_of(answer))
     assert again["choices"] == answer["choices"]
+
+
+def test_a_streams_logprobs_are_assembled_for_the_post_hooks() -> None:
+    chunks = stream_chunks("m", ["Hel", "lo"], usage=False)
+    for n, c in enumerate(chunks[1:3]):
+        c["choices"][0]["logprobs"] = {"content": [{"token": "t", "logprob": -0.5 * n}]}
+    answer = assemble([sse(c) for c in chunks])
+    assert answer["choices"][0]["logprobs"]["content"] == [
+        {"token": "t", "logprob": 0.0},
+        {"token": "t", "logprob": -0.5},
+    ]
+    plain = assemble([sse(c) for c in stream_chunks("m", ["a"], usage=False)])
+    assert "logprobs" not in plain["choices"][0]
 
 
 def test_a_pre_hook_cannot_change_the_model_or_the_stream_switches() -> None:

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import httpx2
 import mcp_types as types
 import openai
@@ -33,6 +34,7 @@ pytestmark = pytest.mark.slow  # three processes
 ROOT = Path(__file__).resolve().parents[2]
 LAUNCH = (sys.executable, "-m", "plugins.launch", "--free-ports")
 DEMO_KEY = "sk-gateway-demo"  # budgets.yaml's demo tenant
+DEMO_REVIEWER_KEY = "sk-gateway-demo-reviewer"  # its reviewer
 EMAIL = "jane.roe@example.com"
 
 
@@ -121,7 +123,12 @@ def launched(tmp_path: Path) -> Iterator[Launched]:
 
 def test_one_command_serves_a_guarded_route_and_stops_everything(launched: Launched) -> None:
     pids = launched.pids()
-    assert set(pids) == {"guard", "tools", "gateway"}
+    assert set(pids) == {"guard", "review", "tools", "gateway"}
+    page = httpx.get(f"http://127.0.0.1:{launched.port}/v1/plugins/review/ui/")
+    assert page.status_code == 200 and "Review queue" in page.text  # the reviewer page, through the gateway
+    reviewer = {"authorization": f"Bearer {DEMO_REVIEWER_KEY}"}
+    queue = httpx.get(f"http://127.0.0.1:{launched.port}/v1/plugins/review/queue", headers=reviewer)
+    assert queue.status_code == 200 and queue.json()["items"] == []
     client = openai.OpenAI(base_url=f"http://127.0.0.1:{launched.port}/v1", api_key=DEMO_KEY, max_retries=0)
 
     answer = client.chat.completions.create(
@@ -163,7 +170,7 @@ def test_a_child_that_cannot_start_stops_the_others(tmp_path: Path) -> None:
 
 
 def test_shipped_lists_the_sidecar_packages_present() -> None:
-    assert launch.shipped() == [("guard", 8101), ("tools", 8104)]
+    assert launch.shipped() == [("guard", 8101), ("review", 8103), ("tools", 8104)]
     assert launch.shipped((("guard", 1), ("no_such_plugin", 2))) == [("guard", 1)]
 
 
