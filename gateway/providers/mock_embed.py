@@ -22,51 +22,11 @@ from functools import lru_cache
 import orjson
 
 _WORD = re.compile(r"\w+")
-_STOP = frozenset(
-    {
-        "a",
-        "an",
-        "and",
-        "are",
-        "as",
-        "at",
-        "be",
-        "but",
-        "by",
-        "do",
-        "does",
-        "for",
-        "from",
-        "has",
-        "have",
-        "how",
-        "i",
-        "if",
-        "in",
-        "is",
-        "it",
-        "its",
-        "of",
-        "on",
-        "or",
-        "that",
-        "the",
-        "this",
-        "to",
-        "was",
-        "were",
-        "what",
-        "when",
-        "where",
-        "which",
-        "who",
-        "why",
-        "will",
-        "with",
-        "you",
-        "your",
-    }
+_STOP_WORDS = (
+    "a an and are as at be but by do does for from has have how i if in is it its of on or that the "
+    "this to was were what when where which who why will with you your"
 )
+_STOP = frozenset(_STOP_WORDS.split())
 _STOP_WEIGHT = 0.1
 _GRAM_WEIGHT = 0.5
 
