@@ -107,6 +107,11 @@ def pg_tcp() -> Iterator[str]:
     server.stop()
 
 
+# PLUGIN_DATA_DIR in tests is made with tempfile.mkdtemp, never under pytest's tmp_path: run as root,
+# pgserver runs Postgres as its own system user, who must traverse every parent directory, and each pytest
+# session (other runs in parallel included) makes /tmp/pytest-of-root 0700 again.
+
+
 def embedded_url(data_dir: Path) -> str:
     """The connection URL of the embedded server a sidecar started under ``data_dir``."""
     from pgserver.utils import PostmasterInfo

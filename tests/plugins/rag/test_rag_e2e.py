@@ -5,9 +5,12 @@ RAG_DATABASE_URL; documents in through /v1/plugins/rag, questions through the op
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -85,8 +88,9 @@ class Stack:
 @pytest.fixture(scope="module", params=["embedded", "tcp"])
 def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("rag")
+    data = Path(tempfile.mkdtemp(prefix="rag-e2e-")) / "data"  # not tmp_path: see rag_helpers
     env: dict[str, str] = {
-        "PLUGIN_DATA_DIR": str(tmp / "data"),
+        "PLUGIN_DATA_DIR": str(data),
         "RAG_EMBEDDING_DIMENSIONS": str(DIMS),
         "RAG_SYNC_CHUNKS": "4",
         "RAG_EMBEDDING_BATCH": "4",
@@ -109,12 +113,13 @@ def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     )
     gateway = LiveServer(create_app(settings)).start()
     rag = RagProcess({**env, "GATEWAY_URL": gateway.url}, port=rag_port).wait_ready()
-    url = env.get("RAG_DATABASE_URL") or embedded_url(tmp / "data")
+    url = env.get("RAG_DATABASE_URL") or embedded_url(data)
     try:
         yield Stack(gateway, rag, url)
     finally:
         rag.stop()
         gateway.stop()
+        shutil.rmtree(data.parent, ignore_errors=True)
         if saved is None:
             os.environ.pop(SECRET_ENV, None)
         else:
