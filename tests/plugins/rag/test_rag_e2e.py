@@ -27,7 +27,7 @@ from rag_helpers import (
     RagProcess,
     embedded_url,
     make_pdf,
-    pg_tcp,  # noqa: F401  (a fixture)
+    pg_tcp_fixture,  # noqa: F401  (a fixture)
     routes,
 )
 
