@@ -17,11 +17,9 @@ from collections.abc import Iterator, Sequence
 
 from plugins.rag.eval import dataset
 from plugins.rag.eval.gateway import MODEL, Embedder, loopback_gateway
-from plugins.rag.eval.run import DEPTH, K, Report, evaluate, ingest, misses
+from plugins.rag.eval.run import COLLECTION, DEPTH, ROUTE, TENANT, K, Report, evaluate, ingest, misses
+from plugins.rag.settings import RagSettings
 from plugins.rag.store import MODES, Store
-
-DEFAULT_DIMENSIONS = 256
-DEFAULT_MIN_SCORE = 0.3
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -30,8 +28,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--gateway", help="an OpenAI-compatible base URL ending in /v1 (default: a loopback one)")
     p.add_argument("--api-key", help="the key for --gateway")
     p.add_argument("--model", default=MODEL, help=f"the embedding model (default {MODEL})")
-    p.add_argument("--dimensions", type=int, default=DEFAULT_DIMENSIONS)
-    p.add_argument("--min-score", type=float, default=DEFAULT_MIN_SCORE)
+    p.add_argument("--dimensions", type=int, default=RagSettings().dimensions)
+    p.add_argument("--min-score", type=float, default=ROUTE.min_score, help="the route's min_score")
     p.add_argument("--misses", action="store_true", help="list each mode's missed questions")
     args = p.parse_args(argv)
     if args.gateway and not args.api_key:
@@ -88,8 +86,6 @@ async def _run(args: argparse.Namespace) -> int:
 
 
 async def _clear(store: Store) -> None:
-    from plugins.rag.eval.run import COLLECTION, TENANT
-
     for doc in await store.list_documents(TENANT, COLLECTION, limit=10_000):
         await store.delete_document(TENANT, COLLECTION, doc.doc_id)
 

@@ -1,34 +1,41 @@
 """Run the evaluation: ingest the corpus into a store, then ask every question in each search mode.
 
-The ingestion uses the plugin's own parser, chunker and store (``plugins.rag.parse``, ``.chunking``,
-``.store``), and the embeddings come from a gateway's ``/v1/embeddings`` (``gateway.py``), so the figures
-describe what the sidecar itself would retrieve.
+The ingestion is the sidecar's own (``plugins.rag.ingest.prepare``: its parser, its chunker with the
+default ``RAG_CHUNK_TOKENS``/``RAG_CHUNK_OVERLAP``, the same embedding inputs; ``Store.put_document``),
+the embeddings come from a gateway's ``/v1/embeddings`` (``gateway.py``), and the refusal test is the pre
+hook's search with the route defaults (``plugins.rag.hooks.Options``: hybrid, ``top_k`` 5, ``min_score``
+0.3; nothing kept means ``on_no_context: answer_unknown``), so the figures describe what the sidecar
+itself would retrieve and refuse.
 """
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from plugins.rag import chunking, parse
+from plugins.rag.chunking import Settings
 from plugins.rag.eval.dataset import ChunkText, Question, gold_chunks
 from plugins.rag.eval.gateway import Embedder
 from plugins.rag.eval.metrics import Summary, first_rank, rate, summarize
-from plugins.rag.store import MODES, ChunkIn, Mode, Store, chunk_id
+from plugins.rag.hooks import Options
+from plugins.rag.ingest import Prepared, prepare
+from plugins.rag.settings import RagSettings
+from plugins.rag.store import MODES, Mode, Store, chunk_id
 
 TENANT = "rag-eval"
 COLLECTION = "handbook"
-K = 5
+ROUTE = Options(COLLECTION)
+"""The rag route's defaults: what the pre hook asks when a route sets nothing but the collection."""
+K = ROUTE.top_k
 DEPTH = 10
 """Results asked for per question: MRR is MRR@10."""
 SWEEP = (0.0, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5)
 
 
-def embedding_text(heading: str, text: str) -> str:
-    """What a chunk is embedded as: its heading path, then its text (the heading says what it is about)."""
-    return f"{heading}\n\n{text}" if heading else text
+def default_chunking() -> Settings:
+    defaults = RagSettings()
+    return Settings(defaults.chunk_tokens, defaults.chunk_overlap)
 
 
 @dataclass(slots=True)
@@ -38,30 +45,32 @@ class Ingested:
     seconds: float
 
 
+def chunk_corpus(docs: Mapping[str, bytes], settings: Settings | None = None) -> list[Prepared]:
+    """Every document parsed and chunked as the sidecar would (Markdown, its id the file stem)."""
+    chunking = settings or default_chunking()
+    return [prepare(data, "markdown", doc_id, chunking) for doc_id, data in docs.items()]
+
+
 async def ingest(store: Store, embedder: Embedder, docs: Mapping[str, bytes]) -> Ingested:
-    """Parse, chunk, embed (one batched call stream for the whole corpus) and store every document."""
+    """Parse, chunk, embed (batched over the whole corpus) and store every document."""
     started = time.perf_counter()
-    planned: list[tuple[str, parse.Parsed, list[ChunkIn]]] = []
-    for doc_id, data in docs.items():
-        parsed = parse.parse(data, "markdown")
-        planned.append((doc_id, parsed, chunking.chunk(parsed.sections)))
-    texts = [embedding_text(c.heading, c.text) for _, _, chunks in planned for c in chunks]
-    vectors = await embedder.embed(texts)
+    planned = chunk_corpus(docs)
+    vectors = await embedder.embed([text for doc in planned for text in doc.embedding_inputs()])
     out: list[ChunkText] = []
     at = 0
-    for doc_id, parsed, chunks in planned:
+    for doc in planned:
         await store.put_document(
             TENANT,
             COLLECTION,
-            doc_id,
-            chunks=chunks,
-            vectors=vectors[at : at + len(chunks)],
-            title=parsed.title,
+            doc.doc_id,
+            chunks=doc.chunks,
+            vectors=vectors[at : at + len(doc.chunks)],
+            title=doc.parsed.title,
             format="markdown",
-            content_hash=hashlib.sha256(docs[doc_id]).hexdigest(),
+            content_hash=doc.content_hash,
         )
-        at += len(chunks)
-        out.extend(ChunkText(chunk_id(doc_id, c.ordinal), doc_id, c.text) for c in chunks)
+        at += len(doc.chunks)
+        out.extend(ChunkText(chunk_id(doc.doc_id, c.ordinal), doc.doc_id, c.text) for c in doc.chunks)
     return Ingested(out, len(planned), time.perf_counter() - started)
 
 
@@ -96,7 +105,7 @@ async def evaluate(
     questions: Sequence[Question],
     chunks: Sequence[ChunkText],
     *,
-    min_score: float,
+    min_score: float = ROUTE.min_score,
     k: int = K,
 ) -> Report:
     gold = gold_chunks(questions, chunks)
@@ -109,8 +118,10 @@ async def evaluate(
             o.ranked[mode] = [h.chunk_id for h in hits]
             if mode == "vector" and hits:
                 o.top_score = hits[0].score
-        # exactly what the pre hook asks: the hybrid search with the route's min_score
-        kept = await store.search(TENANT, COLLECTION, vector, q.question, top_k=k, min_score=min_score)
+        # what the pre hook asks for a one-turn chat: the route's search, with its min_score
+        kept = await store.search(
+            TENANT, COLLECTION, vector, q.question, k, min_score, ROUTE.filter, ROUTE.mode
+        )
         o.refused = not kept
         outcomes.append(o)
     answerable = [o for o in outcomes if o.question.answerable]
