@@ -34,3 +34,9 @@ class Embedded:
         if self._server is not None:
             self._server.cleanup()
             self._server = None
+
+
+def start(data_dir: str | os.PathLike[str]) -> str:
+    """Start (or join) the server under ``data_dir``/pg for a script (a bench, the evaluation); its URL.
+    pgserver stops it when the script exits normally; a long-running process uses ``Embedded``."""
+    return Embedded(data_dir).start()
