@@ -374,3 +374,45 @@ def test_ingestion_and_query_embeddings_are_in_the_callers_spend(stack: Stack) -
     search(stack, "enterprise plan price")
     assert settled("acme", a1) > a1  # the query's embedding too
     assert spent("globex") == b0
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "kwargs", "code"),
+    [
+        ("post", "/collections/bad name/documents", {"json": {"text": "x"}}, "invalid_value"),
+        ("post", "/collections/c/documents", {"json": {"text": ""}}, "invalid_value"),
+        ("post", "/collections/c/documents", {"json": {"text": "x", "id": "a#1"}}, "invalid_value"),
+        ("post", "/collections/c/documents", {"json": {"text": "x", "format": "docx"}}, "invalid_value"),
+        ("post", "/collections/c/documents", {"json": {"text": "x", "metadata": [1]}}, "invalid_value"),
+        ("post", "/collections/c/documents", {"content": b"not json"}, "invalid_json"),
+        (
+            "post",
+            "/collections/c/documents",
+            {"files": {"file": ("a.txt", b"text", "text/plain")}, "data": {"metadata": "{oops"}},
+            "invalid_json",
+        ),
+        (
+            "post",
+            "/collections/c/documents",
+            {"files": {"other": ("a.txt", b"x", "text/plain")}},
+            "missing_file",
+        ),
+        (
+            "post",
+            "/collections/c/documents",
+            {"files": {"file": ("a.pdf", b"%PDF-1.4 broken", "application/pdf")}},
+            "unparsable_document",
+        ),
+        ("post", "/collections/c/search", {"json": {"query": "x", "top_k": 0}}, "invalid_value"),
+        ("post", "/collections/c/search", {"json": {"query": "x", "mode": "fuzzy"}}, "invalid_value"),
+        ("post", "/collections/c/search", {"json": {"query": "x", "filter": "team"}}, "invalid_value"),
+        ("get", "/collections/c/documents", {"params": {"limit": "0"}}, "invalid_value"),
+    ],
+)
+def test_bad_api_input_is_a_clear_400(
+    stack: Stack, method: str, path: str, kwargs: dict[str, Any], code: str
+) -> None:
+    with stack.http() as http:
+        r = getattr(http, method)(path, **kwargs)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["code"] == code
