@@ -14,7 +14,7 @@ import pytest
 from rag_helpers import pg_tcp_fixture  # noqa: F401  (a fixture)
 
 from gateway.providers.mock import embeddings
-from plugins.rag.embed import Embedder
+from plugins.rag.embed import Embedder, EmbeddingError
 from plugins.rag.hooks import INSTRUCTION, Rag, options
 from plugins.rag.store import ChunkIn, Store
 from plugins.sdk import GatewayClient, HookCall, ProtocolError, Rejected
@@ -29,6 +29,9 @@ def gateway_transport(seen: list[dict[str, Any]]) -> httpx.MockTransport:
     def handle(request: httpx.Request) -> httpx.Response:
         body = orjson.loads(request.content)
         seen.append({"auth": request.headers["authorization"], **body})
+        if body["input"][-1].startswith("status "):  # a test asks for the gateway's refusal
+            status = int(body["input"][-1].split()[1])
+            return httpx.Response(status, json={"error": {"message": f"refused with {status}"}})
         return httpx.Response(200, json=embeddings(body)[0])
 
     return httpx.MockTransport(handle)
@@ -167,3 +170,14 @@ async def test_no_context_modes(rag: tuple[Rag, str, list[dict[str, Any]]]) -> N
 def test_bad_route_options_are_a_protocol_error(config: dict[str, Any]) -> None:
     with pytest.raises(ProtocolError):
         options(config)
+
+
+async def test_a_refused_embedding_refuses_the_request_and_a_failed_one_fails_the_plugin(
+    rag: tuple[Rag, str, list[dict[str, Any]]],
+) -> None:
+    hooks, tenant, _ = rag
+    with pytest.raises(Rejected) as refused:  # e.g. the caller's budget is spent
+        await hooks.pre(call("pre", tenant, "status 429"))
+    assert refused.value.answer.status == 429 and refused.value.answer.code == "embedding_refused"
+    with pytest.raises(EmbeddingError):  # a 500 from the SDK's app: the route's on_error decides
+        await hooks.pre(call("pre", tenant, "status 502"))
