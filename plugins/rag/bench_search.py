@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import random
 import statistics
 import sys
@@ -248,7 +249,9 @@ def _say(line: str) -> None:
 async def run(args: argparse.Namespace) -> None:
     model = Model.build(args.dimensions)
     small = f"{SMALL_SHARE:.0%} of the rows, in a second tenant"
+    load = "/".join(f"{x:.1f}" for x in os.getloadavg())
     _say(f"dimensions {args.dimensions}, top_k 5, {args.queries} queries a row (after 10 of warm-up)")
+    _say(f"{os.cpu_count()} CPUs, load average {load} at the start (other work on the machine slows it)")
     _say("")
     _say("| chunks in the table | searched | mode | p50 ms | p95 ms | results/query |")
     _say("|---:|---|---|---:|---:|---:|")
@@ -288,6 +291,7 @@ async def run(args: argparse.Namespace) -> None:
                     )
         finally:
             await store.close()
+    notes.append("- load average at the end: " + "/".join(f"{x:.1f}" for x in os.getloadavg()))
     _say("")
     for line in notes:
         _say(line)
