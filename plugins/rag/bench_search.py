@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import random
 import statistics
 import sys
@@ -24,6 +25,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from plugins.rag.settings import RagSettings
 from plugins.rag.store import MODES, Mode, Store, _schema
@@ -231,14 +233,22 @@ async def time_ingest(store: Store, model: Model, copies: int) -> Ingestion:
 
 
 @contextlib.contextmanager
-def _database(url: str | None) -> Iterator[str]:
+def _database(url: str | None, shared_buffers: str | None) -> Iterator[str]:
     if url:
         yield url
         return
+    from pgserver.postgres_server import get_server
+
     from plugins.rag import embedded
 
     with tempfile.TemporaryDirectory(prefix="rag-bench-pg-") as tmp:
-        yield embedded.start(tmp)
+        url = embedded.start(tmp)
+        if shared_buffers:  # a server setting: restart this throw-away server with it
+            server = get_server(Path(tmp) / "pg", cleanup_mode="stop")
+            server.psql(f"ALTER SYSTEM SET shared_buffers = '{shared_buffers}'")
+            server.cleanup()
+            url = embedded.start(tmp)
+        yield url
 
 
 def _say(line: str) -> None:
@@ -248,16 +258,20 @@ def _say(line: str) -> None:
 async def run(args: argparse.Namespace) -> None:
     model = Model.build(args.dimensions)
     small = f"{SMALL_SHARE:.0%} of the rows, in a second tenant"
+    load = "/".join(f"{x:.1f}" for x in os.getloadavg())
     _say(f"dimensions {args.dimensions}, top_k 5, {args.queries} queries a row (after 10 of warm-up)")
+    _say(f"{os.cpu_count()} CPUs, load average {load} at the start (other work on the machine slows it)")
     _say("")
     _say("| chunks in the table | searched | mode | p50 ms | p95 ms | results/query |")
     _say("|---:|---|---|---:|---:|---:|")
     notes: list[str] = []
-    with _database(args.database_url) as url:
+    with _database(args.database_url, args.shared_buffers) as url:
         store = await Store.open(url, args.dimensions)
         try:
             async with store._conn() as conn:
                 await conn.execute("DELETE FROM rag_collections WHERE tenant LIKE 'bench%'")
+                row = await (await conn.execute("SHOW shared_buffers")).fetchone()
+            notes.append(f"- Postgres shared_buffers: {row['shared_buffers'] if row else '?'}")
             have = 0
             for size in sorted(args.sizes):
                 await rebuild_index(store, drop_only=True)
@@ -288,6 +302,7 @@ async def run(args: argparse.Namespace) -> None:
                     )
         finally:
             await store.close()
+    notes.append("- load average at the end: " + "/".join(f"{x:.1f}" for x in os.getloadavg()))
     _say("")
     for line in notes:
         _say(line)
@@ -307,6 +322,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="copies of the evaluation corpus ingested at each size (0: none)",
     )
     p.add_argument("--database-url", help="a Postgres with pgvector (default: a fresh embedded one)")
+    p.add_argument(
+        "--shared-buffers", help="the embedded server's shared_buffers, e.g. 1GB (default: Postgres's 128MB)"
+    )
     args = p.parse_args(argv)
     asyncio.run(run(args))
     return 0
