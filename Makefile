@@ -9,7 +9,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run run-plugins test replicas install redis chromium lint typecheck bench bench-quick check clean
+.PHONY: run run-plugins test replicas install redis chromium lint typecheck bench bench-quick bench-rag check clean
 
 # The venv is built from requirements-dev.lock: the image's runtime pins (requirements.lock) plus the
 # dev tools, every file checked against its hash, so the tests run on exactly what the image ships.
@@ -73,6 +73,14 @@ bench: $(STAMP) redis
 
 bench-quick: $(STAMP) redis
 	$(PY) -m bench.run --quick
+
+# The RAG sidecar: retrieval quality on its shipped evaluation set (recall@5 and MRR of hybrid, vector-only
+# and keyword-only search; how often answer_unknown fires), then search speed at 10k and 100k synthetic
+# chunks and ingestion speed (plugins/rag/EVAL.md). Each starts its own embedded Postgres; the evaluation
+# embeds through a gateway it starts on loopback (mock provider). A few minutes: the 100k HNSW build.
+bench-rag: $(STAMP)
+	$(PY) -m plugins.rag.eval
+	$(PY) -m plugins.rag.bench_search
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

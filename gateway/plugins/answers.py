@@ -117,7 +117,10 @@ def _add_delta(message: dict[str, Any], delta: dict[str, Any]) -> None:
 
 
 def frames_of(answer: dict[str, Any]) -> list[bytes]:
-    """A whole answer as stream chunks: per choice, its content (and tool calls), then its finish."""
+    """A whole answer as stream chunks: per choice, its content (and tool calls), then its finish.
+
+    An ``x_gateway`` object a plugin put in the answer (RAG's ``citations``) rides on the last chunk,
+    so a streamed answer carries what the same answer unstreamed carries at its top level."""
     text_api = answer.get("object") == "text_completion"
     head = {
         "id": answer.get("id") or "chatcmpl-plugin",
@@ -125,7 +128,7 @@ def frames_of(answer: dict[str, Any]) -> list[bytes]:
         "created": answer.get("created") or 0,
         "model": answer.get("model") or "",
     }
-    frames: list[bytes] = []
+    chunks: list[dict[str, Any]] = []
     for c in answer.get("choices") or ():
         index = c.get("index", 0)
         if text_api:
@@ -138,14 +141,17 @@ def frames_of(answer: dict[str, Any]) -> list[bytes]:
             if m.get("tool_calls"):
                 delta["tool_calls"] = [{"index": i, **call} for i, call in enumerate(m["tool_calls"])]
             parts = [{"index": index, "delta": delta, "finish_reason": None}]
-        frames.append(data_frame(orjson.dumps({**head, "choices": parts})))
+        chunks.append({**head, "choices": parts})
         end: dict[str, Any] = {"index": index, "finish_reason": c.get("finish_reason") or "stop"}
         if text_api:
             end["text"] = ""
         else:
             end["delta"] = {}
-        frames.append(data_frame(orjson.dumps({**head, "choices": [end]})))
-    return frames
+        chunks.append({**head, "choices": [end]})
+    extra = answer.get("x_gateway")
+    if chunks and isinstance(extra, dict) and extra:
+        chunks[-1]["x_gateway"] = extra
+    return [data_frame(orjson.dumps(chunk)) for chunk in chunks]
 
 
 def usage_frame_of(answer: dict[str, Any]) -> bytes:

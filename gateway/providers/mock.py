@@ -10,9 +10,10 @@ tools and the last message is the user's (and ``tool_choice`` is not ``none``) i
 first tool with arguments valid under its ``parameters`` schema; with ``response_format`` json_schema it
 answers JSON valid under that schema (``gateway/providers/mock_schema.py``), with json_object a JSON
 object. An answer longer than ``max_tokens`` / ``max_completion_tokens`` is cut to it, with
-``finish_reason: length``, as a real model's would be. Embeddings are unit
-vectors derived from sha256 of each input (``dimensions`` long, default 16; at most ``MAX_DIMENSIONS``
-and ``MAX_VALUES`` values per request, else a 400 like a real provider's).
+``finish_reason: length``, as a real model's would be. Embeddings are unit vectors of hashed
+features (``gateway/providers/mock_embed.py``): texts that share words are near, unrelated texts far,
+so retrieval demos and tests mean something (``dimensions`` long, default 16; at most
+``MAX_DIMENSIONS`` and ``MAX_VALUES`` values per request, else a 400 like a real provider's).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import orjson
 from gateway.config.model import ProviderConfig
 from gateway.errors import DeadlineExceeded, UpstreamStatusError, UpstreamUnavailable
 from gateway.providers.base import Operation, UpstreamRequest, UpstreamResponse, Usage
+from gateway.providers.mock_embed import embed
 from gateway.providers.mock_schema import sample
 from gateway.sse import data_frame
 from gateway.tokens import count_chat, count_text
@@ -271,7 +273,7 @@ def embeddings(body: Mapping[str, Any]) -> tuple[dict[str, Any], Usage]:
     as_base64 = body.get("encoding_format") == "base64"
     data = []
     for i, item in enumerate(inputs):
-        vector = _vector(orjson.dumps(item), dims)
+        vector = embed(item, dims)
         packed = base64.b64encode(struct.pack(f"<{dims}f", *vector)).decode() if as_base64 else vector
         data.append({"object": "embedding", "index": i, "embedding": packed})
     tokens = sum(count_text(x, "gpt-4o") if isinstance(x, str | list) else 1 for x in inputs)
@@ -306,18 +308,6 @@ def _dimensions(value: Any, inputs: int) -> int:
             code="invalid_value",
         )
     return dims
-
-
-def _vector(seed: bytes, dims: int) -> list[float]:
-    values: list[float] = []
-    counter = 0
-    while len(values) < dims:
-        digest = hashlib.sha256(seed + counter.to_bytes(4, "little")).digest()
-        values.extend((b - 127.5) / 127.5 for b in digest)
-        counter += 1
-    values = values[:dims]
-    norm = sum(v * v for v in values) ** 0.5 or 1.0
-    return [v / norm for v in values]
 
 
 def _number(value: object, default: float) -> float:

@@ -134,3 +134,17 @@ def test_a_pre_hook_cannot_change_the_model_or_the_stream_switches() -> None:
     changed = keep_transport(original, {"model": "x", "messages": [{"role": "user", "content": "hi"}]})
     assert changed == {**original, "messages": [{"role": "user", "content": "hi"}]}
     assert "stream" not in keep_transport({"model": "m"}, {"model": "m", "stream": True})
+
+
+def test_a_plugins_x_gateway_rides_on_the_last_chunk_of_a_streamed_answer() -> None:
+    answer = {
+        "id": "a",
+        "object": "chat.completion",
+        "model": "m",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "See [d#0]."}}],
+        "x_gateway": {"citations": [{"doc_id": "d", "chunk_id": "d#0"}]},
+    }
+    chunks = [orjson.loads(f[len(b"data: ") :]) for f in frames_of(answer)]
+    assert chunks[-1]["x_gateway"] == answer["x_gateway"]
+    assert all("x_gateway" not in c for c in chunks[:-1])
+    assert "x_gateway" not in orjson.loads(frames_of({**answer, "x_gateway": None})[-1][6:])
