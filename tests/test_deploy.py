@@ -450,7 +450,12 @@ def test_compose_runs_every_shipped_sidecar(tmp_path: Path) -> None:
         ]
         assert f"127.0.0.1:{port}/healthz" in " ".join(sidecar["healthcheck"]["test"])
         assert sidecar["environment"]["PLUGIN_TOKEN"] == gateway["environment"][f"{upper}_TOKEN"]
-        assert sidecar["environment"]["REDIS_URL"].startswith("redis://redis:")
+        if name == "rag":  # rag's shared state is its database, not Redis
+            assert sidecar["environment"]["RAG_DATABASE_URL"].startswith("postgresql://")
+            assert sidecar["depends_on"]["rag-db"]["condition"] == "service_healthy"
+            assert services["rag-db"]["image"].startswith("pgvector/")
+        else:
+            assert sidecar["environment"]["REDIS_URL"].startswith("redis://redis:")
         assert gateway["environment"][f"{upper}_URL"] == f"http://{name}:{port}"
         assert gateway["depends_on"][name]["condition"] == "service_healthy"
         assert routes["plugins"][name]["token"] == "${" + f"{upper}_TOKEN" + "}"

@@ -16,6 +16,7 @@ tenant's collection, document or job is simply not found (404), by name or by gu
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import time
 from dataclasses import dataclass
@@ -35,6 +36,8 @@ from plugins.rag.parse import ParseError, detect
 from plugins.rag.store import MODES, Mode, Store
 from plugins.sdk import Delegation
 from plugins.sdk.app import error
+
+log = logging.getLogger("plugins.rag")
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 """Collection and document ids: no '#' (it separates a citation's document and chunk), no '/'."""
@@ -102,6 +105,9 @@ class Api:
             except EmbeddingError as exc:
                 status = exc.status if 400 <= exc.status < 600 else 502
                 return error(status, f"embedding failed: {exc}", "api_error", "embedding_failed")
+            except Exception:  # the store or a bug: an OpenAI-style 500, the traceback in our log
+                log.exception("rag API %s %s failed", request.method, request.url.path)
+                return error(500, "the RAG sidecar failed; see its log", "server_error", "rag_error")
 
         return endpoint
 
@@ -122,7 +128,9 @@ class Api:
                 fields = {k: v for k, v in form.items() if isinstance(v, str)}
                 fmt = _format(fields.get("format"), upload.content_type, upload.filename, upload)
                 doc_id = _optional_name(fields.get("id"))
-                metadata = _metadata(orjson.loads(fields["metadata"]) if fields.get("metadata") else None)
+                metadata = _metadata(
+                    _json(fields["metadata"].encode(), "metadata") if fields.get("metadata") else None
+                )
                 # parse from the spooled file (on disk past 1 MiB), in a thread
                 prepared = await asyncio.to_thread(_prepare, upload.file, fmt, doc_id, self.chunking)
         else:
@@ -292,13 +300,13 @@ def _int(value: object, default: int, low: int, high: int, param: str) -> int:
     return number
 
 
-def _json(raw: bytes) -> dict[str, Any]:
+def _json(raw: bytes, what: str = "the body") -> dict[str, Any]:
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise Invalid(400, f"the body is not JSON: {exc}", "invalid_json") from exc
+        raise Invalid(400, f"{what} is not JSON: {exc}", "invalid_json") from exc
     if not isinstance(body, dict):
-        raise Invalid(400, "the body must be a JSON object", "invalid_json")
+        raise Invalid(400, f"{what} must be a JSON object", "invalid_json")
     return body
 
 

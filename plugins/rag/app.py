@@ -13,10 +13,10 @@ import httpx
 from starlette.applications import Starlette
 from starlette.types import ASGIApp
 
-from plugins.rag import embedded
 from plugins.rag.api import Api, Backends
 from plugins.rag.chunking import Settings
 from plugins.rag.embed import Embedder
+from plugins.rag.embedded import Embedded
 from plugins.rag.hooks import Rag
 from plugins.rag.ingest import Ingestor
 from plugins.rag.settings import RagSettings
@@ -49,10 +49,17 @@ def build(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await asyncio.to_thread(encoding)  # the tokenizer built before the first document
         url = config.database_url
+        server = None
         if url is None:
             log.info("starting the embedded Postgres in %s", config.data_dir)
-            url = await asyncio.to_thread(embedded.start, config.data_dir)
-        store = await Store.open(url, config.dimensions)
+            server = Embedded(config.data_dir)
+            url = await asyncio.to_thread(server.start)
+        try:
+            store = await Store.open(url, config.dimensions)
+        except BaseException:
+            if server is not None:
+                await asyncio.to_thread(server.stop)
+            raise
         gateway = (
             GatewayClient(settings.gateway_url, transport=gateway_transport) if settings.gateway_url else None
         )
@@ -67,6 +74,8 @@ def build(
             if gateway is not None:
                 await gateway.aclose()
             await store.close()
+            if server is not None:
+                await asyncio.to_thread(server.stop)
 
     async def pre(call: HookCall) -> Answer:
         assert parts.rag is not None, "the lifespan opens the store before any call"

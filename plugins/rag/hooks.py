@@ -31,7 +31,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from plugins.rag.embed import Embedder
+from plugins.rag.embed import Embedder, EmbeddingError
 from plugins.rag.store import MODES, Hit, Mode, Store
 from plugins.sdk import Answer, HookCall, ProtocolError, Rejected, continue_, modify, respond
 from plugins.sdk.protocol import Annotations, JSONObject
@@ -115,7 +115,15 @@ class Rag:
             queries.append(" ".join([*turns[-1 - CONDENSED_TURNS : -1], turns[-1]]))
         vectors: list[list[float] | None] = [None] * len(queries)
         if opts.mode != "keyword":
-            vectors = list(await self.embedder.embed(queries, call.delegation, deadline=call.deadline))
+            try:
+                vectors = list(await self.embedder.embed(queries, call.delegation, deadline=call.deadline))
+            except EmbeddingError as exc:
+                if not 400 <= exc.status < 500:
+                    raise  # the gateway or the embedding model failed: the plugin failed (on_error)
+                # the caller's own limits refused it (budget, rate): the caller's request is refused alike
+                raise Rejected(
+                    exc.status, "embedding_refused", f"retrieval needs an embedding: {exc}"
+                ) from exc
         hits: list[Hit] = []
         used = "last_turn"
         for n, (query, vector) in enumerate(zip(queries, vectors, strict=True)):

@@ -162,9 +162,8 @@ def _html(text: str) -> Parsed:
             path.append((level, name))
             title = title or (name if level == 1 else None)
         elif not tag.find_parent(list(_HTML_BLOCKS)):  # a <p> inside an <li> is read once, with the <li>
-            paragraphs.append(
-                _squash(tag.get_text(" " if tag.name != "pre" else "", strip=tag.name != "pre"))
-            )
+            # preformatted text keeps its lines and indentation
+            paragraphs.append(tag.get_text().strip("\n") if tag.name == "pre" else _squash(tag.get_text(" ")))
     flush()
     if not sections:  # no block elements at all: the page's text as one section
         body = _squash(soup.get_text(" ", strip=True))
@@ -173,7 +172,8 @@ def _html(text: str) -> Parsed:
 
 
 def _squash(text: str) -> str:
-    return re.sub(r"[ \t\r\f\v]+", " ", text).strip()
+    # get_text(" ") puts a blank between inline elements: "<b>two</b>." reads "two ." without this
+    return re.sub(r" ([.,;:!?)])", r"\1", re.sub(r"[ \t\r\f\v]+", " ", text)).strip()
 
 
 def _pdf(data: bytes) -> Parsed:

@@ -43,6 +43,8 @@ MODES: tuple[Mode, ...] = ("hybrid", "vector", "keyword")
 RRF_K = 60
 MIN_CANDIDATES = 40
 """Each candidate list is at least this long (and at least 4 × top_k): fusion needs depth to matter."""
+DEFAULT_EF_SEARCH = 40
+"""pgvector's ``hnsw.ef_search`` default: wider candidate lists set it for their transaction only."""
 
 
 class StoreError(Exception):
@@ -410,11 +412,13 @@ class Store:
             "candidates": candidates,
             "min_score": -2.0 if min_score is None else min_score,
         }
-        async with self._conn() as conn, conn.transaction():
-            if mode != "keyword":
-                await conn.execute(f"SET LOCAL hnsw.ef_search = {candidates}")
-            cur = await conn.execute(_SEARCH[mode], params)
-            rows = await cur.fetchall()
+        async with self._conn() as conn:
+            if mode == "keyword" or candidates <= DEFAULT_EF_SEARCH:
+                rows = await (await conn.execute(_SEARCH[mode], params)).fetchall()
+            else:  # the graph walk must be at least as wide as the candidate list
+                async with conn.transaction():
+                    await conn.execute(f"SET LOCAL hnsw.ef_search = {candidates}")
+                    rows = await (await conn.execute(_SEARCH[mode], params)).fetchall()
         return [
             Hit(
                 doc_id=r["doc_id"],

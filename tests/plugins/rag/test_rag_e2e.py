@@ -5,9 +5,12 @@ RAG_DATABASE_URL; documents in through /v1/plugins/rag, questions through the op
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -24,7 +27,7 @@ from rag_helpers import (
     RagProcess,
     embedded_url,
     make_pdf,
-    pg_tcp,  # noqa: F401  (a fixture)
+    pg_tcp_fixture,  # noqa: F401  (a fixture)
     routes,
 )
 
@@ -85,8 +88,9 @@ class Stack:
 @pytest.fixture(scope="module", params=["embedded", "tcp"])
 def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("rag")
+    data = Path(tempfile.mkdtemp(prefix="rag-e2e-")) / "data"  # not tmp_path: see rag_helpers
     env: dict[str, str] = {
-        "PLUGIN_DATA_DIR": str(tmp / "data"),
+        "PLUGIN_DATA_DIR": str(data),
         "RAG_EMBEDDING_DIMENSIONS": str(DIMS),
         "RAG_SYNC_CHUNKS": "4",
         "RAG_EMBEDDING_BATCH": "4",
@@ -109,12 +113,13 @@ def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     )
     gateway = LiveServer(create_app(settings)).start()
     rag = RagProcess({**env, "GATEWAY_URL": gateway.url}, port=rag_port).wait_ready()
-    url = env.get("RAG_DATABASE_URL") or embedded_url(tmp / "data")
+    url = env.get("RAG_DATABASE_URL") or embedded_url(data)
     try:
         yield Stack(gateway, rag, url)
     finally:
         rag.stop()
         gateway.stop()
+        shutil.rmtree(data.parent, ignore_errors=True)
         if saved is None:
             os.environ.pop(SECRET_ENV, None)
         else:
@@ -369,3 +374,45 @@ def test_ingestion_and_query_embeddings_are_in_the_callers_spend(stack: Stack) -
     search(stack, "enterprise plan price")
     assert settled("acme", a1) > a1  # the query's embedding too
     assert spent("globex") == b0
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "kwargs", "code"),
+    [
+        ("post", "/collections/bad name/documents", {"json": {"text": "x"}}, "invalid_value"),
+        ("post", "/collections/c/documents", {"json": {"text": ""}}, "invalid_value"),
+        ("post", "/collections/c/documents", {"json": {"text": "x", "id": "a#1"}}, "invalid_value"),
+        ("post", "/collections/c/documents", {"json": {"text": "x", "format": "docx"}}, "invalid_value"),
+        ("post", "/collections/c/documents", {"json": {"text": "x", "metadata": [1]}}, "invalid_value"),
+        ("post", "/collections/c/documents", {"content": b"not json"}, "invalid_json"),
+        (
+            "post",
+            "/collections/c/documents",
+            {"files": {"file": ("a.txt", b"text", "text/plain")}, "data": {"metadata": "{oops"}},
+            "invalid_json",
+        ),
+        (
+            "post",
+            "/collections/c/documents",
+            {"files": {"other": ("a.txt", b"x", "text/plain")}},
+            "missing_file",
+        ),
+        (
+            "post",
+            "/collections/c/documents",
+            {"files": {"file": ("a.pdf", b"%PDF-1.4 broken", "application/pdf")}},
+            "unparsable_document",
+        ),
+        ("post", "/collections/c/search", {"json": {"query": "x", "top_k": 0}}, "invalid_value"),
+        ("post", "/collections/c/search", {"json": {"query": "x", "mode": "fuzzy"}}, "invalid_value"),
+        ("post", "/collections/c/search", {"json": {"query": "x", "filter": "team"}}, "invalid_value"),
+        ("get", "/collections/c/documents", {"params": {"limit": "0"}}, "invalid_value"),
+    ],
+)
+def test_bad_api_input_is_a_clear_400(
+    stack: Stack, method: str, path: str, kwargs: dict[str, Any], code: str
+) -> None:
+    with stack.http() as http:
+        r = getattr(http, method)(path, **kwargs)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["code"] == code
