@@ -101,8 +101,10 @@ def test_the_evaluation_on_a_subset_stays_at_its_measured_floors() -> None:
         s = report.summaries[mode]
         assert s.questions == 42
         assert s.recall_at_k >= recall and s.mrr >= mrr, (mode, s)
-    # hybrid ranks the answer higher than the vectors alone do (RRF adds the keyword evidence)
-    assert report.summaries["hybrid"].mrr > report.summaries["vector"].mrr + 0.05
+    # hybrid finds and ranks the answer better than the vectors alone (RRF adds the keyword evidence);
+    # keyword-only is the strongest with the mock's lexical vectors (plugins/rag/EVAL.md says why)
+    hybrid, vector = report.summaries["hybrid"], report.summaries["vector"]
+    assert hybrid.recall_at_k >= vector.recall_at_k and hybrid.mrr > vector.mrr + 0.05
     # the answer_unknown rates are measured at the route's default min_score, with its search
     assert report.min_score == ROUTE.min_score
     right, unanswerable = report.unknown_right
