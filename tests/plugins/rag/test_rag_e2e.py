@@ -200,6 +200,27 @@ def test_an_answer_is_grounded_and_its_citations_checked(stack: Stack) -> None:
     notes = extra["plugins"]["rag"]
     assert notes["retrieved"] >= 1 and notes["citations"] == 1 and notes["unknown_citations"] == 1
 
+    # chunks of the HTML and the PDF document are cited with their titles and heading paths (pages)
+    for asked, cid, title, heading in (
+        (
+            "How long does the espresso machine warranty cover defects? [warranty#0]",
+            "warranty#0",
+            "Warranty terms",
+            "page 1",
+        ),
+        (
+            "Are returns accepted after delivery with the receipt? [shipping#1]",
+            "shipping#1",
+            "Shipping guide",
+            "Shipping guide > Returns",
+        ),
+    ):
+        got = stack.client("support").chat.completions.create(
+            model="mock-chat", messages=[{"role": "user", "content": asked}]
+        )
+        (citation,) = got.model_extra["x_gateway"]["citations"]
+        assert (citation["chunk_id"], citation["title"], citation["heading"]) == (cid, title, heading)
+
     marked = stack.client("support-mark").chat.completions.create(
         model="mock-chat", messages=[{"role": "user", "content": question}]
     )

@@ -181,3 +181,15 @@ async def test_a_refused_embedding_refuses_the_request_and_a_failed_one_fails_th
     assert refused.value.answer.status == 429 and refused.value.answer.code == "embedding_refused"
     with pytest.raises(EmbeddingError):  # a 500 from the SDK's app: the route's on_error decides
         await hooks.pre(call("pre", tenant, "status 502"))
+
+
+async def test_with_nothing_retrieved_every_citation_is_unknown(
+    rag: tuple[Rag, str, list[dict[str, Any]]],
+) -> None:
+    hooks, tenant, _ = rag
+    passed = await hooks.pre(call("pre", tenant, "Who won the football league?", on_no_context="pass"))
+    assert passed.action == "continue"
+    answer = await hooks.post(call("post", tenant, "q", answer="It was them [faq#0].", on_no_context="pass"))
+    assert answer.response is not None
+    assert answer.response["choices"][0]["message"]["content"] == "It was them."
+    assert answer.response["x_gateway"]["citations"] == []
