@@ -21,12 +21,11 @@ import os
 import random
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
+from plugins.rag.eval.pg import throwaway
 from plugins.rag.settings import RagSettings
 from plugins.rag.store import MODES, Mode, Store, _schema
 
@@ -236,19 +235,9 @@ async def time_ingest(store: Store, model: Model, copies: int) -> Ingestion:
 def _database(url: str | None, shared_buffers: str | None) -> Iterator[str]:
     if url:
         yield url
-        return
-    from pgserver.postgres_server import get_server
-
-    from plugins.rag import embedded
-
-    with tempfile.TemporaryDirectory(prefix="rag-bench-pg-") as tmp:
-        url = embedded.start(tmp)
-        if shared_buffers:  # a server setting: restart this throw-away server with it
-            server = get_server(Path(tmp) / "pg", cleanup_mode="stop")
-            server.psql(f"ALTER SYSTEM SET shared_buffers = '{shared_buffers}'")
-            server.cleanup()
-            url = embedded.start(tmp)
-        yield url
+    else:
+        with throwaway("rag-bench-pg-", shared_buffers=shared_buffers) as fresh:
+            yield fresh
 
 
 def _say(line: str) -> None:

@@ -12,11 +12,11 @@ import argparse
 import asyncio
 import contextlib
 import sys
-import tempfile
 from collections.abc import Iterator, Sequence
 
 from plugins.rag.eval import dataset
 from plugins.rag.eval.gateway import MODEL, Embedder, loopback_gateway
+from plugins.rag.eval.pg import throwaway
 from plugins.rag.eval.run import COLLECTION, DEPTH, ROUTE, TENANT, K, Report, evaluate, ingest, misses
 from plugins.rag.settings import RagSettings
 from plugins.rag.store import MODES, Store
@@ -41,11 +41,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _database(url: str | None) -> Iterator[str]:
     if url:
         yield url
-        return
-    from plugins.rag import embedded
-
-    with tempfile.TemporaryDirectory(prefix="rag-eval-pg-") as tmp:
-        yield embedded.start(tmp)
+    else:
+        with throwaway("rag-eval-pg-") as fresh:
+            yield fresh
 
 
 @contextlib.contextmanager

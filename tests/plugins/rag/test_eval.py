@@ -6,14 +6,13 @@ is `python -m plugins.rag.eval`, `make bench-rag`)."""
 from __future__ import annotations
 
 import asyncio
-import tempfile
 
 import pytest
 
-from plugins.rag import embedded
 from plugins.rag.eval import dataset
 from plugins.rag.eval.gateway import MODEL, Embedder, loopback_gateway
 from plugins.rag.eval.metrics import first_rank, hit_at, reciprocal_rank, summarize
+from plugins.rag.eval.pg import throwaway
 from plugins.rag.eval.run import ROUTE, Report, chunk_corpus, evaluate, ingest
 from plugins.rag.settings import RagSettings
 from plugins.rag.store import Store, chunk_id
@@ -73,14 +72,14 @@ def test_the_shipped_set_is_big_enough_and_every_answer_is_in_a_chunk() -> None:
 FLOORS = {"hybrid": (0.78, 0.66), "vector": (0.7, 0.55), "keyword": (0.9, 0.75)}
 
 
-async def _run_subset(data_dir: str) -> tuple[Report, int]:
+async def _run_subset(url: str) -> tuple[Report, int]:
     questions = dataset.load_questions()
     answerable = [q for q in questions if q.answerable]
     subset = answerable[::2] + [q for q in questions if not q.answerable]
     dims = RagSettings().dimensions
     with loopback_gateway() as (base_url, key):
         embedder = Embedder(base_url, key, MODEL, dims)
-        store = await Store.open(embedded.start(data_dir), dims)
+        store = await Store.open(url, dims)
         try:
             ingested = await ingest(store, embedder, dataset.documents())
             return await evaluate(store, embedder, subset, ingested.chunks), len(ingested.chunks)
@@ -91,8 +90,8 @@ async def _run_subset(data_dir: str) -> tuple[Report, int]:
 
 @pytest.mark.slow  # Postgres and a gateway process
 def test_the_evaluation_on_a_subset_stays_at_its_measured_floors() -> None:
-    with tempfile.TemporaryDirectory(prefix="rag-eval-test-") as tmp:
-        report, chunks = asyncio.run(_run_subset(tmp))
+    with throwaway("rag-eval-test-") as url:
+        report, chunks = asyncio.run(_run_subset(url))
     print(f"\n{chunks} chunks; min_score {report.min_score}")
     for mode, s in report.summaries.items():
         print(f"{mode:8} recall@5 {s.recall_at_k:.3f}  MRR@10 {s.mrr:.3f}  ({s.questions} questions)")
@@ -102,8 +101,10 @@ def test_the_evaluation_on_a_subset_stays_at_its_measured_floors() -> None:
         s = report.summaries[mode]
         assert s.questions == 42
         assert s.recall_at_k >= recall and s.mrr >= mrr, (mode, s)
-    # hybrid ranks the answer higher than the vectors alone do (RRF adds the keyword evidence)
-    assert report.summaries["hybrid"].mrr > report.summaries["vector"].mrr + 0.05
+    # hybrid finds and ranks the answer better than the vectors alone (RRF adds the keyword evidence);
+    # keyword-only is the strongest with the mock's lexical vectors (plugins/rag/EVAL.md says why)
+    hybrid, vector = report.summaries["hybrid"], report.summaries["vector"]
+    assert hybrid.recall_at_k >= vector.recall_at_k and hybrid.mrr > vector.mrr + 0.05
     # the answer_unknown rates are measured at the route's default min_score, with its search
     assert report.min_score == ROUTE.min_score
     right, unanswerable = report.unknown_right
