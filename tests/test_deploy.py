@@ -338,7 +338,7 @@ def test_configmap_passes_gateway_check(tmp_path: Path) -> None:
     from gateway.config.parse import check
 
     data = _one("ConfigMap")["data"]
-    assert set(data) == {"routes.yaml", "budgets.yaml"}
+    assert set(data) == {"routes.yaml", "budgets.yaml", "tools.yaml"}  # tools.yaml: the tools sidecar's
     for name, text in data.items():
         (tmp_path / name).write_text(text)
     secret = _one("Secret")["stringData"]
@@ -417,6 +417,11 @@ def test_every_shipped_sidecar_runs_in_the_gateway_pod() -> None:
         assert token_ref["name"] == _one("Secret")["metadata"]["name"]
         assert token_ref["key"] == f"{name.upper()}_TOKEN" and token_ref["key"] in secret
         assert env["GATEWAY_URL"]["value"] == "http://127.0.0.1:8080"
+        if name == "tools":  # an MCP server, not a hook plugin: reached through mcp_servers, same token
+            server = routes["mcp_servers"][name]
+            assert server["url"] == f"http://127.0.0.1:{port}/mcp"
+            assert server["headers"]["Authorization"] == "Bearer ${" + token_ref["key"] + "}"
+            continue
         # The gateway reaches it on the pod's loopback, with the same token, on some route.
         plugin = routes["plugins"][name]
         assert plugin["url"] == f"http://127.0.0.1:{port}"
@@ -454,10 +459,17 @@ def test_compose_runs_every_shipped_sidecar(tmp_path: Path) -> None:
             assert sidecar["environment"]["RAG_DATABASE_URL"].startswith("postgresql://")
             assert sidecar["depends_on"]["rag-db"]["condition"] == "service_healthy"
             assert services["rag-db"]["image"].startswith("pgvector/")
+        elif name == "tools":  # stateless; its shared input is the registry file it serves
+            assert "REDIS_URL" not in sidecar["environment"]
         else:
             assert sidecar["environment"]["REDIS_URL"].startswith("redis://redis:")
         assert gateway["environment"][f"{upper}_URL"] == f"http://{name}:{port}"
         assert gateway["depends_on"][name]["condition"] == "service_healthy"
+        if name == "tools":  # an MCP server, not a hook plugin
+            server = routes["mcp_servers"][name]
+            assert server["headers"]["Authorization"] == "Bearer ${" + f"{upper}_TOKEN" + "}"
+            assert server["url"].startswith("${" + f"{upper}_URL") and server["url"].endswith("/mcp")
+            continue
         assert routes["plugins"][name]["token"] == "${" + f"{upper}_TOKEN" + "}"
         assert routes["plugins"][name]["url"].startswith("${" + f"{upper}_URL")
     # The routes file compose serves passes `gateway check` with compose's environment.
@@ -465,3 +477,30 @@ def test_compose_runs_every_shipped_sidecar(tmp_path: Path) -> None:
     assert len(env["GATEWAY_DELEGATION_SECRET"]) >= 32
     errors, warnings = check(routes_file, ROOT / "budgets.yaml", environ=env)
     assert errors == [] and warnings == []
+
+
+def _registry_mount(container: dict, volumes: dict[str, dict]) -> tuple[str, dict]:
+    """(the directory the container mounts TOOLS_REGISTRY's directory from, that volume)."""
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    registry = Path(env["TOOLS_REGISTRY"])
+    (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == str(registry.parent)]
+    assert mount["readOnly"] is True and "subPath" not in mount
+    return registry.name, volumes[mount["name"]]
+
+
+def test_the_tools_sidecar_serves_the_configmaps_registry(tmp_path: Path) -> None:
+    """The tools sidecar reads its registry from the ConfigMap's tools.yaml key, mounted read-only as a
+    directory, and that file loads (every tool valid) with the sidecar's environment."""
+    from plugins.tools.registry import load
+
+    pod = _gateway_deployment()["spec"]["template"]["spec"]
+    tools = next(c for c in pod["initContainers"] if c["name"] == "tools")
+    filename, volume = _registry_mount(tools, {v["name"]: v for v in pod["volumes"]})
+    configmap = _one("ConfigMap")
+    assert volume["configMap"]["name"] == configmap["metadata"]["name"]
+    (item,) = volume["configMap"]["items"]
+    assert item["path"] == filename
+    (tmp_path / filename).write_text(configmap["data"][item["key"]])
+    env = {e["name"]: e["value"] for e in tools["env"] if "value" in e}
+    loaded = load(tmp_path / filename, env)
+    assert loaded and all(t.url.startswith("http") for t in loaded)
