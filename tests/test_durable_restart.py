@@ -188,7 +188,7 @@ def test_spend_and_runtime_keys_survive_restart_and_kill_9(
         )
         ids = [k["id"] for k in listed.json()["data"]]
         print(f"keys after kill -9: {ids}; client costs summed: {nano(tenant_after['spent_usd'])} nano-USD")
-        assert ids == ["demo-key", "demo-reviewer", "rt-kept", "rt-late"]  # budgets.yaml's two, then run-time keys
+        assert ids == ["demo-key", "demo-reviewer", "rt-kept", "rt-late"]  # budgets.yaml, then run time
         assert not gw.refused(late)
     finally:
         assert gw.stop() == 0
