@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -167,15 +168,52 @@ _VECTOR_CANDIDATES = """
 # ts_rank, not ts_rank_cd: every chunk holding any query word is ranked, and cover density costs ~3x
 # more per chunk (100k chunks: 8 ms against 3 ms a query) while ranking worse on the evaluation set
 # (keyword-only recall@5 0.893 -> 0.964, MRR@10 0.667 -> 0.830; python -m plugins.rag.eval).
-_TSQUERY = "replace(plainto_tsquery('english', %(text)s)::text, ' & ', ' | ')::tsquery"
-_KEYWORD_CANDIDATES = f"""
-    SELECT id, row_number() OVER (ORDER BY r DESC, id) AS rank, r
-    FROM (SELECT id, ts_rank(tsv, query) AS r
-          FROM rag_chunks, (SELECT {_TSQUERY} AS query) q
-          WHERE tenant = %(tenant)s AND collection = %(collection)s AND metadata @> %(filter)s
-            AND tsv @@ query
-          ORDER BY r DESC, id LIMIT %(candidates)s) k
+#
+# Ranking every chunk with any query word is the keyword side's cost (a heap visit and a ts_rank each:
+# ~1,000 chunks a query at 100k). Most of them hold ONE query word, and with the tsvector's single weight
+# ts_rank puts every chunk holding two distinct query words above every chunk holding one: a matched
+# word adds between w/1.645 and w to the rank's sum (w: the weight, 1.645 = pi^2/6 bounds its repeats),
+# so two words give at least 1.216 w against less than w. So the chunks holding two query words
+# (``pairs``: an OR of every pair, answered by the GIN index) are ranked first; when they are at least
+# ``candidates``, they ARE the top ``candidates`` of the whole OR set, in the same order, and the OR set
+# is never read. Only when they are fewer is every chunk with any word ranked, as before.
+_KEYWORD_CANDIDATES = """
+    SELECT id, row_number() OVER (ORDER BY r DESC, id) AS rank, r FROM (
+        (SELECT id, r FROM strict WHERE (SELECT count(*) FROM strict) >= %(candidates)s)
+        UNION ALL
+        (SELECT id, ts_rank(tsv, %(anyq)s::tsquery) AS r FROM rag_chunks
+         WHERE tenant = %(tenant)s AND collection = %(collection)s AND metadata @> %(filter)s
+           AND tsv @@ %(anyq)s::tsquery AND (SELECT count(*) FROM strict) < %(candidates)s
+         ORDER BY r DESC, id LIMIT %(candidates)s)) k
 """
+_STRICT = """strict AS MATERIALIZED (
+        SELECT id, ts_rank(tsv, %(anyq)s::tsquery) AS r FROM rag_chunks
+        WHERE tenant = %(tenant)s AND collection = %(collection)s AND metadata @> %(filter)s
+          AND tsv @@ %(pairs)s::tsquery
+        ORDER BY r DESC, id LIMIT %(candidates)s)"""
+MAX_PAIRED_WORDS = 12
+"""Above this many distinct query words (66 pairs), the keyword side ranks the whole OR set directly."""
+PAIRED_FROM_CHUNKS = 20_000
+"""The pairs are looked for only in a collection of at least this many chunks. The planner underestimates
+how many chunks hold a pair (it multiplies the words' frequencies), so it does not intersect the pairs
+with the tenant's rows: in a small collection of a large table, the pairs cost more than ranking the
+collection's few OR matches (a 1,000-chunk tenant beside 100k chunks: keyword 1 ms -> 2 ms). Results are
+the same either way; only the time differs."""
+SIZE_TTL_S = 60.0
+"""How long a collection's chunk count (capped at ``PAIRED_FROM_CHUNKS``) is reused for that choice."""
+
+
+def keyword_queries(tsquery: str) -> tuple[str, str | None]:
+    """The OR query and the pairs query (None: fewer than 2 or too many distinct words) made of the
+    operands of ``plainto_tsquery``'s text (``'a' & 'b' & ...``, each lexeme quoted by Postgres)."""
+    words = list(dict.fromkeys(w for w in tsquery.split(" & ") if w))
+    anyq = " | ".join(words)
+    if not 2 <= len(words) <= MAX_PAIRED_WORDS:
+        return anyq, None
+    pairs = " | ".join(f"({a} & {b})" for i, a in enumerate(words) for b in words[i + 1 :])
+    return anyq, pairs
+
+
 _RESULT_COLUMNS = """c.doc_id, c.ordinal, c.text, c.heading, c.metadata, d.title"""
 _JOIN_DOCS = (
     "JOIN rag_documents d ON d.tenant = c.tenant AND d.collection = c.collection AND d.doc_id = c.doc_id"
@@ -189,13 +227,13 @@ _SEARCH: dict[Mode, str] = {
         WHERE 1 - (c.embedding <=> %(q)s::vector) >= %(min_score)s
         ORDER BY vec.rank LIMIT %(top_k)s""",
     "keyword": f"""
-        WITH kw AS ({_KEYWORD_CANDIDATES})
+        WITH {_STRICT}, kw AS ({_KEYWORD_CANDIDATES})
         SELECT {_RESULT_COLUMNS}, (kw.r / (kw.r + 1))::float8 AS score, 0.0::float8 AS fused
         FROM kw JOIN rag_chunks c ON c.id = kw.id {_JOIN_DOCS}
         WHERE kw.r / (kw.r + 1) >= %(min_score)s
         ORDER BY kw.rank LIMIT %(top_k)s""",
     "hybrid": f"""
-        WITH vec AS ({_VECTOR_CANDIDATES}), kw AS ({_KEYWORD_CANDIDATES}),
+        WITH {_STRICT}, vec AS ({_VECTOR_CANDIDATES}), kw AS ({_KEYWORD_CANDIDATES}),
         fused AS (
             SELECT coalesce(vec.id, kw.id) AS id,
                    coalesce(1.0 / ({RRF_K} + vec.rank), 0) + coalesce(1.0 / ({RRF_K} + kw.rank), 0) AS rrf
@@ -221,6 +259,7 @@ class Store:
         for conn in connections:
             self._idle.put_nowait(conn)
         self._all = connections
+        self._sizes: dict[tuple[str, str], tuple[float, int]] = {}
 
     @classmethod
     async def open(cls, url: str, dimensions: int, *, pool_size: int = 4) -> Store:
@@ -407,12 +446,20 @@ class Store:
             "collection": collection,
             "filter": Jsonb(filter or {}),
             "q": vector_literal(query_vector) if query_vector is not None else None,
-            "text": query_text,
             "top_k": top_k,
             "candidates": candidates,
             "min_score": -2.0 if min_score is None else min_score,
         }
         async with self._conn() as conn:
+            if mode != "vector":  # the query's lexemes, by Postgres's own parser and stemmer
+                row = await (
+                    await conn.execute("SELECT plainto_tsquery('english', %s)::text AS q", (query_text,))
+                ).fetchone()
+                params["anyq"], params["pairs"] = keyword_queries(row["q"] if row else "")
+                if params["pairs"] is not None and await self._size(conn, tenant, collection) < (
+                    PAIRED_FROM_CHUNKS
+                ):
+                    params["pairs"] = None
             if mode == "keyword" or candidates <= DEFAULT_EF_SEARCH:
                 rows = await (await conn.execute(_SEARCH[mode], params)).fetchall()
             else:  # the graph walk must be at least as wide as the candidate list
@@ -432,6 +479,25 @@ class Store:
             )
             for r in rows
         ]
+
+    async def _size(self, conn: psycopg.AsyncConnection[Any], tenant: str, collection: str) -> int:
+        """The collection's chunks, counted up to ``PAIRED_FROM_CHUNKS``, at most ``SIZE_TTL_S`` old."""
+        now = time.monotonic()
+        cached = self._sizes.get((tenant, collection))
+        if cached is not None and now - cached[0] < SIZE_TTL_S:
+            return cached[1]
+        row = await (
+            await conn.execute(
+                "SELECT count(*) AS n FROM (SELECT 1 FROM rag_chunks WHERE tenant = %s AND collection = %s "
+                "LIMIT %s) s",
+                (tenant, collection, PAIRED_FROM_CHUNKS),
+            )
+        ).fetchone()
+        size = int(row["n"]) if row else 0
+        if len(self._sizes) > 10_000:  # many tenants: forget them all rather than grow without bound
+            self._sizes.clear()
+        self._sizes[(tenant, collection)] = (now, size)
+        return size
 
     async def chunks(self, tenant: str, collection: str, chunk_ids: Sequence[str]) -> list[Hit]:
         """The chunks named by citation ids (``doc_id#n``) that exist in this tenant's collection."""

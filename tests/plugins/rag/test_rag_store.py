@@ -14,8 +14,9 @@ import pytest
 from rag_helpers import pg_tcp_fixture  # noqa: F401  (a fixture)
 
 from gateway.providers.mock_embed import embed
+from plugins.rag import store as store_module
 from plugins.rag.embedded import Embedded
-from plugins.rag.store import ChunkIn, Store, StoreError
+from plugins.rag.store import MAX_PAIRED_WORDS, ChunkIn, Store, StoreError, keyword_queries
 
 DIMS = 64
 
@@ -135,3 +136,37 @@ async def test_chunks_by_citation_id_are_the_tenants_own(store: Store) -> None:
 async def test_a_database_of_another_vector_size_is_refused(store: Store, database: str) -> None:
     with pytest.raises(StoreError, match="vector\\(64\\)"):
         await Store.open(database, DIMS + 1, pool_size=1)
+
+
+def test_keyword_queries_pair_the_distinct_words_of_postgres_own_tsquery() -> None:
+    assert keyword_queries("'sync' & 'file' & 'sync' & 'o''brien'") == (
+        "'sync' | 'file' | 'o''brien'",
+        "('sync' & 'file') | ('sync' & 'o''brien') | ('file' & 'o''brien')",
+    )
+    assert keyword_queries("'sync'") == ("'sync'", None)
+    assert keyword_queries("") == ("", None)
+    many = " & ".join(f"'w{i}'" for i in range(MAX_PAIRED_WORDS + 1))
+    assert keyword_queries(many)[1] is None
+
+
+@pytest.mark.parametrize("paired", [45, 5])
+async def test_ranking_the_pairs_first_gives_the_same_keyword_results(
+    store: Store, monkeypatch: pytest.MonkeyPatch, paired: int
+) -> None:
+    """Chunks holding two query words outrank every chunk holding one (however often): with at least
+    ``candidates`` of them, the pairs alone are ranked; with fewer, every match is. Same hits either way."""
+    who = tenant()
+    texts = [f"alpha note {i} " + "beta " * (1 + i % 3) + "filler " * (i % 7) for i in range(paired)]
+    texts += ["gamma " * (2 + i % 9) + f"repeat {i}" for i in range(30)]
+    texts += [f"alpha alone {i}" for i in range(10)]
+    await put(store, who, "d", texts)
+    results = {}
+    for threshold in (10**9, 1):  # never paired, always paired
+        monkeypatch.setattr(store_module, "PAIRED_FROM_CHUNKS", threshold)
+        store._sizes.clear()
+        hits = await store.search(who, "c", None, "alpha beta gamma", top_k=10, mode="keyword")
+        results[threshold] = [(h.chunk_id, round(h.score, 6)) for h in hits]
+    assert results[1] == results[10**9] and len(results[1]) == 10
+    # top_k 10 is 40 candidates: 45 pairs are enough alone; 5 are not, and every match is ranked
+    firsts = [int(chunk.split("#")[1]) < paired for chunk, _ in results[1]]
+    assert all(firsts) if paired >= 40 else firsts == [True] * paired + [False] * (10 - paired)
