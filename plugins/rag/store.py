@@ -288,8 +288,8 @@ class Store:
                 f"rag_chunks.embedding is {found}, not vector({dimensions}): set RAG_EMBEDDING_DIMENSIONS "
                 "to the stored size, or use a new database"
             )
-        for conn in connections:  # iterative HNSW scans: filtered searches still fill their candidates
-            await conn.execute("SET hnsw.iterative_scan = relaxed_order")
+        for conn in connections:
+            await _session(conn)
         return store
 
     async def close(self) -> None:
@@ -304,7 +304,7 @@ class Store:
         finally:
             if conn.broken or conn.closed:
                 conn = await _connect(self.url)
-                await conn.execute("SET hnsw.iterative_scan = relaxed_order")
+                await _session(conn)
                 self._all = [c for c in self._all if not c.closed] + [conn]
             self._idle.put_nowait(conn)
 
@@ -536,6 +536,15 @@ async def _connect(url: str) -> psycopg.AsyncConnection[Any]:
     return await psycopg.AsyncConnection.connect(
         url, autocommit=True, row_factory=dict_row, prepare_threshold=None
     )
+
+
+async def _session(conn: psycopg.AsyncConnection[Any]) -> None:
+    """Per-connection settings, the same on the embedded server and a ``RAG_DATABASE_URL`` one."""
+    # iterative HNSW scans: filtered searches still fill their candidates
+    await conn.execute("SET hnsw.iterative_scan = relaxed_order")
+    # JIT compiles a query above jit_above_cost in several ms: a search is a few ms in all, and its cost
+    # estimate (the whole collection's matches, before the LIMIT) can cross that line as it grows
+    await conn.execute("SET jit = off")
 
 
 _DOC_COLUMNS = (

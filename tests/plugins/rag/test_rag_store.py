@@ -16,6 +16,7 @@ from rag_helpers import pg_tcp_fixture  # noqa: F401  (a fixture)
 from gateway.providers.mock_embed import embed
 from plugins.rag import store as store_module
 from plugins.rag.embedded import Embedded
+from plugins.rag.settings import RagSettings
 from plugins.rag.store import MAX_PAIRED_WORDS, ChunkIn, Store, StoreError, keyword_queries
 
 DIMS = 64
@@ -170,3 +171,25 @@ async def test_ranking_the_pairs_first_gives_the_same_keyword_results(
     # top_k 10 is 40 candidates: 45 pairs are enough alone; 5 are not, and every match is ranked
     firsts = [int(chunk.split("#")[1]) < paired for chunk, _ in results[1]]
     assert all(firsts) if paired >= 40 else firsts == [True] * paired + [False] * (10 - paired)
+
+
+def test_the_embedded_server_gets_its_shared_buffers_and_keeps_them_across_restarts() -> None:
+    root = tempfile.mkdtemp(prefix="rag-buffers-")
+    try:
+        for size, shown in (("512MB", "512MB"), ("256MB", "256MB"), ("256MB", "256MB")):
+            server = Embedded(root, size)
+            try:
+                with psycopg.connect(server.start(), autocommit=True) as conn:
+                    row = conn.execute("SHOW shared_buffers").fetchone()
+                    assert row is not None and row[0] == shown
+            finally:
+                server.stop()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_rag_pg_shared_buffers_is_a_postgres_size() -> None:
+    assert RagSettings.from_env({}).pg_shared_buffers == "512MB"
+    assert RagSettings.from_env({"RAG_PG_SHARED_BUFFERS": "2GB"}).pg_shared_buffers == "2GB"
+    with pytest.raises(ValueError, match="RAG_PG_SHARED_BUFFERS"):
+        RagSettings.from_env({"RAG_PG_SHARED_BUFFERS": "lots"})
