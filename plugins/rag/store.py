@@ -177,17 +177,19 @@ _VECTOR_CANDIDATES = """
 # (``pairs``: an OR of every pair, answered by the GIN index) are ranked first; when they are at least
 # ``candidates``, they ARE the top ``candidates`` of the whole OR set, in the same order, and the OR set
 # is never read. Only when they are fewer is every chunk with any word ranked, as before.
-_KEYWORD_CANDIDATES = """
+# Any query word: plainto_tsquery's AND made an OR (ts_rank counts each distinct word once either way).
+_ANYQ = "replace(plainto_tsquery('english', %(text)s)::text, ' & ', ' | ')::tsquery"
+_KEYWORD_CANDIDATES = f"""
     SELECT id, row_number() OVER (ORDER BY r DESC, id) AS rank, r FROM (
         (SELECT id, r FROM strict WHERE (SELECT count(*) FROM strict) >= %(candidates)s)
         UNION ALL
-        (SELECT id, ts_rank(tsv, %(anyq)s::tsquery) AS r FROM rag_chunks
+        (SELECT id, ts_rank(tsv, {_ANYQ}) AS r FROM rag_chunks
          WHERE tenant = %(tenant)s AND collection = %(collection)s AND metadata @> %(filter)s
-           AND tsv @@ %(anyq)s::tsquery AND (SELECT count(*) FROM strict) < %(candidates)s
+           AND tsv @@ {_ANYQ} AND (SELECT count(*) FROM strict) < %(candidates)s
          ORDER BY r DESC, id LIMIT %(candidates)s)) k
 """
-_STRICT = """strict AS MATERIALIZED (
-        SELECT id, ts_rank(tsv, %(anyq)s::tsquery) AS r FROM rag_chunks
+_STRICT = f"""strict AS MATERIALIZED (
+        SELECT id, ts_rank(tsv, {_ANYQ}) AS r FROM rag_chunks
         WHERE tenant = %(tenant)s AND collection = %(collection)s AND metadata @> %(filter)s
           AND tsv @@ %(pairs)s::tsquery
         ORDER BY r DESC, id LIMIT %(candidates)s)"""
@@ -203,15 +205,13 @@ SIZE_TTL_S = 60.0
 """How long a collection's chunk count (capped at ``PAIRED_FROM_CHUNKS``) is reused for that choice."""
 
 
-def keyword_queries(tsquery: str) -> tuple[str, str | None]:
-    """The OR query and the pairs query (None: fewer than 2 or too many distinct words) made of the
-    operands of ``plainto_tsquery``'s text (``'a' & 'b' & ...``, each lexeme quoted by Postgres)."""
+def pairs_query(tsquery: str) -> str | None:
+    """Every pair of the distinct operands of ``plainto_tsquery``'s text (``'a' & 'b' & ...``, each lexeme
+    quoted by Postgres) as an OR of ANDs; None for fewer than 2 or more than ``MAX_PAIRED_WORDS``."""
     words = list(dict.fromkeys(w for w in tsquery.split(" & ") if w))
-    anyq = " | ".join(words)
     if not 2 <= len(words) <= MAX_PAIRED_WORDS:
-        return anyq, None
-    pairs = " | ".join(f"({a} & {b})" for i, a in enumerate(words) for b in words[i + 1 :])
-    return anyq, pairs
+        return None
+    return " | ".join(f"({a} & {b})" for i, a in enumerate(words) for b in words[i + 1 :])
 
 
 _RESULT_COLUMNS = """c.doc_id, c.ordinal, c.text, c.heading, c.metadata, d.title"""
@@ -446,20 +446,20 @@ class Store:
             "collection": collection,
             "filter": Jsonb(filter or {}),
             "q": vector_literal(query_vector) if query_vector is not None else None,
+            "text": query_text,
             "top_k": top_k,
             "candidates": candidates,
             "min_score": -2.0 if min_score is None else min_score,
         }
         async with self._conn() as conn:
-            if mode != "vector":  # the query's lexemes, by Postgres's own parser and stemmer
+            params["pairs"] = None
+            if mode != "vector" and await self._size(conn, tenant, collection) >= PAIRED_FROM_CHUNKS:
+                # the query's lexemes by Postgres's own parser and stemmer: one more round trip, paid
+                # only where the pairs save more (a large collection)
                 row = await (
                     await conn.execute("SELECT plainto_tsquery('english', %s)::text AS q", (query_text,))
                 ).fetchone()
-                params["anyq"], params["pairs"] = keyword_queries(row["q"] if row else "")
-                if params["pairs"] is not None and await self._size(conn, tenant, collection) < (
-                    PAIRED_FROM_CHUNKS
-                ):
-                    params["pairs"] = None
+                params["pairs"] = pairs_query(row["q"] if row else "")
             if mode == "keyword" or candidates <= DEFAULT_EF_SEARCH:
                 rows = await (await conn.execute(_SEARCH[mode], params)).fetchall()
             else:  # the graph walk must be at least as wide as the candidate list

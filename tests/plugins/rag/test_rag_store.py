@@ -17,7 +17,7 @@ from gateway.providers.mock_embed import embed
 from plugins.rag import store as store_module
 from plugins.rag.embedded import Embedded
 from plugins.rag.settings import RagSettings
-from plugins.rag.store import MAX_PAIRED_WORDS, ChunkIn, Store, StoreError, keyword_queries
+from plugins.rag.store import MAX_PAIRED_WORDS, ChunkIn, Store, StoreError, pairs_query
 
 DIMS = 64
 
@@ -139,15 +139,12 @@ async def test_a_database_of_another_vector_size_is_refused(store: Store, databa
         await Store.open(database, DIMS + 1, pool_size=1)
 
 
-def test_keyword_queries_pair_the_distinct_words_of_postgres_own_tsquery() -> None:
-    assert keyword_queries("'sync' & 'file' & 'sync' & 'o''brien'") == (
-        "'sync' | 'file' | 'o''brien'",
-        "('sync' & 'file') | ('sync' & 'o''brien') | ('file' & 'o''brien')",
+def test_the_pairs_query_pairs_the_distinct_words_of_postgres_own_tsquery() -> None:
+    assert pairs_query("'sync' & 'file' & 'sync' & 'o''brien'") == (
+        "('sync' & 'file') | ('sync' & 'o''brien') | ('file' & 'o''brien')"
     )
-    assert keyword_queries("'sync'") == ("'sync'", None)
-    assert keyword_queries("") == ("", None)
-    many = " & ".join(f"'w{i}'" for i in range(MAX_PAIRED_WORDS + 1))
-    assert keyword_queries(many)[1] is None
+    assert pairs_query("'sync'") is None and pairs_query("") is None
+    assert pairs_query(" & ".join(f"'w{i}'" for i in range(MAX_PAIRED_WORDS + 1))) is None
 
 
 @pytest.mark.parametrize("paired", [45, 5])
