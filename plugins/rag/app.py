@@ -52,7 +52,7 @@ def build(
         server = None
         if url is None:
             log.info("starting the embedded Postgres in %s", config.data_dir)
-            server = Embedded(config.data_dir)
+            server = Embedded(config.data_dir, config.pg_shared_buffers)
             url = await asyncio.to_thread(server.start)
         try:
             store = await Store.open(url, config.dimensions)

@@ -312,7 +312,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p.add_argument("--database-url", help="a Postgres with pgvector (default: a fresh embedded one)")
     p.add_argument(
-        "--shared-buffers", help="the embedded server's shared_buffers, e.g. 1GB (default: Postgres's 128MB)"
+        "--shared-buffers",
+        help="the embedded server's shared_buffers, e.g. 1GB (default: the sidecar's, 512MB)",
     )
     args = p.parse_args(argv)
     asyncio.run(run(args))

@@ -15,21 +15,16 @@ from pathlib import Path
 
 @contextlib.contextmanager
 def throwaway(prefix: str, *, shared_buffers: str | None = None) -> Iterator[str]:
-    """Yield the connection URL of a fresh embedded Postgres; ``shared_buffers`` e.g. ``"1GB"``."""
+    """Yield the connection URL of a fresh embedded Postgres; ``shared_buffers`` e.g. ``"1GB"`` (default:
+    the sidecar's, ``embedded.DEFAULT_SHARED_BUFFERS``)."""
     from pgserver.postgres_server import get_server
 
     from plugins.rag import embedded
 
     with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
-        url = embedded.start(tmp)
+        url = embedded.start(tmp, shared_buffers or embedded.DEFAULT_SHARED_BUFFERS)
         pgdata = Path(tmp) / "pg"
         try:
-            if shared_buffers:  # read at server start: restart this server with it
-                get_server(pgdata, cleanup_mode="stop").psql(
-                    f"ALTER SYSTEM SET shared_buffers = '{shared_buffers}'"
-                )
-                get_server(pgdata, cleanup_mode="stop").cleanup()
-                url = embedded.start(tmp)
             yield url
         finally:
             get_server(pgdata, cleanup_mode="stop").cleanup()

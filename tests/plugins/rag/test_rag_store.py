@@ -14,8 +14,10 @@ import pytest
 from rag_helpers import pg_tcp_fixture  # noqa: F401  (a fixture)
 
 from gateway.providers.mock_embed import embed
+from plugins.rag import store as store_module
 from plugins.rag.embedded import Embedded
-from plugins.rag.store import ChunkIn, Store, StoreError
+from plugins.rag.settings import RagSettings
+from plugins.rag.store import MAX_PAIRED_WORDS, ChunkIn, Store, StoreError, pairs_query
 
 DIMS = 64
 
@@ -135,3 +137,56 @@ async def test_chunks_by_citation_id_are_the_tenants_own(store: Store) -> None:
 async def test_a_database_of_another_vector_size_is_refused(store: Store, database: str) -> None:
     with pytest.raises(StoreError, match="vector\\(64\\)"):
         await Store.open(database, DIMS + 1, pool_size=1)
+
+
+def test_the_pairs_query_pairs_the_distinct_words_of_postgres_own_tsquery() -> None:
+    assert pairs_query("'sync' & 'file' & 'sync' & 'o''brien'") == (
+        "('sync' & 'file') | ('sync' & 'o''brien') | ('file' & 'o''brien')"
+    )
+    assert pairs_query("'sync'") is None and pairs_query("") is None
+    assert pairs_query(" & ".join(f"'w{i}'" for i in range(MAX_PAIRED_WORDS + 1))) is None
+
+
+@pytest.mark.parametrize("paired", [45, 5])
+async def test_ranking_the_pairs_first_gives_the_same_keyword_results(
+    store: Store, monkeypatch: pytest.MonkeyPatch, paired: int
+) -> None:
+    """Chunks holding two query words outrank every chunk holding one (however often): with at least
+    ``candidates`` of them, the pairs alone are ranked; with fewer, every match is. Same hits either way."""
+    who = tenant()
+    texts = [f"alpha note {i} " + "beta " * (1 + i % 3) + "filler " * (i % 7) for i in range(paired)]
+    texts += ["gamma " * (2 + i % 9) + f"repeat {i}" for i in range(30)]
+    texts += [f"alpha alone {i}" for i in range(10)]
+    await put(store, who, "d", texts)
+    results = {}
+    for threshold in (10**9, 1):  # never paired, always paired
+        monkeypatch.setattr(store_module, "PAIRED_FROM_CHUNKS", threshold)
+        store._sizes.clear()
+        hits = await store.search(who, "c", None, "alpha beta gamma", top_k=10, mode="keyword")
+        results[threshold] = [(h.chunk_id, round(h.score, 6)) for h in hits]
+    assert results[1] == results[10**9] and len(results[1]) == 10
+    # top_k 10 is 40 candidates: 45 pairs are enough alone; 5 are not, and every match is ranked
+    firsts = [int(chunk.split("#")[1]) < paired for chunk, _ in results[1]]
+    assert all(firsts) if paired >= 40 else firsts == [True] * paired + [False] * (10 - paired)
+
+
+def test_the_embedded_server_gets_its_shared_buffers_and_keeps_them_across_restarts() -> None:
+    root = tempfile.mkdtemp(prefix="rag-buffers-")
+    try:
+        for size, shown in (("512MB", "512MB"), ("256MB", "256MB"), ("256MB", "256MB")):
+            server = Embedded(root, size)
+            try:
+                with psycopg.connect(server.start(), autocommit=True) as conn:
+                    row = conn.execute("SHOW shared_buffers").fetchone()
+                    assert row is not None and row[0] == shown
+            finally:
+                server.stop()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_rag_pg_shared_buffers_is_a_postgres_size() -> None:
+    assert RagSettings.from_env({}).pg_shared_buffers == "512MB"
+    assert RagSettings.from_env({"RAG_PG_SHARED_BUFFERS": "2GB"}).pg_shared_buffers == "2GB"
+    with pytest.raises(ValueError, match="RAG_PG_SHARED_BUFFERS"):
+        RagSettings.from_env({"RAG_PG_SHARED_BUFFERS": "lots"})
