@@ -136,7 +136,11 @@ class Pipeline:
         self._tools = tools
         """Hosted MCP tools in ``/v1/responses`` (``gateway/hosted``); None: refused."""
 
-    async def handle(self, request: Incoming, operation: Operation, ingress: Ingress) -> Reply:
+    async def handle(
+        self, request: Incoming, operation: Operation, ingress: Ingress, deadline: float | None = None
+    ) -> Reply:
+        """One request through the stages below. ``deadline`` (monotonic) caps the route's ``timeout_s``:
+        the gateway's own requests pass it (a hosted-tool loop's model step ends by the loop's wall time)."""
         headers = request.headers
         ex = Exchange(
             endpoint=request.path,
@@ -193,7 +197,11 @@ class Pipeline:
                     body=parsed.body,
                     headers=forwarded,
                     plan=ex.plan,
-                    deadline=time.monotonic() + ex.plan.timeout_s,
+                    deadline=(
+                        time.monotonic() + ex.plan.timeout_s
+                        if deadline is None
+                        else min(deadline, time.monotonic() + ex.plan.timeout_s)
+                    ),
                     attempts=ex.attempts,
                     resilience=runtime.resilience,
                     prompt_tokens=parsed.prompt_tokens,

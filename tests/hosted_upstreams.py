@@ -27,6 +27,7 @@ class ScriptedOpenAI:
         fail_after_tool: int = 0,
         completion_tokens: int = 3,
         delay_s: float = 0.0,
+        delay_after_tool_s: float = 0.0,
     ) -> None:
         self.name = name
         self.arguments = arguments if arguments is not None else {"key": "openai"}
@@ -35,16 +36,22 @@ class ScriptedOpenAI:
         self.bodies: list[dict[str, Any]] = []
         self.failures = 0
         self.completion_tokens = completion_tokens
+        """What each answer reports it used (so a test can make a step's real cost what it wants)."""
         self.delay_s = delay_s
         """A slow model: each answer waits this long."""
-        """What each answer reports it used (so a test can make a step's real cost what it wants)."""
+        self.delay_after_tool_s = delay_after_tool_s
+        """A model slow only to read a tool's result: the step after a call waits this long."""
+        self.answered = 0
+        """Answers sent: a step cut while it waits never counts here."""
 
     async def handle(self, request: httpx.Request) -> httpx.Response:
         body = json.loads(request.content)
         self.bodies.append(body)
-        if self.delay_s:
-            await asyncio.sleep(self.delay_s)
         last = body["messages"][-1]
+        delay = self.delay_s + (self.delay_after_tool_s if last["role"] == "tool" else 0.0)
+        if delay:
+            await asyncio.sleep(delay)
+        self.answered += 1
         if last["role"] == "tool" and self.fail_after_tool > 0:
             self.fail_after_tool -= 1
             self.failures += 1

@@ -94,8 +94,9 @@ class Listing:
     """An earlier turn of the conversation listed it: no new ``mcp_list_tools`` item (as OpenAI does)."""
 
 
-Step = Callable[[dict[str, Any]], Awaitable[StepResult]]
-"""One model step: a chat body in, the answer (admitted, priced and settled) out."""
+Step = Callable[[dict[str, Any], float], Awaitable[StepResult]]
+"""One model step: a chat body and the loop's wall-time deadline (monotonic; it caps the route's
+``timeout_s``) in, the answer (admitted, priced and settled) out."""
 Estimate = Callable[[dict[str, Any]], int]
 """A chat body's worst-case cost in nano-USD, as admission would reserve it."""
 Review = Callable[[dict[str, Any]], Awaitable[dict[str, Any] | str]]

@@ -6,6 +6,8 @@ Each model step is a whole request through the pipeline (``Step``: admitted, pri
 adds up their usage and cost. Before a step it checks the wall time and the cost ceiling: the step's
 worst case (``Estimate``, what admission would reserve) on top of what was spent must stay within
 ``max_cost_usd``; the tenant's own budget is admission's to refuse, and that refusal ends the loop too.
+The wall time also bounds each step: its deadline is the sooner of its route's and the loop's end, and
+a step cut by it ends as any request at its deadline (a 504, its reservation released, nothing billed).
 Before each tool call it checks ``max_tool_calls``. Each limit ends the response ``incomplete`` with
 the output so far; nothing is left reserved, as every step settled itself.
 
@@ -105,7 +107,7 @@ class Loop:
             if limit is not None and self.spent * NANO + self.estimate(body) > limit:
                 yield self._finish("incomplete", MAX_COST)
                 return
-            result = await self.step(body)
+            result = await self.step(body, self.started + self.limits.max_wall_s)
             self.steps += 1
             self.spent += result.cost
             if result.answer is None:
@@ -240,6 +242,9 @@ class Loop:
 
     def _failed(self, error: GatewayError | None) -> bytes:
         assert error is not None
+        if self._left() <= 0:
+            # The step's deadline was the wall time's: cut at it (504), or begun too late for any try.
+            return self._finish("incomplete", MAX_WALL)
         if error.code == "budget_exceeded" and (self.steps > 1 or self.ran):
             return self._finish("incomplete", BUDGET)
         if self.steps == 1 and self.ran == 0:

@@ -91,13 +91,15 @@ async def respond(
     base = {k: v for k, v in chat.items() if k not in _STEP_DROPS}
     margin = config.defaults.estimate_margin
 
-    async def step(body: dict[str, Any]) -> StepResult:
+    async def step(body: dict[str, Any], deadline: float) -> StepResult:
         # Shielded: a client that leaves a stream mid-step cancels the loop, not the step, which still
         # settles (else its reservation would wait for its lease to run out).
-        return await asyncio.shield(one_step(body))
+        return await asyncio.shield(one_step(body, deadline))
 
-    async def one_step(body: dict[str, Any]) -> StepResult:
-        reply = await turns.delegate(ex, body, "Hosted MCP tools", "hosted_tools_unavailable")
+    async def one_step(body: dict[str, Any], deadline: float) -> StepResult:
+        # The step's deadline is the sooner of its route's and the loop's wall time: past it the step
+        # ends as any request does at its deadline (504, its reservation released, nothing billed).
+        reply = await turns.delegate(ex, body, "Hosted MCP tools", "hosted_tools_unavailable", deadline)
         try:
             answer = orjson.loads(reply.body) if reply.body else {}
         finally:

@@ -206,5 +206,27 @@ def _check_value(field_name: str, value: dict[str, Any]) -> None:
             if not isinstance(msg, dict) and not isinstance(text, str):
                 raise HookFailed("invalid", "each choice needs a 'message' object (or 'text')")
     else:
-        if not isinstance(value.get("name"), str) or not isinstance(value.get("arguments"), str):
-            raise HookFailed("invalid", "a tool_call needs 'name' and 'arguments' (a JSON string)")
+        if not isinstance(value.get("name"), str):
+            raise HookFailed("invalid", "a tool_call needs 'name' (a string)")
+        value["arguments"] = _tool_arguments(value.get("arguments"))
+
+
+def _tool_arguments(arguments: object) -> str:
+    """A modified tool call's ``arguments`` as the JSON string the call runs with. Reviewers edit an
+    object and send it as one as often as the OpenAI wire's JSON string: both are taken (an object is
+    serialized canonically: compact, keys sorted); anything that is not a JSON object is refused here,
+    with why, rather than reaching the tool."""
+    if isinstance(arguments, dict):
+        try:
+            return orjson.dumps(arguments, option=orjson.OPT_SORT_KEYS).decode()
+        except TypeError as err:  # e.g. an integer past 64 bits
+            raise HookFailed("invalid", f"a tool_call's arguments cannot be serialized: {err}") from None
+    if not isinstance(arguments, str):
+        raise HookFailed("invalid", "a tool_call needs 'arguments': a JSON object, or a JSON string of one")
+    try:
+        parsed = orjson.loads(arguments)
+    except orjson.JSONDecodeError:
+        raise HookFailed("invalid", "a tool_call's arguments string is not valid JSON") from None
+    if not isinstance(parsed, dict):
+        raise HookFailed("invalid", "a tool_call's arguments must be a JSON object")
+    return arguments

@@ -13,8 +13,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from collections.abc import Awaitable, Mapping
+from typing import Any, Protocol
 
 import orjson
 
@@ -37,7 +37,14 @@ SUMMARY_PROMPT = (
 TOKEN_LIFETIME_S = 300
 _CALLERS_OWN = frozenset({401, 402, 403, 429})
 """Summarizer refusals that are the caller's own (budget, rate limits, the key's allow-list): passed on."""
-Handle = Callable[[Any, Operation, Any], Awaitable[Any]]
+
+
+class Handle(Protocol):
+    """``Pipeline.handle``: a request, its operation and ingress, and an optional deadline cap."""
+
+    def __call__(
+        self, request: Any, operation: Operation, ingress: Any, /, deadline: float | None = None
+    ) -> Awaitable[Any]: ...
 
 
 class _Internal:
@@ -83,10 +90,13 @@ class Turns:
     def bind(self, handle: Handle) -> None:
         self._handle = handle
 
-    async def delegate(self, ex: Exchange, body: dict[str, Any], purpose: str, code: str) -> Reply:
+    async def delegate(
+        self, ex: Exchange, body: dict[str, Any], purpose: str, code: str, deadline: float | None = None
+    ) -> Reply:
         """``body`` as a chat completion through the whole pipeline, made as the caller with a delegation
         token naming ``ex``'s request: admitted, priced, charged and logged (``parent_request_id``) like
-        any delegated call. The reply's ``after`` (its settlement) is the caller's to await."""
+        any delegated call. The reply's ``after`` (its settlement) is the caller's to await. ``deadline``
+        (monotonic) ends the call sooner than its route's ``timeout_s``, as a route's own deadline would."""
         from gateway.handlers.openai import OpenAIIngress  # the handlers import the pipeline
 
         principal = ex.principal
@@ -101,7 +111,7 @@ class Turns:
             {"authorization": f"Bearer {token}", "content-type": "application/json"},
             orjson.dumps(body),
         )
-        reply: Reply = await self._handle(incoming, Operation.CHAT, OpenAIIngress())
+        reply: Reply = await self._handle(incoming, Operation.CHAT, OpenAIIngress(), deadline)
         return reply
 
     async def summarize(self, ex: Exchange, model: str, items: list[dict[str, Any]], max_tokens: int) -> str:

@@ -34,7 +34,10 @@ from gateway.transport import FastTransport
         ("pre", {"action": "modify", "request": {"messages": []}}, "messages"),
         ("pre", {"action": "respond", "response": {"choices": []}}, "choices"),
         ("post", {"action": "modify", "response": {"choices": [{"index": 0}]}}, "message"),
-        ("tool", {"action": "modify", "tool_call": {"name": "f", "arguments": {}}}, "arguments"),
+        ("tool", {"action": "modify", "tool_call": {"name": "f", "arguments": 3}}, "arguments"),
+        ("tool", {"action": "modify", "tool_call": {"name": "f", "arguments": "{"}}, "not valid JSON"),
+        ("tool", {"action": "modify", "tool_call": {"name": "f", "arguments": "[1]"}}, "a JSON object"),
+        ("tool", {"action": "modify", "tool_call": {"arguments": "{}"}}, "'name'"),
         (
             "post",
             {"action": "reject", "status": 409, "message": "m", "review_id": "a b\r\nx: y"},
@@ -57,6 +60,16 @@ def test_valid_answers() -> None:
     )
     assert (a.action, a.status, a.code, a.message, a.annotations) == ("reject", 429, "slow", "m", {"k": 1})
     assert parse_answer("post", b'{"action": "continue"}').action == "continue"
+
+
+def test_a_tool_calls_arguments_may_be_an_object_or_a_json_string_of_one() -> None:
+    edited = {"action": "modify", "tool_call": {"name": "f", "arguments": {"b": [1, 2], "a": "é"}}}
+    a = parse_answer("tool", orjson.dumps(edited))
+    assert a.value == {"name": "f", "arguments": '{"a":"é","b":[1,2]}'}  # canonical: compact, sorted
+    as_sent = '{"b": 1,  "a": 2}'  # a string is what the call runs with, as the reviewer wrote it
+    edited = {"action": "modify", "tool_call": {"name": "f", "arguments": as_sent}}
+    a = parse_answer("tool", orjson.dumps(edited))
+    assert a.value == {"name": "f", "arguments": as_sent}
 
 
 def test_a_reject_with_a_review_id_and_no_retry_reaches_the_client_error() -> None:

@@ -167,6 +167,46 @@ def test_a_reviewer_approves_with_edited_arguments(
     assert call["body"]["tool_call"]["name"] == "kit__count"
 
 
+def test_a_reviewer_may_send_edited_arguments_as_an_object(
+    gateway_factory: GatewayFactory, kit: ToolServer, sidecar: Sidecar
+) -> None:
+    # An object (not the wire's JSON string) is taken and serialized canonically: compact, keys sorted.
+    sidecar.reset()
+    edited = {"name": "kit__count", "arguments": {"key": "object", "by": "reviewer"}}
+    sidecar.set("rev", "tool", answer={"action": "modify", "tool_call": edited})
+    client = reviewed(gateway_factory, kit, sidecar)
+    response = client.responses.create(model="reviewed", input="count", tools=[TOOL])  # type: ignore[list-item]
+    assert response.status == "completed"
+    assert [i.type for i in response.output] == ["mcp_list_tools", "mcp_call", "message"]
+    call = response.output[1]
+    assert call.type == "mcp_call" and call.status == "completed" and call.error is None
+    assert call.arguments == '{"by":"reviewer","key":"object"}'
+    assert kit.counts == {"object": 1, "*": 1}
+
+
+@pytest.mark.parametrize(
+    ("arguments", "reason"),
+    [
+        ('{"key": "half', "is not valid JSON"),
+        ('["key", "edited"]', "must be a JSON object"),
+        (["key", "edited"], "a JSON object, or a JSON string of one"),
+    ],
+)
+def test_edited_arguments_that_are_not_a_json_object_are_refused(
+    gateway_factory: GatewayFactory, kit: ToolServer, sidecar: Sidecar, arguments: Any, reason: str
+) -> None:
+    sidecar.reset()
+    edited = {"name": "kit__count", "arguments": arguments}
+    sidecar.set("rev", "tool", answer={"action": "modify", "tool_call": edited})
+    client = reviewed(gateway_factory, kit, sidecar)
+    response = client.responses.create(model="reviewed", input="count", tools=[TOOL])  # type: ignore[list-item]
+    assert response.status == "completed" and kit.counts["*"] == 0  # not run, neither edited nor as asked
+    call = response.output[1]
+    assert call.type == "mcp_call" and call.status == "failed"
+    error = json.dumps(call.error.model_dump())
+    assert "reviewer could not decide" in error and reason in error
+
+
 def test_a_reviewer_rejection_is_the_tool_result(
     gateway_factory: GatewayFactory, kit: ToolServer, sidecar: Sidecar
 ) -> None:

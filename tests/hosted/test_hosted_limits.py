@@ -203,7 +203,59 @@ def test_the_wall_time_stops_a_slow_model_before_its_next_step(
     # A call begun just before the end may be cut by it (its outcome unknown); no call begins after it.
     assert done and all(c in done or "max_wall_s" in c.error.message for c in ran)
     assert kit.counts["*"] >= len(done) and len(ran) <= len(setup.up.bodies)
-    check_money(setup, cost, len(setup.up.bodies))  # every step that began was paid for, no more
+    # Every step that answered was paid for, no more; one under way at the end is cut, unbilled.
+    assert len(setup.up.bodies) - setup.up.answered in (0, 1)
+    assert cost == STEP_COST * setup.up.answered
+    spent, reserved = setup.spend()
+    assert (spent, reserved) == (cost, 0)
+
+
+WALL = "tool_policy:\n  defaults: {max_wall_s: 0.5}\n"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_the_wall_time_cuts_a_model_step_under_way(
+    gateway_factory: GatewayFactory, kit: ToolServer, stream: bool
+) -> None:
+    # Step 1 calls the tool at once; step 2 would take 5 s to read its result, the route's timeout_s is
+    # 60 s, max_wall_s 0.5 s: step 2 is cut at the wall time like a request at its deadline (released,
+    # unbilled), the output so far is kept, and no call follows.
+    setup = Setup(gateway_factory, kit, WALL)
+    setup.up.delay_after_tool_s = 5
+    if stream:
+        events = list(
+            setup.client.responses.create(
+                model="gpt-4o-mini",
+                input="count",
+                tools=[TOOL],  # type: ignore[list-item]
+                max_output_tokens=1000,
+                stream=True,
+            )
+        )
+        assert events[-1].type == "response.incomplete"
+        response = events[-1].response  # type: ignore[union-attr]
+    else:
+        response, cost = setup.create()
+        assert cost == STEP_COST
+    assert response.status == "incomplete" and response.incomplete_details.reason == "max_wall_time"
+    assert [i.type for i in response.output] == ["mcp_list_tools", "mcp_call"]
+    assert response.output[1].status == "completed" and response.output[1].output == "1"
+    assert kit.counts["*"] == 1
+    assert len(setup.up.bodies) == 2 and setup.up.answered == 1  # step 2 began and never answered
+    spent, reserved = setup.spend()
+    assert (spent, reserved) == (STEP_COST, 0)  # step 1 settled; step 2 released at 0
+
+
+def test_the_wall_time_cuts_a_slow_first_step(gateway_factory: GatewayFactory, kit: ToolServer) -> None:
+    # Cut before anything ran: still the loop's own end (incomplete, the listing kept), not an HTTP error.
+    setup = Setup(gateway_factory, kit, WALL)
+    setup.up.delay_s = 5
+    response, cost = setup.create()
+    assert response.status == "incomplete" and response.incomplete_details.reason == "max_wall_time"
+    assert [i.type for i in response.output] == ["mcp_list_tools"] and kit.counts["*"] == 0
+    assert len(setup.up.bodies) == 1 and setup.up.answered == 0 and cost == 0
+    spent, reserved = setup.spend()
+    assert (spent, reserved) == (0, 0)
 
 
 def test_a_client_that_leaves_mid_loop_leaves_nothing_reserved(
