@@ -84,7 +84,7 @@ def test_messages_carry_the_citations_of_a_modifying_post_hook(hooked: Hooked) -
 def test_messages_stream_carries_the_citations_on_message_delta(hooked: Hooked) -> None:
     hooked.side.set("a", "post", answer=MODIFY)
     events = list(claude(hooked, "one").messages.create(**ASK_MESSAGES, stream=True))
-    assert [e.type for e in events][0] == "message_start" and events[-1].type == "message_stop"
+    assert events[0].type == "message_start" and events[-1].type == "message_stop"
     deltas = [e for e in events if e.type == "message_delta"]
     assert len(deltas) == 1 and deltas[0].delta.stop_reason == "end_turn"
     assert (deltas[0].model_extra or {})["x_gateway"] == {"citations": CITATIONS}
