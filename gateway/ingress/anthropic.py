@@ -33,6 +33,7 @@ from gateway.ingress.anthropic_stream import (
     stop_reason,
     tool_input,
 )
+from gateway.ingress.extra import plugin_extra
 from gateway.providers.base import Usage
 
 __all__ = ["StreamTranslator", "message_id", "to_anthropic_response", "to_openai_request"]
@@ -368,7 +369,7 @@ def to_anthropic_response(body: dict[str, Any], *, model: str) -> dict[str, Any]
             }
         )
     has_tool_use = any(block["type"] == "tool_use" for block in content)
-    return {
+    out: dict[str, Any] = {
         "id": msg_id,
         "type": "message",
         "role": "assistant",
@@ -378,3 +379,7 @@ def to_anthropic_response(body: dict[str, Any], *, model: str) -> dict[str, Any]
         "stop_sequence": None,
         "usage": anthropic_usage(Usage.from_openai(body.get("usage"))),
     }
+    extra = plugin_extra(body.get("x_gateway"))
+    if extra:  # what a post hook put in the answer (RAG's citations) rides on the message
+        out["x_gateway"] = extra
+    return out

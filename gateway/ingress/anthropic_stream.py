@@ -26,6 +26,7 @@ from typing import Any
 import orjson
 
 from gateway.errors import anthropic_error_type
+from gateway.ingress.extra import plugin_extra
 from gateway.providers.base import Usage
 from gateway.sse import named_frame
 
@@ -127,6 +128,7 @@ class StreamTranslator:
         "_pending",
         "_started",
         "_tools",
+        "extra",
         "usage",
     )
 
@@ -145,6 +147,8 @@ class StreamTranslator:
         self._finish_reason: str | None = None
         self.usage: Usage | None = None
         """The upstream's token counts, once its usage chunk was fed."""
+        self.extra: dict[str, Any] | None = None
+        """What plugins put in the answer's ``x_gateway`` (RAG's citations); sent on ``message_delta``."""
 
     def feed(self, chunk: dict[str, Any]) -> list[bytes]:
         """Translate one OpenAI ``chat.completion.chunk``; the first call also emits message_start."""
@@ -154,6 +158,8 @@ class StreamTranslator:
         usage = Usage.from_openai(chunk.get("usage"))
         if usage is not None:
             self.usage = usage
+        if "x_gateway" in chunk and (extra := plugin_extra(chunk["x_gateway"])) is not None:
+            self.extra = {**(self.extra or {}), **extra}
         choices = chunk.get("choices")
         for choice in choices if isinstance(choices, list) else []:
             # Anthropic has one answer per message: only choice 0 is translated.
@@ -174,15 +180,15 @@ class StreamTranslator:
         self._finished = True
         usage = anthropic_usage(self.usage) if self.usage is not None else {"output_tokens": 0}
         reason = stop_reason(self._finish_reason, tool_use=bool(self._tools))
-        frames.append(
-            _frame(
-                {
-                    "type": "message_delta",
-                    "delta": {"stop_reason": reason, "stop_sequence": None},
-                    "usage": usage,
-                }
-            )
-        )
+        delta: dict[str, Any] = {
+            "type": "message_delta",
+            "delta": {"stop_reason": reason, "stop_sequence": None},
+            "usage": usage,
+        }
+        if self.extra:
+            # An extra top-level field: Anthropic's SDK keeps it on the event (``model_extra``).
+            delta["x_gateway"] = self.extra
+        frames.append(_frame(delta))
         frames.append(_frame({"type": "message_stop"}))
         return frames
 

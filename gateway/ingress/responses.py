@@ -23,6 +23,7 @@ from typing import Any
 from gateway.errors import BadRequest, UpstreamUnavailable
 from gateway.hosted import items as mcp_items
 from gateway.hosted.spec import HostedTool, echo_tool, parse_tool
+from gateway.ingress.extra import plugin_extra
 from gateway.providers.base import RESPONSES_EXTRA
 
 _ROLES = {"user": "user", "system": "system", "developer": "system", "assistant": "assistant"}
@@ -538,7 +539,7 @@ def to_response(answer: dict[str, Any], *, response_id: str, created_at: int, ec
                 "completed",
             )
         )
-    return envelope(
+    out = envelope(
         response_id,
         created_at,
         echo,
@@ -547,3 +548,7 @@ def to_response(answer: dict[str, Any], *, response_id: str, created_at: int, ec
         usage=usage_of(answer.get("usage")),
         incomplete=incomplete,
     )
+    extra = plugin_extra(answer.get("x_gateway"))
+    if extra:  # what a post hook put in the answer (RAG's citations) rides on the Response
+        out["x_gateway"] = extra
+    return out

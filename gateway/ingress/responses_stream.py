@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 
+from gateway.ingress.extra import plugin_extra
 from gateway.ingress.responses import Echo, call_item, envelope, message_item, status_of, usage_of
 
 
@@ -44,6 +45,7 @@ class StreamTranslator:
         self._open_call: _Call | None = None
         self._finish: object = None
         self._usage: dict[str, Any] | None = None
+        self._extra: dict[str, Any] | None = None  # plugins' x_gateway, for the final Response
         self.final: dict[str, Any] | None = None
         """The Response object the stream ended with (``finish``), for whoever stores it."""
 
@@ -72,6 +74,8 @@ class StreamTranslator:
         usage = chunk.get("usage")
         if isinstance(usage, dict):
             self._usage = usage_of(usage)
+        if "x_gateway" in chunk and (extra := plugin_extra(chunk["x_gateway"])) is not None:
+            self._extra = {**(self._extra or {}), **extra}
         choices = chunk.get("choices")
         if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
             return out
@@ -214,6 +218,8 @@ class StreamTranslator:
             usage=self._usage,
             incomplete=incomplete,
         )
+        if self._extra:
+            final["x_gateway"] = self._extra
         self.final = final
         kind = "response.completed" if status == "completed" else "response.incomplete"
         out.append(self._event(kind, response=final))

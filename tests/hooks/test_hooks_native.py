@@ -144,3 +144,45 @@ def test_a_stream_through_post_hooks_is_translated(
         final = stream.get_final_message()
     assert [b.type for b in final.content] == ["text"] and final.content[0].text == "Paris"  # type: ignore[union-attr]
     assert "thinking" not in upstream.last.json()
+
+
+GROUNDED: dict[str, Any] = {
+    "id": "chatcmpl-rag",
+    "object": "chat.completion",
+    "created": 1,
+    "model": "claude-sonnet-4-5",
+    "choices": [
+        {"index": 0, "message": {"role": "assistant", "content": "Paris [geo#0]."}, "finish_reason": "stop"}
+    ],
+    "x_gateway": {"citations": [{"doc_id": "geo", "chunk_id": "geo#0", "title": "Geo", "score": 0.8}]},
+}
+
+
+def test_a_post_hook_that_modifies_a_native_answer_gets_the_translated_form_with_its_citations(
+    gw: Any, sidecar: Sidecar, upstream: RecordingAnthropic
+) -> None:
+    sidecar.set("both", "post", answer={"action": "modify", "response": GROUNDED})
+    message = client(gw, "both").messages.create(**BODY)
+    assert [b.type for b in message.content] == ["text"] and message.content[0].text == "Paris [geo#0]."  # type: ignore[union-attr]
+    assert (message.model_extra or {})["x_gateway"] == GROUNDED["x_gateway"]
+
+
+def test_a_post_hook_that_only_annotates_a_native_answer_keeps_it_native_plus_x_gateway(
+    gw: Any, sidecar: Sidecar, upstream: RecordingAnthropic
+) -> None:
+    sidecar.set("both", "post", answer={"action": "continue", "annotations": {"checked": 1}})
+    message = client(gw, "both").messages.create(**BODY)
+    assert message.content[0].type == "thinking"  # the upstream's own answer
+    assert (message.model_extra or {})["x_gateway"] == {"plugins": {"both": {"checked": 1}}}
+
+
+def test_a_native_stream_through_a_modifying_post_hook_carries_its_citations(
+    gw: Any, sidecar: Sidecar, upstream: RecordingAnthropic
+) -> None:
+    upstream.script(Answer(events=THINKING_STREAM))
+    sidecar.set("both", "post", answer={"action": "modify", "response": GROUNDED})
+    plain = {k: v for k, v in BODY.items() if k != "messages"}
+    plain["messages"] = [{"role": "user", "content": "Capital?"}]
+    events = list(client(gw, "both").messages.create(**plain, stream=True))
+    delta = next(e for e in events if e.type == "message_delta")
+    assert (delta.model_extra or {})["x_gateway"] == GROUNDED["x_gateway"]
