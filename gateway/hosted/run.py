@@ -47,6 +47,9 @@ log = logging.getLogger("gateway.hosted")
 
 DRY_RUN = "dry-run"
 _STEP_DROPS = ("stream", "stream_options", RESPONSES_EXTRA)
+_STEP_HEADERS = ("x-gateway-task", "x-gateway-cache", "x-gateway-user", "x-gateway-trace")
+"""The caller's gateway headers each model step is made with: routed, cached, attributed and traced as
+the request itself is."""
 
 
 class HostedIngress(Protocol):
@@ -90,6 +93,7 @@ async def respond(
     approvals = _approvals(ingress.input_items, ingress.chain)
     base = {k: v for k, v in chat.items() if k not in _STEP_DROPS}
     margin = config.defaults.estimate_margin
+    carried = {name: value for name in _STEP_HEADERS if (value := headers.get(name))}
 
     async def step(body: dict[str, Any], deadline: float) -> StepResult:
         # Shielded: a client that leaves a stream mid-step cancels the loop, not the step, which still
@@ -99,7 +103,9 @@ async def respond(
     async def one_step(body: dict[str, Any], deadline: float) -> StepResult:
         # The step's deadline is the sooner of its route's and the loop's wall time: past it the step
         # ends as any request does at its deadline (504, its reservation released, nothing billed).
-        reply = await turns.delegate(ex, body, "Hosted MCP tools", "hosted_tools_unavailable", deadline)
+        reply = await turns.delegate(
+            ex, body, "Hosted MCP tools", "hosted_tools_unavailable", deadline, carried
+        )
         try:
             answer = orjson.loads(reply.body) if reply.body else {}
         finally:

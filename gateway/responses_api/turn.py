@@ -91,12 +91,19 @@ class Turns:
         self._handle = handle
 
     async def delegate(
-        self, ex: Exchange, body: dict[str, Any], purpose: str, code: str, deadline: float | None = None
+        self,
+        ex: Exchange,
+        body: dict[str, Any],
+        purpose: str,
+        code: str,
+        deadline: float | None = None,
+        carried: Mapping[str, str] | None = None,
     ) -> Reply:
         """``body`` as a chat completion through the whole pipeline, made as the caller with a delegation
         token naming ``ex``'s request: admitted, priced, charged and logged (``parent_request_id``) like
         any delegated call. The reply's ``after`` (its settlement) is the caller's to await. ``deadline``
-        (monotonic) ends the call sooner than its route's ``timeout_s``, as a route's own deadline would."""
+        (monotonic) ends the call sooner than its route's ``timeout_s``, as a route's own deadline would;
+        ``carried`` are request headers of the caller's that the call is made with too."""
         from gateway.handlers.openai import OpenAIIngress  # the handlers import the pipeline
 
         principal = ex.principal
@@ -108,7 +115,7 @@ class Turns:
         token = mint(self._secret, Delegation(principal.tenant, principal.key_id, ex.request_id, expires))
         incoming = _Internal(
             "/v1/chat/completions",
-            {"authorization": f"Bearer {token}", "content-type": "application/json"},
+            {**(carried or {}), "authorization": f"Bearer {token}", "content-type": "application/json"},
             orjson.dumps(body),
         )
         reply: Reply = await self._handle(incoming, Operation.CHAT, OpenAIIngress(), deadline)

@@ -172,3 +172,25 @@ def test_a_later_turn_without_mcp_tools_reads_the_calls_as_text(
     blocks = [b for m in body["messages"] if isinstance(m["content"], list) for b in m["content"]]
     assert not [b for b in blocks if b.get("type") in ("tool_use", "tool_result")]
     assert "I called the tool kit__count" in json.dumps(body["messages"])
+
+
+def test_the_steps_are_routed_by_the_callers_task(gateway_factory: GatewayFactory, kit: ToolServer) -> None:
+    # x-gateway-task routes the request, so it routes each model step too: here to the Anthropic model,
+    # though the request names gpt-4o-mini (whose upstream would answer otherwise).
+    openai_up, anthropic_up = ScriptedOpenAI(), ScriptedAnthropic()
+    support = "  - name: support\n    match: {task: support}\n    targets: [{model: claude}]\n"
+    routes = hosted_routes(kit.url).replace("routes:\n", "routes:\n" + support)
+    gw = gateway_factory(
+        routes=routes,
+        transport=HostRouter(upstream_test=openai_up.handle, anthropic_test=anthropic_up.handle),
+    )
+    client = openai.OpenAI(base_url=gw.base_url, api_key=KEY_ACME, max_retries=0)
+    raw = client.responses.with_raw_response.create(
+        model="gpt-4o-mini",
+        input="count",
+        tools=[TOOL],  # type: ignore[list-item]
+        extra_headers={"x-gateway-task": "support"},
+    )
+    assert raw.headers["x-gateway-route"] == "support"
+    check_output(raw.parse().output, "anthropic")
+    assert len(anthropic_up.bodies) == 2 and openai_up.bodies == []
