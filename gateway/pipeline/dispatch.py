@@ -286,7 +286,7 @@ class Dispatcher:
 
 async def passed(deadline: float) -> None:
     """Return once ``time.monotonic()`` has reached ``deadline``. A timer set for a deadline may fire a
-    little before it: uvloop reads its clock once per loop turn and counts timers in milliseconds. Who
+    little before it: uvloop's clock and timers count whole milliseconds of a coarse clock. Who
     then asks whether the deadline passed (a hosted-tool loop telling its wall time from an upstream's
     failure) must get yes; the wait is at most that early firing, a few milliseconds under load."""
     while (left := deadline - time.monotonic()) > 0:  # noqa: ASYNC110 (waiting on the clock, not a flag)
