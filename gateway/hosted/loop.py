@@ -73,7 +73,8 @@ class Loop:
     started: float = field(default_factory=time.monotonic)
 
     def _left(self) -> float:
-        return self.limits.max_wall_s - (time.monotonic() - self.started)
+        # As the steps' deadline is computed: at or past it (by ``passed``), this is never above 0.
+        return self.started + self.limits.max_wall_s - time.monotonic()
 
     def _finish(self, status: str, reason: str | None = None, error: dict[str, Any] | None = None) -> bytes:
         incomplete = {"reason": reason} if reason else None
@@ -319,6 +320,9 @@ class Loop:
         try:
             answer = await self.review({"id": item["id"], "name": name, "arguments": arguments})
         except GatewayError as err:  # the reviewer is unreachable (a closed plugin): fail closed
+            if self._left() <= 0:  # the wait reached the wall time (the reviewer's deadline is the loop's)
+                message = "the response's max_wall_s ran out while the call waited for a reviewer; not run"
+                return CallResult(None, items.protocol_error(504, message), "timeout", wall=True)
             message = f"the reviewer could not decide ({err.message}); not run"
             return CallResult(None, items.execution_error(message), "approval_required")
         if isinstance(answer, str):

@@ -128,11 +128,12 @@ async def respond(
     def worst_case(body: dict[str, Any]) -> int:
         return estimate(parse(Operation.CHAT, dict(body), {}), plan, margin, principal.tenant).cost_nano
 
+    started = time.monotonic()
     review: Review | None = None
     hooks = plan.hooks
     if hooks is not None and hooks.tool and stage is not None:
         # A reviewer's wait counts against the loop's wall time.
-        caller = stage.caller(ex, headers, time.monotonic() + limits.max_wall_s)
+        caller = stage.caller(ex, headers, started + limits.max_wall_s)
         targets = hooks.tool
 
         async def review(call: dict[str, Any]) -> dict[str, Any] | str:
@@ -162,6 +163,7 @@ async def respond(
         step=step,
         estimate=worst_case,
         limits=limits,
+        started=started,
         review=review,
         approvals=approvals,
     )

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from gateway.config.model import BreakerPolicy, ModelConfig
+from gateway.deadline import passed
 from gateway.errors import (
     BadRequest,
     DeadlineExceeded,
@@ -282,15 +283,6 @@ class Dispatcher:
             await _close(stream, frames)
             raise
         return PrimedStream(stream, frames, first, self.deadline)
-
-
-async def passed(deadline: float) -> None:
-    """Return once ``time.monotonic()`` has reached ``deadline``. A timer set for a deadline may fire a
-    little before it: uvloop's clock and timers count whole milliseconds of a coarse clock. Who
-    then asks whether the deadline passed (a hosted-tool loop telling its wall time from an upstream's
-    failure) must get yes; the wait is at most that early firing, a few milliseconds under load."""
-    while (left := deadline - time.monotonic()) > 0:  # noqa: ASYNC110 (waiting on the clock, not a flag)
-        await asyncio.sleep(left)
 
 
 def _send(provider: Provider, request: UpstreamRequest) -> Awaitable[UpstreamResponse]:

@@ -20,6 +20,7 @@ import httpx
 import orjson
 
 from gateway.config.model import HookName, PluginConfig
+from gateway.deadline import passed
 
 if TYPE_CHECKING:  # the metrics module imports the pipeline, which compiles routes with this module
     from gateway.metrics import Metrics
@@ -114,9 +115,9 @@ class HookClient:
                     status, _, raw = await self._transport.fetch(
                         target.urls[hook], target.headers, body, budget, MAX_ANSWER_BYTES, 4096
                     )
-            except TimeoutError as exc:
-                raise HookFailed("timeout", f"no answer within {budget:.3f}s") from exc
-            except httpx.TimeoutException as exc:
+            except (TimeoutError, httpx.TimeoutException) as exc:
+                if budget < target.plugin.timeout_s:  # the request's deadline cut it: say so by the clock
+                    await passed(deadline)
                 raise HookFailed("timeout", f"no answer within {budget:.3f}s") from exc
             except httpx.ConnectError as exc:
                 raise HookFailed("connect", str(exc)) from exc

@@ -138,9 +138,11 @@ def sidecar() -> Iterator[Sidecar]:
     side.stop()
 
 
-def reviewed(gateway_factory: GatewayFactory, kit: ToolServer, sidecar: Sidecar) -> openai.OpenAI:
+def reviewed(
+    gateway_factory: GatewayFactory, kit: ToolServer, sidecar: Sidecar, policy: str = ""
+) -> openai.OpenAI:
     extra = (
-        "tool_policy:\n  tools:\n    kit__count: {require_approval: always, approver: reviewer}\n"
+        f"tool_policy:\n{policy}  tools:\n    kit__count: {{require_approval: always, approver: reviewer}}\n"
         f"plugins:\n  rev: {{url: '{sidecar.plugin_url('rev')}', hooks: [tool], on_error: closed}}\n"
     )
     routes = hosted_routes(kit.url, extra).replace(
@@ -233,3 +235,21 @@ def test_an_unreachable_reviewer_fails_closed(
     call = response.output[1]
     assert call.type == "mcp_call" and call.status == "failed"
     assert "reviewer could not decide" in json.dumps(call.error.model_dump())
+
+
+def test_a_reviewer_wait_cut_by_the_wall_time_ends_the_loop_incomplete(
+    gateway_factory: GatewayFactory, kit: ToolServer, sidecar: Sidecar
+) -> None:
+    # The reviewer does not decide within max_wall_s: the call is not run and the response ends
+    # incomplete (max_wall_time), like a tool call cut at the wall time, not as a failed plugin.
+    sidecar.reset()
+    sidecar.set("rev", "tool", delay_s=3)
+    client = reviewed(gateway_factory, kit, sidecar, "  defaults: {max_wall_s: 0.5}\n")
+    response = client.responses.create(model="reviewed", input="count", tools=[TOOL])  # type: ignore[list-item]
+    assert response.status == "incomplete" and response.incomplete_details is not None
+    assert response.incomplete_details.reason == "max_wall_time"
+    assert kit.counts["*"] == 0
+    call = response.output[1]
+    assert call.type == "mcp_call" and call.status == "failed" and call.error is not None
+    error = json.dumps(call.error.model_dump())
+    assert "max_wall_s" in error and "reviewer" in error and "not run" in error
