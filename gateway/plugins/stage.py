@@ -154,13 +154,15 @@ class HookStage:
         return caller
 
     async def _ask(self, caller: Caller, target: Target, hook: HookName, **parts: Any) -> Answer | None:
-        """One call; None when it failed and the plugin is ``on_error: open`` (skipped)."""
+        """One call; None when it failed and the plugin is ``on_error: open`` (skipped). A ``tool`` hook
+        is an approval (asked only for calls whose policy wants a reviewer's): its failure is never a
+        skip, which would let the call run unapproved."""
         try:
             answer = await self._client.call(
                 target, hook, caller.payload(target, hook, **parts), caller.deadline
             )
         except HookFailed as failed:
-            if target.plugin.on_error == "closed":
+            if target.plugin.on_error == "closed" or hook == "tool":
                 raise PluginUnavailable(
                     f"The plugin '{target.name}' is unavailable ({failed.reason}: {failed}).",
                     param=target.name,

@@ -139,11 +139,15 @@ def sidecar() -> Iterator[Sidecar]:
 
 
 def reviewed(
-    gateway_factory: GatewayFactory, kit: ToolServer, sidecar: Sidecar, policy: str = ""
+    gateway_factory: GatewayFactory,
+    kit: ToolServer,
+    sidecar: Sidecar,
+    policy: str = "",
+    on_error: str = "closed",
 ) -> openai.OpenAI:
     extra = (
         f"tool_policy:\n{policy}  tools:\n    kit__count: {{require_approval: always, approver: reviewer}}\n"
-        f"plugins:\n  rev: {{url: '{sidecar.plugin_url('rev')}', hooks: [tool], on_error: closed}}\n"
+        f"plugins:\n  rev: {{url: '{sidecar.plugin_url('rev')}', hooks: [tool], on_error: {on_error}}}\n"
     )
     routes = hosted_routes(kit.url, extra).replace(
         "routes:\n",
@@ -224,12 +228,14 @@ def test_a_reviewer_rejection_is_the_tool_result(
     assert "not today" in json.dumps(call.error.model_dump()) and "not today" in response.output_text
 
 
+@pytest.mark.parametrize("on_error", ["closed", "open"])
 def test_an_unreachable_reviewer_fails_closed(
-    gateway_factory: GatewayFactory, kit: ToolServer, sidecar: Sidecar
+    gateway_factory: GatewayFactory, kit: ToolServer, sidecar: Sidecar, on_error: str
 ) -> None:
+    # Even an `on_error: open` plugin: skipping an approval would run the call unapproved.
     sidecar.reset()
     sidecar.set("rev", "tool", status=500, raw="broken")
-    client = reviewed(gateway_factory, kit, sidecar)
+    client = reviewed(gateway_factory, kit, sidecar, on_error=on_error)
     response = client.responses.create(model="reviewed", input="count", tools=[TOOL])  # type: ignore[list-item]
     assert response.status == "completed" and kit.counts["*"] == 0
     call = response.output[1]
