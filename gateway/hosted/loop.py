@@ -319,7 +319,7 @@ class Loop:
         name = f"{item['server_label']}__{item['name']}"
         try:
             answer = await self.review({"id": item["id"], "name": name, "arguments": arguments})
-        except GatewayError as err:  # the reviewer is unreachable (a closed plugin): fail closed
+        except GatewayError as err:  # the reviewer is unreachable (a tool hook always fails closed)
             if self._left() <= 0:  # the wait reached the wall time (the reviewer's deadline is the loop's)
                 message = "the response's max_wall_s ran out while the call waited for a reviewer; not run"
                 return CallResult(None, items.protocol_error(504, message), "timeout", wall=True)
